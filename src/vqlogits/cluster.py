@@ -1,0 +1,110 @@
+"""k-means in plain PyTorch (CPU or GPU) with bounded memory, for building codebooks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+
+class KMeansResult(NamedTuple):
+    centroids: torch.Tensor  # (k, d), fp32 or fp64
+    assignment: torch.Tensor  # (n,) long, index of the nearest centroid
+    inertia: list[float]  # sum of squared distances after each assignment step
+
+
+def _nearest(x, x_sq, centroids, chunk_rows):
+    """Nearest centroid and squared distance for every row of x, chunked to bound memory."""
+    c_sq = (centroids * centroids).sum(-1)  # (k,)
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        d2 = torch.addmm(c_sq, x[rows], centroids.T, alpha=-2.0)  # (chunk, k), ||c||^2 - 2 x.c
+        best = d2.min(dim=-1)
+        labels[rows] = best.indices
+        dist[rows] = (best.values + x_sq[rows]).clamp_min(0)
+    return labels, dist
+
+
+def _kmeans_pp(x, x_sq, k, generator):
+    """k-means++ seeding: each new centre is drawn with probability proportional to D(x)^2."""
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator, device=x.device))
+    chosen = [first]
+    d2 = (x_sq - 2 * (x @ x[first]) + x_sq[first]).clamp_min(0)  # (n,)
+    for _ in range(1, k):
+        if float(d2.sum()) > 0:
+            nxt = int(torch.multinomial(d2, 1, generator=generator))
+        else:  # fewer distinct points than k: any point will do
+            nxt = int(torch.randint(n, (1,), generator=generator, device=x.device))
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, (x_sq - 2 * (x @ x[nxt]) + x_sq[nxt]).clamp_min(0))
+    return x[chosen].clone()
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    iters: int = 25,
+    seed: int = 0,
+    init_size: int | None = None,
+    max_chunk_elems: int = 1 << 24,
+    progress: bool = False,
+) -> KMeansResult:
+    """Lloyd's k-means with k-means++ seeding; deterministic for a given seed on a given device.
+
+    Args:
+        x: (n, d) points. Half types are computed in fp32.
+        k: number of clusters, 1 <= k <= n.
+        iters: maximum Lloyd iterations (stops early when no point changes cluster).
+        init_size: k-means++ runs on a random subset of this many points (default
+            ``max(8 * k, 4096)``), because its k sequential passes over all n points dominate
+            the run time for large k; Lloyd's iterations always use every point.
+        max_chunk_elems: bound on the (rows x k) distance block, so memory stays O(n*d + k*d).
+
+    Empty clusters are re-seeded with the points farthest from their centroids, so the
+    objective never increases.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (n, d), got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, n={n}], got {k!r}")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters!r}")
+    x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    x_sq = (x * x).sum(-1)  # (n,)
+    chunk_rows = max(1, max_chunk_elems // k)
+
+    init_size = max(8 * k, 4096) if init_size is None else max(k, init_size)
+    if init_size < n:
+        subset = torch.randperm(n, generator=generator, device=x.device)[:init_size]
+        centroids = _kmeans_pp(x[subset], x_sq[subset], k, generator)
+    else:
+        centroids = _kmeans_pp(x, x_sq, k, generator)
+
+    inertia: list[float] = []
+    labels = None
+    for _ in tqdm(range(iters), desc="k-means", disable=not progress, leave=False):
+        new_labels, dist = _nearest(x, x_sq, centroids, chunk_rows)
+        inertia.append(float(dist.sum()))
+        if labels is not None and torch.equal(new_labels, labels):
+            labels = new_labels
+            break
+        labels = new_labels
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        nonempty = counts > 0
+        centroids = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None].to(x.dtype), centroids)
+        empty = torch.nonzero(~nonempty).flatten()
+        if empty.numel():
+            # Farthest points become the new centres; they are no closer to any other centroid.
+            far = torch.topk(dist, min(empty.numel(), n)).indices
+            centroids[empty[: far.numel()]] = x[far]
+    else:
+        labels, dist = _nearest(x, x_sq, centroids, chunk_rows)
+        inertia.append(float(dist.sum()))
+    return KMeansResult(centroids, labels, inertia)

@@ -1,0 +1,145 @@
+"""The math of VQ-Logits as plain functions over tensors.
+
+Notation: h (..., d) hidden states, C (K, d) codebook, M (V,) token -> code assignment,
+b (V,) optional per-token bias. The full logits are ``logit[..., v] = (h @ C.T)[..., M[v]] + b[v]``.
+
+Because every token of code k shares the code logit z_k, the softmax normaliser factorises:
+``log Z = logsumexp_k(z_k + log sum_{v in k} exp(b_v))``. The loss therefore needs O(N*K) work
+and memory instead of O(N*V).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_reduction
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for reductions: fp32 for half types, else unchanged (fp32 or fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def code_logits(h: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Code logits, same as ``h @ codebook.T``: (..., d) x (K, d) -> (..., K)."""
+    return F.linear(h, codebook)
+
+
+def scatter_logits(z: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Full logits from code logits, same as ``z[..., assignment] + bias``: (..., K) -> (..., V)."""
+    out = z.index_select(-1, assignment)  # (..., V)
+    return out if bias is None else out.add_(bias)  # in place: one V-sized buffer, not two
+
+
+def vq_logits(
+    h: torch.Tensor, codebook: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The paper's VQ-Logits head: ``(h @ codebook.T)[..., assignment] + bias``, (..., V)."""
+    return scatter_logits(code_logits(h, codebook), assignment, bias)
+
+
+def log_code_mass(
+    assignment: torch.Tensor, num_codes: int, bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``log sum_{v: M[v]=k} exp(b_v)`` for each code k, (K,), in at least fp32.
+
+    Without a bias this is ``log(count_k)``. Empty codes give -inf. Differentiable in ``bias``;
+    the gradient is the softmax of the bias inside each code. Computed in ``dtype`` (at least fp32).
+    """
+    dtype = torch.promote_types(dtype, torch.float32)
+    if bias is None:
+        return torch.bincount(assignment, minlength=num_codes).to(dtype).log()
+    b = bias.to(torch.promote_types(bias.dtype, dtype))
+    neg_inf = torch.full((num_codes,), float("-inf"), dtype=b.dtype, device=b.device)
+    # Per-code max for stability; detached because it cancels in value and gradient.
+    peak = neg_inf.scatter_reduce(0, assignment, b.detach(), "amax", include_self=True)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros_like(peak).index_add(0, assignment, torch.exp(b - peak[assignment]))
+    nonempty = total > 0
+    # Guard the log so that empty codes get a zero (not NaN) gradient.
+    return torch.where(nonempty, peak + torch.log(torch.where(nonempty, total, torch.ones_like(total))), neg_inf)
+
+
+def vq_cross_entropy(
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    codebook: torch.Tensor,
+    assignment: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of the VQ-Logits head without materialising (N, V).
+
+    Same as ``F.cross_entropy(vq_logits(h, ...).flatten(0, -2), targets.flatten(), ...)``;
+    reductions and ``ignore_index`` behave identically and NaNs propagate the same way.
+    Works in at least fp32, so the result's dtype is fp32 for half inputs (as under autocast).
+    Inputs are not validated here; ``VQLogitsHead.loss`` does that.
+    """
+    check_reduction(reduction)
+    flat_t = targets.reshape(-1)  # (N,)
+    z = code_logits(h.reshape(-1, h.shape[-1]), codebook)  # (N, K)
+    z = z.to(compute_dtype(z.dtype))
+    log_z = torch.logsumexp(z + log_code_mass(assignment, codebook.shape[0], bias, z.dtype), dim=-1)  # (N,)
+    valid = flat_t != ignore_index
+    safe_t = torch.where(valid, flat_t, torch.zeros_like(flat_t))
+    target_logit = z.gather(-1, assignment[safe_t].unsqueeze(-1)).squeeze(-1)  # (N,)
+    if bias is not None:
+        target_logit = target_logit + bias[safe_t].to(z.dtype)
+    # where, not multiply: an ignored row's NaN must not leak, as in F.cross_entropy.
+    loss = torch.where(valid, log_z - target_logit, torch.zeros_like(log_z))
+    return reduce_loss(loss, valid, reduction, targets.shape)
+
+
+def reduce_loss(loss: torch.Tensor, valid: torch.Tensor, reduction: str, shape: torch.Size) -> torch.Tensor:
+    """Reduce per-token losses as ``F.cross_entropy`` does (mean over non-ignored tokens)."""
+    if reduction == "none":
+        return loss.reshape(shape)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().to(loss.dtype)
+
+
+# --- Reference sampling on full logits (the naive path; DenseHead uses it, tests compare with it) ---
+
+
+def filter_logits(scores: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Top-k then top-p filtering with tie-inclusive thresholds; removed entries become -inf.
+
+    top-k keeps every token whose score is >= the k-th largest score. top-p keeps token v
+    iff the probability mass of tokens with a strictly larger score is < top_p. Both are
+    order-independent, so ties (common when tokens share a code) are kept or dropped together.
+    """
+    vocab = scores.shape[-1]
+    if top_k is not None and top_k < vocab:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_scores.to(compute_dtype(scores.dtype)), dim=-1).to(torch.float64)
+        mass_before = probs.cumsum(-1) - probs  # mass of tokens sorted strictly earlier
+        # The last sorted position whose earlier mass is < top_p fixes the score threshold.
+        last = (mass_before < top_p).sum(-1, keepdim=True) - 1
+        threshold = sorted_scores.gather(-1, last.clamp(min=0))
+        scores = scores.masked_fill(scores < threshold, float("-inf"))
+    return scores
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample from ``softmax(filter_logits(logits.float() / temperature, top_k, top_p))``: (..., V) -> (...)."""
+    scores = filter_logits(logits.to(compute_dtype(logits.dtype)) / temperature, top_k, top_p)
+    probs = torch.softmax(scores.reshape(-1, scores.shape[-1]), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
+    """The exact distribution that ``sample_logits`` draws from, (..., V)."""
+    scores = filter_logits(logits.to(compute_dtype(logits.dtype)) / temperature, top_k, top_p)
+    return torch.softmax(scores, dim=-1)

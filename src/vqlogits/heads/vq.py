@@ -1,0 +1,218 @@
+"""The VQ-Logits head (arXiv 2505.10202): K code vectors, a token -> code map and a per-token bias."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional as VF
+from .._checks import (
+    check_assignment,
+    check_dims,
+    check_hidden,
+    check_sampling,
+    check_state_shapes,
+    check_targets,
+)
+from ..cluster import kmeans
+from ..sampling import CodeIndex
+
+INITS = ("kmeans", "random", "frequency")
+
+
+def balanced_assignment(vocab_size: int, codebook_size: int, order: torch.Tensor | None = None) -> torch.Tensor:
+    """Deal tokens to codes round-robin in the given order (default: by id): code sizes differ by <= 1."""
+    order = torch.arange(vocab_size) if order is None else order
+    assignment = torch.empty(vocab_size, dtype=torch.long, device=order.device)
+    assignment[order] = torch.arange(vocab_size, device=order.device) % codebook_size
+    return assignment
+
+
+def code_means(weight: torch.Tensor, assignment: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Mean of the rows of each code, (K, d): the least-squares codebook for a fixed map."""
+    w = weight.detach().float()
+    sums = torch.zeros(codebook_size, w.shape[1], device=w.device).index_add_(0, assignment, w)
+    counts = torch.bincount(assignment, minlength=codebook_size).clamp_min(1)
+    return sums / counts[:, None]
+
+
+class VQLogitsHead(nn.Module):
+    """Output head with ``logits = (h @ codebook.T)[..., assignment] + bias``.
+
+    Attributes:
+        codebook: Parameter (K, d).
+        assignment: long buffer (V,), values in [0, K); saved in ``state_dict``.
+        bias: Parameter (V,) or None.
+        validate: check targets and assignments for range errors (each check syncs a GPU).
+
+    The default map deals tokens to codes round-robin by id; use ``from_weight`` or
+    ``set_assignment`` for k-means, random or frequency maps.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        codebook_size: int,
+        bias: bool = True,
+        *,
+        validate: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_dims(d_model, vocab_size, codebook_size)
+        self.d_model, self.vocab_size, self.codebook_size = d_model, vocab_size, codebook_size
+        self.validate = validate
+        self.codebook = nn.Parameter(torch.empty(codebook_size, d_model, device=device, dtype=dtype))
+        nn.init.normal_(self.codebook, std=0.02)
+        self.register_buffer("assignment", balanced_assignment(vocab_size, codebook_size).to(device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(vocab_size, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._index_key = None
+        self._index: CodeIndex | None = None
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        codebook_size: int,
+        init: str = "kmeans",
+        counts: torch.Tensor | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        kmeans_iters: int = 25,
+        progress: bool = False,
+    ) -> "VQLogitsHead":
+        """Build a head that approximates an existing (V, d) output matrix.
+
+        init:
+            ``"kmeans"``: codebook = k-means centroids of the rows, map = their clusters.
+            ``"random"``: a random balanced map (seeded), codebook = mean row of each code.
+            ``"frequency"``: tokens ranked by ``counts`` (V,) are dealt round-robin, so every
+            code gets one of the K most frequent tokens; codebook = mean row of each code.
+        The bias starts at zero.
+        """
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"weight must be a 2-D (V, d) tensor, got {getattr(weight, 'shape', weight)!r}")
+        vocab_size, d_model = weight.shape
+        check_dims(d_model, vocab_size, codebook_size)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        generator = torch.Generator().manual_seed(seed)
+        if init == "kmeans":
+            result = kmeans(weight, codebook_size, iters=kmeans_iters, seed=seed, progress=progress)
+            codebook, assignment = result.centroids, result.assignment
+        else:
+            if init == "random":
+                order = torch.randperm(vocab_size, generator=generator)
+            else:
+                if counts is None or tuple(counts.shape) != (vocab_size,):
+                    raise ValueError(
+                        f"counts must be a ({vocab_size},) tensor for init='frequency', "
+                        f"got {None if counts is None else tuple(counts.shape)}"
+                    )
+                order = torch.sort(counts.cpu(), descending=True, stable=True).indices
+            assignment = balanced_assignment(vocab_size, codebook_size, order).to(weight.device)
+            codebook = code_means(weight, assignment, codebook_size)
+        head = cls(d_model, vocab_size, codebook_size, bias=bias, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            head.codebook.copy_(codebook)
+        head.set_assignment(assignment)
+        return head
+
+    def set_assignment(self, assignment: torch.Tensor) -> None:
+        """Replace the token -> code map (validated: shape (V,), values in [0, K))."""
+        check_assignment(assignment, self.vocab_size, self.codebook_size)
+        with torch.no_grad():
+            self.assignment.copy_(assignment)
+
+    # -- math --------------------------------------------------------------------------------
+    def code_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Code logits ``h @ codebook.T``, (..., d) -> (..., K)."""
+        check_hidden(h, self.d_model)
+        return VF.code_logits(h, self.codebook)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Full logits, (..., d) -> (..., V); same as ``(h @ codebook.T)[..., assignment] + bias``."""
+        return VF.scatter_logits(self.code_logits(h), self.assignment, self.bias)
+
+    def log_code_mass(self) -> torch.Tensor:
+        """``log sum_{v in code k} exp(b_v)``, (K,)."""
+        return VF.log_code_mass(self.assignment, self.codebook_size, self.bias)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"):
+        """Same as ``F.cross_entropy(self(h).flatten(0, -2), targets.flatten(), ...)``, in O(N*K) memory.
+
+        Reductions: ``"mean"`` (over non-ignored tokens), ``"sum"``, ``"none"`` (shape of targets).
+        """
+        check_hidden(h, self.d_model)
+        check_targets(targets, h, self.vocab_size, ignore_index, self.validate)
+        return VF.vq_cross_entropy(h, targets, self.codebook, self.assignment, self.bias, ignore_index, reduction)
+
+    # -- decoding ----------------------------------------------------------------------------
+    def code_index(self) -> CodeIndex:
+        """Sorted token layout for decoding, rebuilt only when the map or bias changes."""
+        bias = self.bias
+        key = (
+            self.assignment.data_ptr(),
+            self.assignment._version,
+            None if bias is None else (bias.data_ptr(), bias._version, bias.dtype),
+        )
+        if key != self._index_key:
+            self._index = CodeIndex(self.assignment, self.codebook_size, bias)
+            self._index_key = key
+        return self._index
+
+    @torch.no_grad()
+    def greedy(self, h: torch.Tensor) -> torch.Tensor:
+        """Same as ``self(h).argmax(-1)``, in O(K) per row: best code, then its best token. (..., d) -> (...)."""
+        z = self.code_logits(h)
+        return self.code_index().greedy(z.reshape(-1, self.codebook_size)).reshape(z.shape[:-1])
+
+    @torch.no_grad()
+    def sample(
+        self,
+        h: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Same distribution as ``vqlogits.functional.sample_logits(self(h), temperature, top_k, top_p)``.
+
+        Draws a code, then a token inside it; top-k / top-p thresholds are found in code space.
+        Allocates nothing of size (N, V). (..., d) -> (...).
+        """
+        check_sampling(temperature, top_k, top_p)
+        z = self.code_logits(h)
+        flat = z.reshape(-1, self.codebook_size)
+        tokens = self.code_index().sample(flat, float(temperature), top_k, top_p, generator)
+        return tokens.reshape(z.shape[:-1])
+
+    @torch.no_grad()
+    def sampling_probs(self, h, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
+        """The exact distribution ``sample`` draws from, expanded to (..., V) (for tests and inspection)."""
+        check_sampling(temperature, top_k, top_p)
+        z = self.code_logits(h)
+        probs = self.code_index().dense_probs(z.reshape(-1, self.codebook_size), float(temperature), top_k, top_p)
+        return probs.reshape(*z.shape[:-1], self.vocab_size)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        expected = {"codebook": self.codebook.shape, "assignment": (self.vocab_size,)}
+        if self.bias is not None:
+            expected["bias"] = (self.vocab_size,)
+        check_state_shapes(state_dict, prefix, expected)
+        if prefix + "assignment" in state_dict:
+            check_assignment(state_dict[prefix + "assignment"], self.vocab_size, self.codebook_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, vocab_size={self.vocab_size}, "
+            f"codebook_size={self.codebook_size}, bias={self.bias is not None}"
+        )
