@@ -1,0 +1,1 @@
+"""Benchmarks. Outside the core: the core never imports this package."""

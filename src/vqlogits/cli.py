@@ -1,0 +1,105 @@
+"""The ``vqlogits`` command. Each subcommand is a thin wrapper over an importable function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .lm.train import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None, metavar="BOOL")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, default=None)
+
+
+def _train_config(args):
+    from .lm.train import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    return TrainConfig(**given)
+
+
+def _print(result: dict) -> None:
+    bulky = ("history", "config", "model_config", "code_sizes", "code_usage")
+    print(json.dumps({k: v for k, v in result.items() if k not in bulky}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vqlogits", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an LM with a given head; rerun with the same --out to resume")
+    _add_train_options(p)
+
+    p = sub.add_parser("eval", help="validation / test perplexity of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--corpus", default=None, help="evaluate on another corpus (same tokenizer)")
+    p.add_argument("--max-tokens", type=int, default=None, help="default: the run's final_eval_tokens")
+
+    p = sub.add_parser("sweep", help="a grid over heads, K, maps and seeds, then a report")
+    _add_train_options(p)
+    p.add_argument("--heads", default="dense,vq")
+    p.add_argument("--codebook-sizes", default="256,1024")
+    p.add_argument("--mappings", default="random")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--bias", default="true", help="comma list of true/false")
+    p.add_argument("--reassign", default="0", help="comma list of reassign_every values")
+
+    p = sub.add_parser("report", help="markdown table and PNG plots from run folders")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default=None, help="folder for report.md (default: the first run folder)")
+
+    p = sub.add_parser("demo", help="the main job: dense vs VQ-Logits on the embedded data")
+    p.add_argument("--cache", default=".cache")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=300)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from .lm.train import train
+
+            _print(train(_train_config(args)))
+        elif args.command == "eval":
+            from .lm.experiments import evaluate
+
+            _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
+        elif args.command == "sweep":
+            from .lm.experiments import sweep
+
+            ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+            report = sweep(
+                _train_config(args),
+                heads=args.heads.split(","),
+                codebook_sizes=ints(args.codebook_sizes),
+                mappings=args.mappings.split(","),
+                seeds=ints(args.seeds),
+                out=args.out or "runs/sweep",
+                bias=[b.lower() == "true" for b in args.bias.split(",")],
+                reassign=ints(args.reassign),
+            )
+            print(report.read_text())
+        elif args.command == "report":
+            from .lm.report import write_report
+
+            print(write_report(args.runs, args.out or args.runs[0]).read_text())
+        elif args.command == "demo":
+            from .lm.experiments import demo
+
+            demo(args.cache, args.out, args.steps)
+    except ValueError as e:
+        print(f"vqlogits {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

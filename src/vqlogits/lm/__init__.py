@@ -1,0 +1,1 @@
+"""Training harness: data, a small GPT, the training loop and reports. The core never imports this."""

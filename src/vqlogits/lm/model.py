@@ -1,0 +1,94 @@
+"""A small GPT decoder whose output head is any vqlogits head."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..heads import build_head
+
+PRESETS = {
+    # name: (n_layer, n_head, d_model, block_size, batch_size)
+    "tiny": (2, 4, 128, 64, 8),
+    "small": (4, 4, 256, 128, 16),
+    "base": (8, 8, 512, 256, 32),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 128
+    block_size: int = 64
+    head: str = "dense"  # dense | vq | adaptive | lowrank
+    codebook_size: int = 1024
+    head_bias: bool = True
+    rank: int = 64
+
+    @classmethod
+    def preset(cls, name: str, vocab_size: int, **head_kw) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"model must be one of {tuple(PRESETS)}, got {name!r}")
+        n_layer, n_head, d_model, block_size, _ = PRESETS[name]
+        return cls(vocab_size, n_layer, n_head, d_model, block_size, **head_kw)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, C/H) each
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, pre-LN blocks, final LayerNorm, then ``head``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+        self.head = build_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.codebook_size, cfg.head_bias, cfg.rank)
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d) final hidden states."""
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token loss if ``targets`` is given, else the logits of the last position (B, V)."""
+        h = self.hidden(idx)  # (B, T, d)
+        if targets is None:
+            return self.head(h[:, -1])
+        return self.head.loss(h, targets)
+
+    def head_params(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
+
+    def backbone_params(self) -> int:
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("head."))

@@ -1,0 +1,140 @@
+"""Markdown tables and PNG plots from run folders (each holding a results.json)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def load_runs(paths: list[str | Path]) -> list[dict]:
+    """results.json of each run folder, searching sub-folders of the given paths."""
+    runs = []
+    for p in map(Path, paths):
+        files = [p / "results.json"] if (p / "results.json").exists() else sorted(p.rglob("results.json"))
+        for f in files:
+            r = json.loads(f.read_text())
+            r["run"] = f.parent.name
+            runs.append(r)
+    if not runs:
+        raise ValueError(f"no results.json under {[str(p) for p in paths]}")
+    return runs
+
+
+def label(r: dict) -> str:
+    c = r["config"]
+    if r["head"] == "vq":
+        extra = f" map={c['mapping']}" + (f" learned/{c['reassign_every']}" if c["reassign_every"] else "")
+        extra += "" if c["head_bias"] else " no-bias"
+        extra += f" cb={c['codebook_init']}" if c["codebook_init"] != "random" else ""
+        return f"vq K={r['codebook_size']}{extra}"
+    if r["head"] == "lowrank":
+        return f"lowrank r={c['rank']}"
+    return r["head"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per configuration (seeds pooled): mean and std of val / test perplexity."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[label(r)].append(r)
+    dense = [r for r in runs if r["head"] == "dense"]
+    dense_test = _mean_std([r["test_ppl"] for r in dense])[0] if dense else None
+    rows = []
+    for name, rs in groups.items():
+        val, val_sd = _mean_std([r["val_ppl"] for r in rs])
+        test, test_sd = _mean_std([r["test_ppl"] for r in rs])
+        rows.append(
+            {
+                "config": name,
+                "seeds": len(rs),
+                "head_params": rs[0]["head_params"],
+                "reduction_pct": 100 * (1 - rs[0]["head_params"] / rs[0]["dense_head_params"]),
+                "val_ppl": val,
+                "val_sd": val_sd,
+                "test_ppl": test,
+                "test_sd": test_sd,
+                "test_vs_dense_pct": None if dense_test is None else 100 * (test / dense_test - 1),
+                "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["head_params"], r["config"]))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for r in rows:
+        vs = "" if r["test_vs_dense_pct"] is None else f"{r['test_vs_dense_pct']:+.1f}%"
+        sd = lambda x: f" ± {x:.1f}" if x else ""  # noqa: E731
+        lines.append(
+            f"| {r['config']} | {r['seeds']} | {r['head_params']:,} | {r['reduction_pct']:.1f}% | "
+            f"{r['val_ppl']:.1f}{sd(r['val_sd'])} | {r['test_ppl']:.1f}{sd(r['test_sd'])} | {vs} | {r['tokens_per_s']:,.0f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        is_dense = r["config"] == "dense"
+        ax.errorbar(r["head_params"], r["test_ppl"], yerr=r["test_sd"] or None, fmt="*" if is_dense else "o", ms=12 if is_dense else 6, label=r["config"])
+        if is_dense:
+            ax.axhline(r["test_ppl"], color="gray", ls="--", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="head parameters", ylabel="test perplexity", title="Perplexity vs head size (dense = star, dashed)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "ppl_vs_params.png", dpi=120)
+    made.append("ppl_vs_params.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in runs:
+        h = r["history"]
+        ax.plot(h["step"], h["loss"], lw=0.6, alpha=0.8, label=f"{label(r)} s{r['config']['seed']}")
+    ax.set(xlabel="step", ylabel="train loss", title="Training curves")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=120)
+    made.append("training_curves.png")
+
+    vq = [r for r in runs if "code_sizes" in r]
+    if vq:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for r in vq:
+            a1.hist(r["code_sizes"], bins=40, histtype="step", label=label(r))
+            usage = sorted(r["code_usage"], reverse=True)
+            a2.plot(range(1, len(usage) + 1), usage, label=label(r))
+        a1.set(xlabel="tokens per code", ylabel="codes", title="Code sizes", yscale="log")
+        a2.set(xscale="log", yscale="log", xlabel="code rank", ylabel="share of train targets", title="Code usage")
+        a2.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "codes.png", dpi=120)
+        made.append("codes.png")
+    plt.close("all")
+    return made
+
+
+def write_report(paths: list[str | Path], out: str | Path, extra: str = "") -> Path:
+    """report.md (table + plots) for the runs under ``paths``; returns its path."""
+    runs = load_runs(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(runs)
+    images = plots(runs, rows, out)
+    text = "# vqlogits report\n\n" + markdown_table(rows) + "\n" + extra
+    text += "\n".join(f"![{name}]({name})" for name in images) + "\n"
+    (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    return out / "report.md"

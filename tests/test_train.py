@@ -1,0 +1,141 @@
+"""Training harness: any folder of text, results.json, exact resume, heads, maps, sweep, report, CLI."""
+
+import json
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vqlogits.cli import main
+from vqlogits.lm import train as train_mod
+from vqlogits.lm.data import load_corpus
+from vqlogits.lm.experiments import evaluate, sweep
+from vqlogits.lm.train import TrainConfig, train
+
+RESULT_KEYS = {"head", "codebook_size", "head_params", "dense_head_params", "total_params", "val_ppl", "test_ppl", "train_tokens", "tokens_per_s", "wall_s"}
+
+
+def write_corpus(folder, n_docs=30, words=400, seed=0):
+    """Documents from a small Markov chain over words, so there is something to learn."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(60)] + ["the", "a", "of", "and", "def", "return", "(", ")", ":"]
+    nxt = {w: rng.sample(vocab, 4) for w in vocab}
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n_docs):
+        w, out = rng.choice(vocab), []
+        for _ in range(words):
+            out.append(w)
+            w = rng.choice(nxt[w])
+        (folder / f"doc{d:03d}.txt").write_text(" ".join(out))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "text")
+
+
+@pytest.fixture
+def base(corpus, tmp_path):
+    return TrainConfig(
+        corpus=str(corpus), tokenizer="bpe:300", steps=12, eval_every=6, eval_tokens=2048,
+        final_eval_tokens=2048, checkpoint_every=4, cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), warmup_steps=2,
+    )
+
+
+def test_split_is_deterministic_and_complete(corpus):
+    a, b = load_corpus(str(corpus)), load_corpus(str(corpus))
+    assert a == b
+    assert all(a[s] for s in ("train", "val", "test"))
+    assert sum(len(v) for v in a.values()) == 30
+
+
+def test_train_on_a_folder_writes_results(base):
+    results = train(base, progress=False)
+    saved = json.loads((train_mod.Path(base.out) / "results.json").read_text())
+    assert RESULT_KEYS <= set(saved)
+    assert saved["head"] == "dense" and saved["head_params"] == saved["dense_head_params"]
+    assert results["val_ppl"] < 300  # below the uniform 300-token baseline: it learned something
+    assert len(saved["history"]["loss"]) == 12 and saved["history"]["val_step"] == [6, 12]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("head,extra", [("dense", {}), ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3))])
+def test_killed_run_resumes_exactly(base, monkeypatch, head, extra):
+    cfg = replace(base, head=head, **extra)
+    full = train(replace(cfg, out=cfg.out + "-full"), progress=False)
+
+    real_get_batch = train_mod.get_batch
+
+    def crashing(data, step, *a, **k):
+        if step == 10:  # between checkpoints (8 and 12): steps 9-10 are redone after resume
+            raise Crash
+        return real_get_batch(data, step, *a, **k)
+
+    monkeypatch.setattr(train_mod, "get_batch", crashing)
+    with pytest.raises(Crash):
+        train(cfg, progress=False)
+    monkeypatch.setattr(train_mod, "get_batch", real_get_batch)
+    resumed = train(cfg, progress=False)
+    assert resumed["history"]["loss"] == full["history"]["loss"]
+    assert resumed["val_ppl"] == full["val_ppl"] and resumed["test_ppl"] == full["test_ppl"]
+
+
+def test_resume_with_a_different_config_is_refused(base):
+    train(replace(base, steps=4), progress=False)
+    with pytest.raises(ValueError, match=r"different config.*'lr': \(0.002, 0.01\)"):
+        train(replace(base, steps=4, lr=0.01), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(head="vq", codebook_size=8, mapping="random"),
+        dict(head="vq", codebook_size=8, mapping="frequency", head_bias=False, bias_init="zeros"),
+        dict(head="vq", codebook_size=8, mapping="kmeans-embed", warmup_dense_steps=4, codebook_init="centroids"),
+        dict(head="adaptive"),
+        dict(head="lowrank", rank=8),
+    ],
+    ids=str,
+)
+def test_every_head_and_map_trains(base, kw):
+    r = train(replace(base, steps=8, **kw), progress=False)
+    assert r["head"] == kw["head"]
+    assert r["head_params"] < r["dense_head_params"]
+    assert torch.isfinite(torch.tensor(r["test_ppl"]))
+    if kw["head"] == "vq":
+        assert sum(r["code_sizes"]) == r["dense_head_params"] // 128
+
+
+def test_learned_map_moves_tokens(base):
+    r = train(replace(base, head="vq", codebook_size=8, steps=12, reassign_every=4, reassign_frac=0.2), progress=False)
+    moved = [m for _, m in r["history"]["moved"]]
+    assert len(moved) == 3 and max(moved) > 0
+
+
+def test_bad_options_raise(base):
+    with pytest.raises(ValueError, match="warmup_dense_steps >= 1"):
+        train(replace(base, head="vq", mapping="kmeans"), progress=False)
+    with pytest.raises(ValueError, match="mapping must be one of"):
+        train(replace(base, head="vq", mapping="nope"), progress=False)
+    with pytest.raises(ValueError, match="corpus .* matches no"):
+        train(replace(base, corpus=base.cache + "/nothing-here"), progress=False)
+
+
+def test_sweep_report_and_cli(base, tmp_path, capsys):
+    report = sweep(replace(base, steps=6), ["dense", "vq"], [8, 32], ["random"], [0, 1], tmp_path / "sweep")
+    text = report.read_text()
+    assert "| dense | 2 |" in text and "| vq K=8 map=random | 2 |" in text and "| vq K=32 map=random | 2 |" in text
+    for png in ("ppl_vs_params.png", "training_curves.png", "codes.png"):
+        assert (tmp_path / "sweep" / png).stat().st_size > 1000
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    assert "vq K=32" in capsys.readouterr().out
+    r = evaluate(tmp_path / "sweep" / "vq32-random-s0")
+    assert r["val_ppl"] == json.loads((tmp_path / "sweep" / "vq32-random-s0" / "results.json").read_text())["val_ppl"]
+    assert main(["eval", str(tmp_path / "sweep" / "dense-s0")]) == 0
+    assert main(["train", "--corpus", base.corpus, "--tokenizer", "bpe:300", "--head", "vq", "--mapping", "kmeans", "--cache", base.cache, "--out", str(tmp_path / "x")]) == 2
+    assert "warmup_dense_steps" in capsys.readouterr().err
