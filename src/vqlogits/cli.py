@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=300)
 
+    p = sub.add_parser("bench", help="dense vs VQ: logits, loss (time, peak memory), decode")
+    p.add_argument("--quick", action="store_true", help="SmolLM2 shapes only, few repeats (< 2 min on 2 CPU cores)")
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-tflop", type=float, default=None)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -91,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             from .lm.report import write_report
 
             print(write_report(args.runs, args.out or args.runs[0]).read_text())
+        elif args.command == "bench":
+            from .bench.suite import QUICK, BenchConfig, markdown, run_bench
+
+            kw = dict(QUICK) if args.quick else {}
+            kw.update({k: v for k, v in (("out", args.out), ("device", args.device), ("max_tflop", args.max_tflop)) if v is not None})
+            print(markdown(run_bench(BenchConfig(**kw))))
         elif args.command == "demo":
             from .lm.experiments import demo
 

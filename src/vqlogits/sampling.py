@@ -133,8 +133,10 @@ class CodeIndex:
         worst = self._empty_to(self._score(z, low_bias, temperature), float("inf"))
         lo = _to_key(worst.min(dim=-1).values)  # everything passes: mass_at(lo) >= target
         hi = _to_key(best.max(dim=-1).values) + 1  # nothing passes: mass_at(hi) < target
-        while bool((lo + 1 < hi).any()):  # not hi - lo: that overflows for fp64 keys
-            mid = _midpoint(lo, hi)
+        # A fixed step count (the key width + 1 halvings always converge) keeps the loop free of
+        # data-dependent control flow, so torch.compile traces it without graph breaks.
+        for _ in range(torch.iinfo(lo.dtype).bits + 1):
+            mid = _midpoint(lo, hi)  # == lo once converged, and lo passes: a fixed point
             ok = mass_at(_from_key(mid, best.dtype)) >= target
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)

@@ -155,7 +155,13 @@ class VQLogitsHead(nn.Module):
 
     # -- decoding ----------------------------------------------------------------------------
     def code_index(self) -> CodeIndex:
-        """Sorted token layout for decoding, rebuilt only when the map or bias changes."""
+        """Sorted token layout for decoding, rebuilt only when the map or bias changes.
+
+        Under ``torch.compile`` the index built by the last eager call is reused (comparing data
+        pointers would break the graph): call ``head.code_index()`` once before compiling decode.
+        """
+        if self._index is not None and torch.compiler.is_compiling():
+            return self._index
         bias = self.bias
         key = (
             self.assignment.data_ptr(),

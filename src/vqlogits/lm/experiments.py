@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench.timing import logit_speed
+from ..bench.suite import logit_speed
 from .data import tokenize_corpus
 from .model import GPT, ModelConfig
 from .report import load_runs, markdown_table, summarize, write_report

@@ -1,0 +1,310 @@
+"""``vqlogits bench``: logits, loss (forward + backward, time and peak memory) and decode, dense vs VQ.
+
+Every speed is reported as a ratio to the dense baseline measured in the same run, and every
+memory-bound operation as a share of the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
+from .timing import copy_bandwidth, median_seconds, peak_bytes
+
+SHAPES = {"smollm2": (49152, 576), "llama3": (128256, 2048), "gemma": (262144, 2304)}
+
+
+@dataclass
+class BenchConfig:
+    shapes: tuple = tuple(SHAPES)
+    codebook_sizes: tuple = (256, 1024, 4096)
+    tokens: tuple = (1, 64, 4096)
+    loss_tokens: tuple = (4096, 8192)
+    loss_codebook_sizes: tuple = (1024,)
+    decode_batches: tuple = (1, 16)
+    decode_steps: int = 16
+    decode_layers: int = 30
+    repeats: int = 10
+    warmup: int = 2
+    max_tflop: float = 3.0  # skip a dense measurement above this many TFLOP per call (CPU time)
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    out: str = "runs/bench"
+    extras: list = field(default_factory=list)  # notes on optional baselines
+
+
+QUICK = dict(shapes=("smollm2",), loss_tokens=(8192,), decode_steps=8, repeats=2, warmup=1)
+
+
+# ---- logits ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def logit_speed(d_model: int, vocab_size: int, codebook_size: int, tokens: int, repeats: int = 10, warmup: int = 2, device="cpu", seed: int = 0, dense_s: float | None = None) -> dict:
+    """Seconds for dense ``h @ W.T``, VQ code logits ``h @ C.T`` and VQ full logits, and ratios.
+
+    ``dense_s`` reuses a dense time measured earlier in the same run (it does not depend on K).
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    h = torch.randn(tokens, d_model, device=device)
+    vq = VQLogitsHead(d_model, vocab_size, codebook_size).to(device)
+    fns = {"vq_compact": lambda: vq.code_logits(h), "vq_full": lambda: vq(h)}
+    row = {"tokens": tokens, "K": codebook_size}
+    if dense_s is None:
+        dense = DenseHead(d_model, vocab_size).to(device)
+        fns = {"dense": lambda: dense(h), **fns}
+    else:
+        row["dense_s"], row["dense_iqr_s"] = dense_s, float("nan")
+    for name, fn in fns.items():
+        row[f"{name}_s"], row[f"{name}_iqr_s"] = median_seconds(fn, repeats, warmup, device)
+    row["speedup_compact"] = row["dense_s"] / row["vq_compact_s"]
+    row["speedup_full"] = row["dense_s"] / row["vq_full_s"]
+    return row
+
+
+def _logit_bytes(V, d, K, N, s=4):
+    """Minimum bytes each path must move: inputs read once, output written once."""
+    return {
+        "dense": V * d * s + N * d * s + N * V * s,
+        "vq_compact": K * d * s + N * d * s + N * K * s,
+        "vq_full": K * d * s + N * d * s + V * (8 + s) + N * V * s,
+    }
+
+
+def bench_logits(cfg: BenchConfig, bandwidth: float, bar) -> list[dict]:
+    rows = []
+    for shape in cfg.shapes:
+        V, d = SHAPES[shape]
+        for N in cfg.tokens:
+            dense_s = None
+            for K in cfg.codebook_sizes:
+                bar.set_description(f"logits {shape} K={K} N={N}")
+                if 2 * N * V * d / 1e12 > cfg.max_tflop:
+                    continue
+                row = {"shape": shape, "V": V, "d": d, **logit_speed(d, V, K, N, cfg.repeats, cfg.warmup, cfg.device, dense_s=dense_s)}
+                dense_s = row["dense_s"]
+                for name, nbytes in _logit_bytes(V, d, K, N).items():
+                    row[f"{name}_bytes"] = nbytes
+                    row[f"{name}_roofline_pct"] = 100 * nbytes / bandwidth / row[f"{name}_s"]
+                rows.append(row)
+                bar.update(1)
+    return rows
+
+
+# ---- loss ----------------------------------------------------------------------------------------
+
+
+def _loss_methods(V: int, d: int, K: int, device) -> dict:
+    dense = DenseHead(d, V).to(device)
+    adaptive = AdaptiveHead(d, V).to(device)
+    vq = VQLogitsHead(d, V, K).to(device)
+
+    def chunked(h, y, rows=1024):
+        # Logits for `rows` tokens at a time, backward right away: peak memory rows x V.
+        for s in range(0, h.shape[0], rows):
+            (F.cross_entropy(h[s : s + rows] @ dense.weight.T, y[s : s + rows], reduction="sum") / h.shape[0]).backward()
+
+    methods = {
+        "dense F.cross_entropy": lambda h, y: F.cross_entropy(h @ dense.weight.T, y).backward(),
+        "dense chunked (1024 rows)": chunked,
+        "AdaptiveLogSoftmaxWithLoss": lambda h, y: adaptive.loss(h, y).backward(),
+        f"VQ compact (K={K})": lambda h, y: vq.loss(h, y).backward(),
+    }
+    if torch.device(device).type == "cuda":  # optional fused baselines, GPU only
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+
+            methods["Cut Cross-Entropy"] = lambda h, y: linear_cross_entropy(h, dense.weight, y).backward()
+        except ImportError:
+            pass
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+            methods["Liger fused linear CE"] = lambda h, y: liger_fused_linear_cross_entropy(h, dense.weight, y).backward()
+        except ImportError:
+            pass
+    return methods
+
+
+def bench_loss(cfg: BenchConfig, bar) -> list[dict]:
+    rows = []
+    device = torch.device(cfg.device)
+    for shape in cfg.shapes:
+        V, d = SHAPES[shape]
+        for K in cfg.loss_codebook_sizes:
+            methods = _loss_methods(V, d, K, device)
+            for N in cfg.loss_tokens:
+                h = torch.randn(N, d, device=device, requires_grad=True)
+                y = torch.randint(0, V, (N,), device=device)
+                base = None
+                for name, fn in methods.items():
+                    bar.set_description(f"loss {shape} N={N} {name}")
+                    if name.startswith("dense") and 6 * N * V * d / 1e12 > cfg.max_tflop:
+                        continue
+                    peak = peak_bytes(lambda: fn(h, y), device)  # doubles as the warm-up call
+                    seconds, iqr = median_seconds(lambda: fn(h, y), cfg.repeats, max(0, cfg.warmup - 1), device)
+                    row = {"shape": shape, "V": V, "d": d, "K": K, "tokens": N, "method": name, "seconds": seconds, "iqr_s": iqr, "peak_bytes": peak}
+                    base = base or row
+                    row["speedup_vs_dense"] = base["seconds"] / seconds
+                    row["memory_vs_dense"] = base["peak_bytes"] / max(peak, 1)
+                    rows.append(row)
+                    bar.update(1)
+    return rows
+
+
+# ---- decode --------------------------------------------------------------------------------------
+
+
+def smollm2_shaped(num_layers: int = 30):
+    """A SmolLM2-135M-shaped Llama with random weights (timing only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, head, batch: int, steps: int, prompt: int = 16, device="cpu") -> float:
+    """Greedy decoding with a KV cache: backbone step, then ``head.greedy`` on the last hidden state."""
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, 49152, (batch, prompt), device=device)
+    cache = DynamicCache()
+    hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    tok = head.greedy(hidden)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        hidden = model.model(input_ids=tok[:, None], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        tok = head.greedy(hidden)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
+    device = torch.device(cfg.device)
+    model = smollm2_shaped(cfg.decode_layers).to(device)
+    dense = DenseHead(576, 49152).to(device)
+    with torch.no_grad():
+        dense.weight.copy_(model.lm_head.weight)
+    rows = []
+    for K in cfg.loss_codebook_sizes:
+        vq = VQLogitsHead(576, 49152, K).to(device)
+        for batch in cfg.decode_batches:
+            bar.set_description(f"decode batch={batch}")
+            row = {"model": "SmolLM2-135M shape, random weights", "K": K, "batch": batch}
+            for name, head in (("dense", dense), ("vq", vq)):
+                decode_tokens_per_s(model, head, batch, 2, device=device)  # warm-up
+                runs = [decode_tokens_per_s(model, head, batch, cfg.decode_steps, device=device) for _ in range(max(1, cfg.repeats // 3))]
+                row[f"{name}_tok_s"] = sorted(runs)[len(runs) // 2]
+                h = torch.randn(batch, 576, device=device)
+                row[f"{name}_head_s"], _ = median_seconds(lambda: head.greedy(h), cfg.repeats, cfg.warmup, device)
+            row["speedup"] = row["vq_tok_s"] / row["dense_tok_s"]
+            row["head_speedup"] = row["dense_head_s"] / row["vq_head_s"]
+            rows.append(row)
+            bar.update(1)
+    return rows
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    out = [f"Device: {env['device']} · torch {env['torch']} · threads {env['threads']} · copy bandwidth {env['copy_GBps']:.1f} GB/s\n"]
+    out.append("### Logit computation (median; ratio = dense / VQ)\n")
+    out.append("| shape | K | tokens | dense h·Wᵀ | VQ code logits | VQ full logits | × code | × full | full: % of copy roofline |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results["logits"]:
+        out.append(f"| {r['shape']} | {r['K']} | {r['tokens']} | {_fmt_s(r['dense_s'])} | {_fmt_s(r['vq_compact_s'])} | {_fmt_s(r['vq_full_s'])} | {r['speedup_compact']:.1f} | {r['speedup_full']:.1f} | {r['vq_full_roofline_pct']:.0f}% |")
+    out.append("\n### Loss, forward + backward (median; peak = extra memory allocated)\n")
+    out.append("| shape | tokens | method | time | × vs dense | peak memory | × less memory |")
+    out.append("|---|---:|---|---:|---:|---:|---:|")
+    for r in results["loss"]:
+        out.append(f"| {r['shape']} | {r['tokens']} | {r['method']} | {_fmt_s(r['seconds'])} | {r['speedup_vs_dense']:.1f} | {r['peak_bytes'] / 2**20:,.1f} MiB | {r['memory_vs_dense']:.1f} |")
+    out.append("\n### Greedy decode with a KV cache, SmolLM2-135M shape (random weights)\n")
+    out.append("| K | batch | dense tok/s | VQ tok/s | × end to end | head: dense | head: VQ | × head |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results["decode"]:
+        out.append(f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} |")
+    if results["notes"]:
+        out.append("\n" + "\n".join(f"* {n}" for n in results["notes"]))
+    return "\n".join(out) + "\n"
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for shape in sorted({r["shape"] for r in results["logits"]}):
+        for K in sorted({r["K"] for r in results["logits"]}):
+            rs = [r for r in results["logits"] if r["shape"] == shape and r["K"] == K]
+            a1.plot([r["tokens"] for r in rs], [r["speedup_compact"] for r in rs], "o-", label=f"{shape} K={K}")
+    a1.set(xscale="log", yscale="log", xlabel="tokens", ylabel="dense time / VQ code-logit time", title="Logit computation speedup")
+    a1.legend(fontsize=7)
+    loss = [r for r in results["loss"]]
+    labels = [f"{r['method']}\nN={r['tokens']}" for r in loss]
+    a2.barh(range(len(loss)), [r["peak_bytes"] / 2**20 for r in loss])
+    a2.set_yticks(range(len(loss)), labels, fontsize=6)
+    a2.set(xscale="log", xlabel="peak MiB (forward + backward)", title="Loss peak memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run every measurement, write bench.md / bench.csv / bench.json / bench.png under cfg.out."""
+    device = torch.device(cfg.device)
+    torch.set_grad_enabled(True)
+    bandwidth = copy_bandwidth(device)
+    n_logits = len(cfg.shapes) * len(cfg.codebook_sizes) * len(cfg.tokens)
+    n_loss = len(cfg.shapes) * len(cfg.loss_codebook_sizes) * len(cfg.loss_tokens) * 4
+    with tqdm(total=n_logits + n_loss + len(cfg.decode_batches) * len(cfg.loss_codebook_sizes), desc="bench") as bar:
+        results = {
+            "environment": {
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "copy_GBps": bandwidth / 1e9,
+            },
+            "config": asdict(cfg),
+            "logits": bench_logits(cfg, bandwidth, bar),
+            "loss": bench_loss(cfg, bar),
+            "decode": bench_decode(cfg, bar),
+            "notes": [],
+        }
+    if device.type != "cuda":
+        results["notes"].append("Liger and Cut Cross-Entropy are GPU kernels: not measured on CPU.")
+    results["notes"].append(f"Dense measurements above {cfg.max_tflop} TFLOP per call are skipped (--max-tflop).")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    for part in ("logits", "loss", "decode"):
+        if results[part]:
+            with open(out / f"bench_{part}.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(results[part][0]))
+                w.writeheader()
+                w.writerows(results[part])
+    (out / "bench.md").write_text(markdown(results))
+    _plot(results, out / "bench.png")
+    return results
