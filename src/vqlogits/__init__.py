@@ -6,6 +6,16 @@ from .cluster import KMeansResult, kmeans
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The HF integration stays out of the core import (no transformers at `import vqlogits`).
+    if name == "load_pretrained":
+        from .hf.pretrained import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'vqlogits' has no attribute {name!r}")
+
+
 __all__ = [
     "AdaptiveHead",
     "DenseHead",
@@ -15,5 +25,6 @@ __all__ = [
     "build_head",
     "functional",
     "kmeans",
+    "load_pretrained",
     "__version__",
 ]

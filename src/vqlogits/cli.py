@@ -39,10 +39,38 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train an LM with a given head; rerun with the same --out to resume")
     _add_train_options(p)
 
-    p = sub.add_parser("eval", help="validation / test perplexity of a trained run")
+    p = sub.add_parser("eval", help="perplexity of a trained run, or original vs compressed for a compressed model")
     p.add_argument("run_dir")
-    p.add_argument("--corpus", default=None, help="evaluate on another corpus (same tokenizer)")
-    p.add_argument("--max-tokens", type=int, default=None, help="default: the run's final_eval_tokens")
+    p.add_argument("--corpus", default=None, help="evaluate on another corpus (same tokenizer); compressed models: default pydocs")
+    p.add_argument("--max-tokens", type=int, default=None, help="default: the run's final_eval_tokens (16384 for compressed models)")
+    p.add_argument("--cache", default=".cache")
+
+    p = sub.add_parser("compress", help="replace the head of an HF causal LM by a k-means VQ head")
+    p.add_argument("--model", default="smollm2", help="smollm2, an HF model folder, or a .gguf file")
+    p.add_argument("--codebook-size", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", default="kmeans", choices=["kmeans", "random", "frequency"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=".cache")
+
+    p = sub.add_parser("calibrate", help="recover quality: stage 1 head on cached states, stage 2 last layers")
+    p.add_argument("folder")
+    p.add_argument("--corpus", default="pydocs")
+    p.add_argument("--budget-minutes", type=float, default=10.0)
+    p.add_argument("--stages", default="12")
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--train-layers", type=int, default=4, help="0: all weights")
+    p.add_argument("--cache", default=".cache")
+
+    p = sub.add_parser("generate", help="decode from a compressed model through the compact head")
+    p.add_argument("folder")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("sweep", help="a grid over heads, K, maps and seeds, then a report")
     _add_train_options(p)
@@ -75,9 +103,28 @@ def main(argv: list[str] | None = None) -> int:
 
             _print(train(_train_config(args)))
         elif args.command == "eval":
-            from .lm.experiments import evaluate
+            from pathlib import Path
 
-            _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
+            if (Path(args.run_dir) / "vqlogits.json").exists():
+                from .hf.pretrained import evaluate_pretrained
+
+                _print(evaluate_pretrained(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+            else:
+                from .lm.experiments import evaluate
+
+                _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
+        elif args.command == "compress":
+            from .hf.pretrained import compress
+
+            print(compress(args.model, args.codebook_size, args.out, args.init, args.seed, args.cache))
+        elif args.command == "calibrate":
+            from .hf.calibrate import calibrate
+
+            _print(calibrate(args.folder, args.corpus, args.budget_minutes, args.stages, args.kl_weight, args.train_layers, cache=args.cache))
+        elif args.command == "generate":
+            from .hf.pretrained import generate_text
+
+            print(generate_text(args.folder, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.sample, args.seed))
         elif args.command == "sweep":
             from .lm.experiments import sweep
 

@@ -1,0 +1,14 @@
+"""Hugging Face integration: compress a causal LM's head with VQ-Logits. Outside the core."""
+
+from .pretrained import (
+    SUPPORTED,
+    compress,
+    evaluate_pretrained,
+    generate,
+    generate_text,
+    load_causal_lm,
+    load_pretrained,
+    save_pretrained,
+)
+
+__all__ = ["SUPPORTED", "compress", "evaluate_pretrained", "generate", "generate_text", "load_causal_lm", "load_pretrained", "save_pretrained"]

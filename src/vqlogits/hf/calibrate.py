@@ -1,0 +1,174 @@
+"""Recover quality after compression, in two stages, within a wall-clock budget, resumably.
+
+Stage 1 trains only the VQ head (codebook and bias) on cached hidden states of the frozen
+backbone: cross-entropy on the text plus ``kl_weight`` x KL(original || compressed), the original
+being the dense head. Stage 2 fine-tunes the last ``train_layers`` blocks, the final norm and the
+head against the same objective, with a frozen copy of the original model as teacher.
+
+Why the last layers and not LoRA or all weights: the head alone cannot absorb the compression
+(the context has to carry which token of a code comes next, so the backbone must adapt), and on
+a CPU the top blocks are where a few minutes of updates move the output distribution most per
+second; backward stops below them, and the optimizer state stays small. ``train_layers=0``
+fine-tunes every weight instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..lm.data import tokenize_corpus
+from ..lm.train import get_batch, save_atomic
+from .pretrained import dense_head_weight, load_pretrained, save_pretrained
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """CE(targets) + kl_weight * KL(teacher || student), means over tokens. Logits (N, V)."""
+    logp_s = torch.log_softmax(student_logits.float(), dim=-1)
+    loss = F.nll_loss(logp_s, targets)
+    if kl_weight:
+        logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
+        loss = loss + kl_weight * F.kl_div(logp_s, logp_t, log_target=True, reduction="batchmean")
+    return loss
+
+
+def _blocks(model):
+    base = model.base_model
+    blocks = getattr(base, "layers", None) or getattr(base, "h", None)
+    norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)
+    if blocks is None or norm is None:
+        raise ValueError(f"cannot find the transformer blocks of {type(base).__name__}")
+    return blocks, norm
+
+
+def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save_every: int) -> None:
+    """Call ``step_fn(step)`` until ``seconds`` of this stage are spent (resumed time counts)."""
+    bar = tqdm(total=round(seconds), initial=min(round(state["elapsed"]), round(seconds)), desc=desc, unit="s", mininterval=1.0)
+    while state["elapsed"] < seconds:
+        t0 = time.perf_counter()
+        loss = step_fn(state["step"])
+        state["step"] += 1
+        state["elapsed"] += time.perf_counter() - t0
+        state["losses"].append(loss)
+        bar.n = min(round(state["elapsed"]), round(seconds))
+        bar.set_postfix(step=state["step"], loss=f"{loss:.3f}")
+        if state["step"] % save_every == 0:
+            save_atomic(state["snapshot"](), ckpt)
+    bar.close()
+    save_atomic(state["snapshot"](), ckpt)
+
+
+def calibrate(
+    folder: str | Path,
+    corpus: str = "pydocs",
+    budget_minutes: float = 10.0,
+    stages: str = "12",
+    kl_weight: float = 1.0,
+    train_layers: int = 4,
+    stage1_share: float = 0.3,
+    hidden_tokens: int = 32768,
+    block: int = 256,
+    batch: int = 4,
+    lr_head: float = 3e-3,
+    lr_model: float = 3e-5,
+    seed: int = 0,
+    cache: str | Path = ".cache",
+) -> dict:
+    """Run the chosen stages ("1", "2" or "12") and save the calibrated model back into ``folder``."""
+    folder = Path(folder)
+    if not stages or set(stages) - {"1", "2"}:
+        raise ValueError(f"stages must be '1', '2' or '12', got {stages!r}")
+    model = load_pretrained(folder)
+    head = model.get_output_embeddings()
+    dense = dense_head_weight(folder)
+    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
+    train = splits["train"]
+    budget = budget_minutes * 60
+    share = {"1": budget * (stage1_share if stages == "12" else 1.0), "2": budget * ((1 - stage1_share) if stages == "12" else 1.0)}
+    summary: dict = {"stages": {}}
+    torch.manual_seed(seed)
+
+    if "1" in stages:
+        ckpt = folder / "calib_stage1.pt"
+        cached = folder / "calib_hidden.pt"
+        if not cached.exists():  # hidden states of the frozen backbone, computed once
+            hs, ys = [], []
+            with torch.no_grad():
+                for i in tqdm(range(max(1, hidden_tokens // (block * batch))), desc="hidden states", leave=False):
+                    x, y = get_batch(train, 10_000_000 + i, seed, batch, block)
+                    hs.append(model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model))
+                    ys.append(y.reshape(-1))
+            save_atomic({"h": torch.cat(hs), "y": torch.cat(ys)}, cached)
+        data = torch.load(cached)
+        H, Y = data["h"], data["y"]
+        opt = torch.optim.Adam(head.parameters(), lr=lr_head)
+        state = {"step": 0, "elapsed": 0.0, "losses": []}
+        if ckpt.exists():
+            saved = torch.load(ckpt, weights_only=False)
+            head.load_state_dict(saved["head"]), opt.load_state_dict(saved["opt"])
+            state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
+        state["snapshot"] = lambda: {"head": head.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+        rows = 512
+
+        def step1(step):
+            g = torch.Generator().manual_seed(seed * 7919 + step)
+            idx = torch.randint(0, H.shape[0], (rows,), generator=g)
+            h, y = H[idx], Y[idx]
+            with torch.no_grad():
+                teacher = h @ dense.T
+            loss = distill_loss(head(h), teacher, y, kl_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        _run_timed("stage 1 (head)", share["1"], state, step1, ckpt, save_every=50)
+        summary["stages"]["1"] = {"steps": state["step"], "seconds": state["elapsed"], "final_loss": state["losses"][-1] if state["losses"] else None}
+
+    if "2" in stages:
+        ckpt = folder / "calib_stage2.pt"
+        teacher_backbone = copy.deepcopy(model.base_model).eval().requires_grad_(False)
+        blocks, norm = _blocks(model)
+        model.requires_grad_(train_layers == 0)
+        trainable = list(model.parameters()) if train_layers == 0 else [p for m in (*blocks[-train_layers:], norm) for p in m.parameters()]
+        for p in trainable:
+            p.requires_grad_(True)
+        head.requires_grad_(True)
+        groups = [{"params": trainable, "lr": lr_model}, {"params": list(head.parameters()), "lr": lr_head / 3}]
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        state = {"step": 0, "elapsed": 0.0, "losses": []}
+        if ckpt.exists():
+            saved = torch.load(ckpt, weights_only=False)
+            model.load_state_dict(saved["model"]), opt.load_state_dict(saved["opt"])
+            state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
+        state["snapshot"] = lambda: {"model": model.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+        model.train()
+
+        def step2(step):
+            x, y = get_batch(train, step, seed, batch, block)
+            h = model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model)  # (B*T, d)
+            with torch.no_grad():
+                teacher = teacher_backbone(input_ids=x).last_hidden_state.reshape(-1, head.d_model) @ dense.T if kl_weight else None
+            loss = distill_loss(head(h), teacher, y.reshape(-1), kl_weight)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable + list(head.parameters()), 1.0)
+            opt.step()
+            return loss.item()
+
+        _run_timed("stage 2 (model)", share["2"], state, step2, ckpt, save_every=10)
+        model.eval()
+        summary["stages"]["2"] = {"steps": state["step"], "seconds": state["elapsed"], "train_layers": train_layers, "final_loss": state["losses"][-1] if state["losses"] else None}
+
+    save_pretrained(model, folder)
+    meta = json.loads((folder / "vqlogits.json").read_text())
+    meta.setdefault("calibration", []).append({"corpus": corpus, "budget_minutes": budget_minutes, "kl_weight": kl_weight, **summary})
+    meta["calibrated_backbone"] = meta.get("calibrated_backbone", False) or "2" in stages
+    (folder / "vqlogits.json").write_text(json.dumps(meta, indent=1))
+    return summary

@@ -1,0 +1,120 @@
+"""Pretrained integration on tiny random HF models built here: compress, save/load, generate, calibrate, eval."""
+
+import json
+
+import pytest
+import torch
+from test_train import write_corpus
+
+from vqlogits import VQLogitsHead, load_pretrained
+from vqlogits.cli import main
+from vqlogits.hf import compress, evaluate_pretrained, generate, save_pretrained
+from vqlogits.hf.calibrate import calibrate
+from vqlogits.lm.data import load_corpus, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("hfcorpus") / "text", n_docs=40)
+
+
+def _tiny(arch: str, vocab: int):
+    import transformers as T
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=0)
+        return T.LlamaForCausalLM(cfg)
+    if arch == "gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, eos_token_id=0))
+    return T.OPTForCausalLM(T.OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32))
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def source(request, corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    tok = load_tokenizer("bpe:300", load_corpus(str(corpus)))
+    tok.save(str(folder / "tokenizer.json"))
+    model = _tiny(request.param, tok.get_vocab_size())
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_compress_save_load_round_trip_is_exact(source, tmp_path):
+    out = compress(str(source), 16, tmp_path / "vq", seed=1)
+    model = load_pretrained(out)
+    head = model.get_output_embeddings()
+    assert isinstance(head, VQLogitsHead) and head.codebook_size == 16
+    assert not model.config.tie_word_embeddings
+    original = type(model).from_pretrained(source)
+    # the input embedding stays as it was
+    assert torch.equal(model.get_input_embeddings().weight, original.get_input_embeddings().weight)
+    ids = torch.randint(0, head.vocab_size, (2, 12))
+    logits = model(ids).logits
+    save_pretrained(model, tmp_path / "again")
+    for name in ("tokenizer.json", "dense_head.safetensors"):
+        (tmp_path / "again" / name).write_bytes((out / name).read_bytes())
+    assert torch.equal(load_pretrained(tmp_path / "again")(ids).logits, logits)
+    meta = json.loads((out / "vqlogits.json").read_text())
+    assert meta["codebook_size"] == 16 and meta["source"] == str(source)
+
+
+def test_compact_generation_equals_hf_generate(source, tmp_path):
+    model = load_pretrained(compress(str(source), 16, tmp_path / "vq"))
+    ids = torch.randint(1, 300, (3, 5))
+    ours = generate(model, ids, max_new_tokens=10, eos_token_id=0)
+    theirs = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=0, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    sampled = generate(model, ids, 10, temperature=0.8, top_k=20, top_p=0.9, do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (3, 15) and torch.equal(sampled[:, :5], ids)
+    hf_sampled = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=20, top_p=0.9, pad_token_id=0)
+    assert hf_sampled.shape[1] <= 9  # model.generate() works with the VQ head too
+
+
+def test_decode_never_builds_vocab_sized_logits(source, tmp_path, monkeypatch):
+    model = load_pretrained(compress(str(source), 16, tmp_path / "vq"))
+    head = model.get_output_embeddings()
+    monkeypatch.setattr(head, "forward", lambda h: pytest.fail("full logits were built"))
+    generate(model, torch.randint(1, 300, (2, 4)), 5, do_sample=True, top_k=10)
+
+
+def test_errors(source, tmp_path):
+    out = compress(str(source), 16, tmp_path / "vq")
+    import transformers as T
+
+    wrong = _tiny(json.loads((source / "config.json").read_text())["model_type"], 280)
+    with pytest.raises(ValueError, match="vocab_size=.*the model has vocab_size=280"):
+        load_pretrained(out, model=wrong)
+    with pytest.raises(ValueError, match="not a vqlogits folder"):
+        load_pretrained(source)
+    opt_dir = tmp_path / "opt"
+    _tiny("opt", 300).save_pretrained(opt_dir)
+    with pytest.raises(ValueError, match="architecture 'opt' .*not supported"):
+        compress(str(opt_dir), 16, tmp_path / "x")
+    assert isinstance(T.__version__, str)
+
+
+def test_calibrate_and_evaluate(source, corpus, tmp_path):
+    out = compress(str(source), 8, tmp_path / "vq")
+    cache = tmp_path / "cache"
+    before = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
+    summary = calibrate(out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache)
+    assert summary["stages"]["1"]["steps"] > 5 and summary["stages"]["2"]["steps"] > 0
+    assert (out / "calib_stage1.pt").exists() and (out / "calib_stage2.pt").exists()
+    after = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
+    for r in (before, after):
+        assert 0 <= r["top1_agreement"] <= 1 and r["kl_original_to_compressed"] >= 0
+        assert r["head_params"] < r["dense_head_params"] and r["vq_tok_s"] > 0
+    assert after["ppl_original"] == pytest.approx(before["ppl_original"], rel=1e-6)  # the teacher is the original model
+    # the random tiny model is a poor teacher; what must improve is the compressed model's held-out fit
+    assert after["ppl_compressed"] < 0.9 * before["ppl_compressed"]
+    # resuming a finished budget does no further steps
+    again = calibrate(out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache)
+    assert again["stages"]["1"]["steps"] == summary["stages"]["1"]["steps"]
+
+
+def test_cli_compress_and_generate(source, tmp_path, capsys):
+    assert main(["compress", "--model", str(source), "--codebook-size", "16", "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "c"), "w1 w2 the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("w1 w2 the")
