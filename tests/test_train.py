@@ -139,3 +139,18 @@ def test_sweep_report_and_cli(base, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "sweep" / "dense-s0")]) == 0
     assert main(["train", "--corpus", base.corpus, "--tokenizer", "bpe:300", "--head", "vq", "--mapping", "kmeans", "--cache", base.cache, "--out", str(tmp_path / "x")]) == 2
     assert "warmup_dense_steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["twolevel", "hybrid", "vq-lowrank", "rvq"])
+def test_new_heads_train_with_a_head_budget(base, head):
+    r = train(replace(base, steps=4, head=head, head_budget=0.25), progress=False)
+    assert r["head_params"] <= 0.25 * r["dense_head_params"] and r["head_budget"] == 0.25
+    assert r["decode_flops"] > 0 and r["test_ppl"] > 1
+
+
+def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
+    report = sweep(replace(base, steps=3), ["dense", "vq", "twolevel"], [], ["random"], [0], tmp_path / "b", budgets=[0.02, 0.3])
+    text = report.read_text()
+    # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
+    assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text
+    assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()

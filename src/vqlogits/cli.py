@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--bias", default="true", help="comma list of true/false")
     p.add_argument("--reassign", default="0", help="comma list of reassign_every values")
+    p.add_argument("--head-budgets", default="", help="comma list of fractions of the dense head (replaces --codebook-sizes)")
 
     p = sub.add_parser("report", help="markdown table and PNG plots from run folders")
     p.add_argument("runs", nargs="+")
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.out or "runs/sweep",
                 bias=[b.lower() == "true" for b in args.bias.split(",")],
                 reassign=ints(args.reassign),
+                budgets=[float(b) for b in args.head_budgets.split(",") if b],
             )
             print(report.read_text())
         elif args.command == "report":

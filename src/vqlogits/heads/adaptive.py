@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from .. import functional as VF
-from .._checks import check_dims, check_hidden, check_reduction, check_sampling, check_targets
+from .._checks import check_dims, check_hidden, check_reduction, check_targets
+from .base import FullLogitsMixin
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
@@ -15,7 +16,7 @@ def default_cutoffs(vocab_size: int) -> list[int]:
     return sorted({c for c in cuts if c < vocab_size})
 
 
-class AdaptiveHead(nn.Module):
+class AdaptiveHead(FullLogitsMixin, nn.Module):
     """Adaptive softmax over tokens ranked by frequency.
 
     ``AdaptiveLogSoftmaxWithLoss`` needs frequent tokens to have small ids, so tokens are
@@ -51,16 +52,7 @@ class AdaptiveHead(nn.Module):
         out = self.asm(h.reshape(-1, self.d_model), self.rank[torch.where(valid, flat, 0)]).output
         return VF.reduce_loss(torch.where(valid, -out, torch.zeros_like(out)), valid, reduction, targets.shape)
 
-    @torch.no_grad()
-    def greedy(self, h):
-        return self(h).argmax(-1)
-
-    @torch.no_grad()
-    def sample(self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
-        check_sampling(temperature, top_k, top_p)
-        return VF.sample_logits(self(h), temperature, top_k, top_p, generator)
-
-    @torch.no_grad()
-    def sampling_probs(self, h, temperature: float = 1.0, top_k=None, top_p=None):
-        check_sampling(temperature, top_k, top_p)
-        return VF.sampling_probs(self(h), temperature, top_k, top_p)
+    def decode_cost(self) -> dict:
+        """Full log-probabilities (head cluster + every tail cluster), as ``forward`` computes them."""
+        n = sum(p.numel() for p in self.parameters())
+        return {"flops": 2 * n, "bytes": 4 * n}

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional as VF
-from .._checks import check_dims, check_hidden, check_reduction, check_sampling, check_state_shapes, check_targets
+from .._checks import check_dims, check_hidden, check_reduction, check_state_shapes, check_targets
+from .base import FullLogitsMixin
 
 
-class DenseHead(nn.Module):
+class DenseHead(FullLogitsMixin, nn.Module):
     """``logits = h @ weight.T (+ bias)``, weight (V, d): the ordinary LM head."""
 
     def __init__(self, d_model: int, vocab_size: int, bias: bool = False, *, validate: bool = True, device=None, dtype=None):
@@ -38,19 +39,10 @@ class DenseHead(nn.Module):
         loss = F.cross_entropy(logits, targets.flatten(), ignore_index=ignore_index, reduction=reduction)
         return loss.reshape(targets.shape) if reduction == "none" else loss
 
-    @torch.no_grad()
-    def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        return self(h).argmax(-1)
-
-    @torch.no_grad()
-    def sample(self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
-        check_sampling(temperature, top_k, top_p)
-        return VF.sample_logits(self(h), temperature, top_k, top_p, generator)
-
-    @torch.no_grad()
-    def sampling_probs(self, h, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
-        check_sampling(temperature, top_k, top_p)
-        return VF.sampling_probs(self(h), temperature, top_k, top_p)
+    def decode_cost(self) -> dict:
+        """Greedy decoding of one token: multiply-adds x2 and bytes of weights read (fp32)."""
+        V, d = self.vocab_size, self.d_model
+        return {"flops": 2 * V * d, "bytes": 4 * V * d + (0 if self.bias is None else 4 * V)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         expected = {"weight": self.weight.shape}

@@ -30,6 +30,10 @@ class LowRankHead(DenseHead):
         out = (h @ self.down.T) @ self.up.T  # (..., r) -> (..., V)
         return out if self.bias is None else out + self.bias
 
+    def decode_cost(self) -> dict:
+        V, d, r = self.vocab_size, self.d_model, self.rank
+        return {"flops": 2 * r * (d + V), "bytes": 4 * r * (d + V)}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_state_shapes(state_dict, prefix, {"down": self.down.shape, "up": self.up.shape})
         nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)

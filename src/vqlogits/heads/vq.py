@@ -207,6 +207,11 @@ class VQLogitsHead(nn.Module):
         probs = self.code_index().dense_probs(z.reshape(-1, self.codebook_size), float(temperature), top_k, top_p)
         return probs.reshape(*z.shape[:-1], self.vocab_size)
 
+    def decode_cost(self) -> dict:
+        """Compact greedy decoding of one token: code logits, then per-code best-token tables."""
+        K, d = self.codebook_size, self.d_model
+        return {"flops": 2 * K * d + 2 * K, "bytes": 4 * K * d + 12 * K}
+
     # -- bookkeeping -------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         expected = {"codebook": self.codebook.shape, "assignment": (self.vocab_size,)}

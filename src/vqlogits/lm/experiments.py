@@ -53,11 +53,19 @@ def sweep(
     out: str | Path,
     bias: list[bool] = (True,),
     reassign: list[int] = (0,),
+    budgets: list[float] = (),
 ) -> Path:
-    """Train every combination (skipping finished runs, resuming broken ones) and write a report."""
+    """Train every combination (skipping finished runs, resuming broken ones) and write a report.
+
+    With ``budgets``, every head but dense and adaptive is sized to each budget instead
+    (``heads.size_for_budget``); budgets too small for a head are skipped with a note.
+    """
     out = Path(out)
     configs = []
     for head, seed in itertools.product(heads, seeds):
+        if budgets and head not in ("dense", "adaptive"):
+            configs += [replace(base, head=head, head_budget=b, seed=seed, out=str(out / f"{head}-b{b:g}-s{seed}")) for b in budgets]
+            continue
         if head != "vq":
             configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))
             continue
@@ -66,8 +74,14 @@ def sweep(
             name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}' if every else ''}-s{seed}"
             configs.append(replace(base, head="vq", codebook_size=K, mapping=mapping, head_bias=b, reassign_every=every, warmup_dense_steps=warm, seed=seed, out=str(out / name)))
     for cfg in configs:
-        if not (Path(cfg.out) / "results.json").exists():
+        if (Path(cfg.out) / "results.json").exists():
+            continue
+        try:
             train(cfg)
+        except ValueError as e:
+            if not cfg.head_budget or "smallest" not in str(e):
+                raise
+            print(f"skipped {cfg.head} at head_budget={cfg.head_budget}: {e}")
     return write_report([out], out)
 
 

@@ -26,10 +26,13 @@ class ModelConfig:
     n_head: int = 4
     d_model: int = 128
     block_size: int = 64
-    head: str = "dense"  # dense | vq | adaptive | lowrank
+    head: str = "dense"  # any name in vqlogits.heads.HEADS
     codebook_size: int = 1024
     head_bias: bool = True
     rank: int = 64
+    token_dim: int = 8  # twolevel
+    num_codebooks: int = 2  # rvq
+    n_frequent: int = 256  # hybrid
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **head_kw) -> "ModelConfig":
@@ -70,7 +73,7 @@ class GPT(nn.Module):
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
                 nn.init.normal_(p, std=std)
-        self.head = build_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.codebook_size, cfg.head_bias, cfg.rank)
+        self.head = build_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.codebook_size, cfg.head_bias, cfg.rank, cfg.token_dim, cfg.num_codebooks, cfg.n_frequent)
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, d) final hidden states."""

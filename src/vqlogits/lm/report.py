@@ -23,7 +23,17 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
 
 
 def label(r: dict) -> str:
-    c = r["config"]
+    c, m = r["config"], r["model_config"]
+    if c.get("head_budget"):
+        return f"{r['head']} @{100 * c['head_budget']:g}%"
+    if r["head"] == "hybrid":
+        return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
+    if r["head"] == "twolevel":
+        return f"twolevel K={m['codebook_size']} e={m['token_dim']}"
+    if r["head"] == "vq-lowrank":
+        return f"vq-lowrank K={m['codebook_size']} r={m['rank']}"
+    if r["head"] == "rvq":
+        return f"rvq {m['num_codebooks']}x{m['codebook_size']}"
     if r["head"] == "vq":
         extra = f" map={c['mapping']}" + (f" learned/{c['reassign_every']}" if c["reassign_every"] else "")
         extra += "" if c["head_bias"] else " no-bias"
@@ -61,6 +71,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "test_sd": test_sd,
                 "test_vs_dense_pct": None if dense_test is None else 100 * (test / dense_test - 1),
                 "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
+                "decode_flops": rs[0].get("decode_flops"),
+                "head": rs[0]["head"],
             }
         )
     return sorted(rows, key=lambda r: (-r["head_params"], r["config"]))
@@ -98,6 +110,17 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "ppl_vs_params.png", dpi=120)
     made.append("ppl_vs_params.png")
+
+    costed = [r for r in rows if r.get("decode_flops")]
+    if costed:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in costed:
+            ax.errorbar(r["decode_flops"], r["test_ppl"], yerr=r["test_sd"] or None, fmt="*" if r["config"] == "dense" else "o", label=r["config"])
+        ax.set(xscale="log", yscale="log", xlabel="decode FLOPs per token (head)", ylabel="test perplexity", title="Perplexity vs decode cost")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "ppl_vs_decode_cost.png", dpi=120)
+        made.append("ppl_vs_decode_cost.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..cluster import kmeans
-from ..heads import DenseHead, VQLogitsHead
+from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
 from .data import tokenize_corpus
 from .model import GPT, PRESETS, ModelConfig
@@ -36,7 +36,11 @@ class TrainConfig:
     head: str = "dense"
     codebook_size: int = 1024
     head_bias: bool = True
-    rank: int = 64  # lowrank head
+    rank: int = 64  # lowrank, vq-lowrank
+    token_dim: int = 8  # twolevel
+    num_codebooks: int = 2  # rvq
+    n_frequent: int = 256  # hybrid
+    head_budget: float = 0.0  # > 0: size the head to this fraction of the dense head (overrides the sizes above)
     mapping: str = "random"  # vq token -> code map, see MAPPINGS
     codebook_init: str = "random"  # random | centroids (mean dense-head row per code; needs warm-up)
     bias_init: str = "unigram"  # unigram (log train frequency) | zeros
@@ -58,7 +62,17 @@ class TrainConfig:
     out: str = "runs/run"
     cache: str = ".cache"
 
+    def head_sizes(self, d_model: int, vocab_size: int) -> dict:
+        """Head size options, from ``head_budget`` when set (see ``heads.size_for_budget``)."""
+        sizes = dict(codebook_size=self.codebook_size, head_bias=self.head_bias, rank=self.rank, token_dim=self.token_dim, num_codebooks=self.num_codebooks, n_frequent=self.n_frequent)
+        if self.head_budget and self.head not in ("dense", "adaptive"):
+            budget = size_for_budget(self.head, self.head_budget, d_model, vocab_size)
+            sizes.update({("head_bias" if k == "bias" else k): v for k, v in budget.items()})
+        return sizes
+
     def check(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.mapping not in MAPPINGS:
             raise ValueError(f"mapping must be one of {MAPPINGS}, got {self.mapping!r}")
         if self.codebook_init not in ("random", "centroids"):
@@ -169,7 +183,7 @@ class Reassigner:
 
 def build_vq_head(cfg: TrainConfig, model: GPT, counts: torch.Tensor) -> VQLogitsHead:
     """The VQ head by the configured map, codebook and bias initialisation."""
-    V, d, K = model.cfg.vocab_size, model.cfg.d_model, cfg.codebook_size
+    V, d, K = model.cfg.vocab_size, model.cfg.d_model, model.cfg.codebook_size
     dense = model.head.weight.detach().float() if isinstance(model.head, DenseHead) else None
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.mapping == "round":
@@ -181,7 +195,7 @@ def build_vq_head(cfg: TrainConfig, model: GPT, counts: torch.Tensor) -> VQLogit
     else:
         source = dense if cfg.mapping == "kmeans" else model.tok_emb.weight.detach().float()
         assignment = kmeans(source.cpu(), K, seed=cfg.seed, progress=True).assignment
-    head = VQLogitsHead(d, V, K, bias=cfg.head_bias)
+    head = VQLogitsHead(d, V, K, bias=model.cfg.head_bias)
     head.set_assignment(assignment)
     with torch.no_grad():
         if cfg.codebook_init == "centroids":
@@ -263,22 +277,28 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     ckpt_path = out / "ckpt.pt"
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if state is not None and state["config"] != asdict(cfg):
-        diff = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
-        raise ValueError(f"{ckpt_path} was written with a different config (saved, given): {diff}")
+    if state is not None:
+        # A field added after the checkpoint was written counts as its default (same behaviour).
+        saved = {**asdict(TrainConfig()), **state["config"]}
+        diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if saved[k] != v}
+        if diff:
+            raise ValueError(f"{ckpt_path} was written with a different config (saved, given): {diff}")
+        state["config"] = asdict(cfg)
 
     torch.manual_seed(cfg.seed)
     start_vq = cfg.head == "vq" and cfg.warmup_dense_steps == 0
     first_head = cfg.head if start_vq or cfg.head != "vq" else "dense"
-    mcfg = ModelConfig.preset(cfg.model, V, head=first_head, codebook_size=cfg.codebook_size, head_bias=cfg.head_bias, rank=cfg.rank)
+    d_model = PRESETS[cfg.model][2]
+    sizes = cfg.head_sizes(d_model, V)
+    mcfg = ModelConfig.preset(cfg.model, V, head=first_head, **sizes)
     model = GPT(mcfg)
-    if cfg.head == "adaptive":
+    if hasattr(model.head, "set_frequencies"):  # adaptive, hybrid
         model.head.set_frequencies(counts)
     if start_vq:
         model.head = build_vq_head(cfg, model, counts)
     model.to(device)
     if state is not None and state["model_config"]["head"] == "vq" and not isinstance(model.head, VQLogitsHead):
-        model.head = VQLogitsHead(mcfg.d_model, V, cfg.codebook_size, bias=cfg.head_bias).to(device)
+        model.head = VQLogitsHead(mcfg.d_model, V, mcfg.codebook_size, bias=mcfg.head_bias).to(device)
         model.cfg.head = "vq"
     opt = make_optimizer(model, cfg)
     reassigner = None
@@ -298,8 +318,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         return DDP(model, find_unused_parameters=cfg.head == "adaptive")
 
     runner = ddp_model()
-    if cfg.reassign_every and isinstance(model.head, VQLogitsHead):
-        reassigner = Reassigner(V, cfg.codebook_size, cfg.reassign_frac, device)
+    if cfg.reassign_every and type(model.head) is VQLogitsHead:  # the learned map is for the plain VQ head
+        reassigner = Reassigner(V, mcfg.codebook_size, cfg.reassign_frac, device)
         if state is not None and state.get("reassigner"):
             reassigner.load_state_dict(state["reassigner"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -310,7 +330,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             swap_head(model, opt, build_vq_head(cfg, model, counts))
             runner = ddp_model()
             if cfg.reassign_every:
-                reassigner = Reassigner(V, cfg.codebook_size, cfg.reassign_frac, device)
+                reassigner = Reassigner(V, mcfg.codebook_size, cfg.reassign_frac, device)
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -374,7 +394,8 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
     V, d = model.cfg.vocab_size, model.cfg.d_model
     result = {
         "head": cfg.head,
-        "codebook_size": cfg.codebook_size if cfg.head == "vq" else None,
+        "codebook_size": model.cfg.codebook_size if cfg.head in ("vq", "hybrid", "twolevel", "vq-lowrank", "rvq") else None,
+        "head_budget": cfg.head_budget or None,
         "head_params": model.head_params(),
         "dense_head_params": V * d,
         "total_params": model.head_params() + model.backbone_params(),
@@ -383,13 +404,16 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
         "train_tokens": cfg.steps * batch * model.cfg.block_size,
         "tokens_per_s": cfg.steps * batch * model.cfg.block_size / max(train_time, 1e-9),
         "wall_s": wall_time,
+        "decode_flops": model.head.decode_cost()["flops"],
+        "decode_bytes": model.head.decode_cost()["bytes"],
         "config": asdict(cfg),
         "model_config": asdict(model.cfg),
         "history": history,
     }
     if isinstance(model.head, VQLogitsHead):
-        result["code_sizes"] = torch.bincount(model.head.assignment.cpu(), minlength=cfg.codebook_size).tolist()
-        code_mass = torch.zeros(cfg.codebook_size).index_add_(0, model.head.assignment.cpu(), counts.float())
+        K = model.head.codebook_size
+        result["code_sizes"] = torch.bincount(model.head.assignment.cpu(), minlength=K).tolist()
+        code_mass = torch.zeros(K).index_add_(0, model.head.assignment.cpu(), counts.float())
         result["code_usage"] = (code_mass / code_mass.sum()).tolist()  # share of train targets per code
     return result
 

@@ -1,0 +1,37 @@
+"""Hybrid head: exact rows for the most frequent tokens, shared VQ codes for the tail."""
+
+from __future__ import annotations
+
+import torch
+
+from .vq import VQLogitsHead, balanced_assignment
+
+
+class HybridHead(VQLogitsHead):
+    """A VQ head whose first ``n_frequent`` codes each hold one frequent token.
+
+    A singleton code's vector is that token's own output row, so the frequent tokens get exact
+    dense logits, and the loss, greedy, sampling and top-k / top-p machinery of ``VQLogitsHead``
+    stays exact and O(n_frequent + K) unchanged. Call ``set_frequencies(counts)`` to choose the
+    frequent tokens (default: the smallest ids, which BPE vocabularies give to frequent merges).
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, bias: bool = True, *, validate: bool = True):
+        if not isinstance(n_frequent, int) or not 0 <= n_frequent < vocab_size or n_frequent + codebook_size > vocab_size:
+            raise ValueError(f"n_frequent must be an int with 0 <= n_frequent and n_frequent + codebook_size <= vocab_size={vocab_size}, got {n_frequent!r}")
+        super().__init__(d_model, vocab_size, n_frequent + codebook_size, bias, validate=validate)
+        self.n_frequent, self.tail_codes = n_frequent, codebook_size
+        self.set_frequencies(torch.arange(vocab_size, 0, -1))
+
+    def set_frequencies(self, counts: torch.Tensor) -> None:
+        if tuple(counts.shape) != (self.vocab_size,):
+            raise ValueError(f"counts must have shape ({self.vocab_size},), got {tuple(counts.shape)}")
+        order = torch.sort(counts.cpu(), descending=True, stable=True).indices
+        tail = balanced_assignment(self.vocab_size - self.n_frequent, self.tail_codes) + self.n_frequent
+        assignment = torch.empty(self.vocab_size, dtype=torch.long)
+        assignment[order[: self.n_frequent]] = torch.arange(self.n_frequent)
+        assignment[order[self.n_frequent :]] = tail  # frequency-interleaved over the tail codes
+        self.set_assignment(assignment.to(self.assignment.device))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", n_frequent={self.n_frequent}"
