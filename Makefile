@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The pinned torch comes from local disk as a CPU build; an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[hf,dev]"
+	$(BIN)/pip install -q -e ".[hf,dev,triton]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from ._checks import check_reduction
 
 
@@ -69,6 +70,7 @@ def vq_cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the VQ-Logits head without materialising (N, V).
 
@@ -76,17 +78,26 @@ def vq_cross_entropy(
     reductions and ``ignore_index`` behave identically and NaNs propagate the same way.
     Works in at least fp32, so the result's dtype is fp32 for half inputs (as under autocast).
     Inputs are not validated here; ``VQLogitsHead.loss`` does that.
+
+    ``fused``: use ``kernels.lse_and_target`` (Triton on the GPU, else chunked PyTorch; the backward
+    recomputes the code logits, so memory is O(chunk x K)). Default: fused when Triton can run.
     """
     check_reduction(reduction)
     flat_t = targets.reshape(-1)  # (N,)
-    z = code_logits(h.reshape(-1, h.shape[-1]), codebook)  # (N, K)
-    z = z.to(compute_dtype(z.dtype))
-    log_z = torch.logsumexp(z + log_code_mass(assignment, codebook.shape[0], bias, z.dtype), dim=-1)  # (N,)
     valid = flat_t != ignore_index
     safe_t = torch.where(valid, flat_t, torch.zeros_like(flat_t))
-    target_logit = z.gather(-1, assignment[safe_t].unsqueeze(-1)).squeeze(-1)  # (N,)
+    flat_h = h.reshape(-1, h.shape[-1])
+    log_mass = log_code_mass(assignment, codebook.shape[0], bias, compute_dtype(flat_h.dtype))
+    if fused or (fused is None and kernels.triton_usable(flat_h)):
+        # Streamed over codes, (N, K) never stored; see vqlogits.kernels.
+        log_z, target_logit = kernels.lse_and_target(flat_h, codebook, log_mass, assignment[safe_t])
+    else:
+        z = code_logits(flat_h, codebook)  # (N, K)
+        z = z.to(compute_dtype(z.dtype))
+        log_z = torch.logsumexp(z + log_mass.to(z.dtype), dim=-1)  # (N,)
+        target_logit = z.gather(-1, assignment[safe_t].unsqueeze(-1)).squeeze(-1)  # (N,)
     if bias is not None:
-        target_logit = target_logit + bias[safe_t].to(z.dtype)
+        target_logit = target_logit + bias[safe_t].to(target_logit.dtype)
     # where, not multiply: an ignored row's NaN must not leak, as in F.cross_entropy.
     loss = torch.where(valid, log_z - target_logit, torch.zeros_like(log_z))
     return reduce_loss(loss, valid, reduction, targets.shape)

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..functional import vq_cross_entropy
 from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
+from ..kernels import triton_usable
 from .timing import copy_bandwidth, median_seconds, peak_bytes
 
 SHAPES = {"smollm2": (49152, 576), "llama3": (128256, 2048), "gemma": (262144, 2304)}
@@ -118,6 +120,7 @@ def _loss_methods(V: int, d: int, K: int, device) -> dict:
         "dense chunked (1024 rows)": chunked,
         "AdaptiveLogSoftmaxWithLoss": lambda h, y: adaptive.loss(h, y).backward(),
         f"VQ compact (K={K})": lambda h, y: vq.loss(h, y).backward(),
+        f"VQ fused, {'Triton' if triton_usable(torch.empty(0, device=device)) else 'chunked PyTorch'} (K={K})": lambda h, y: vq_cross_entropy(h, y, vq.codebook, vq.assignment, vq.bias, fused=True).backward(),
     }
     if torch.device(device).type == "cuda":  # optional fused baselines, GPU only
         try:
@@ -278,7 +281,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     torch.set_grad_enabled(True)
     bandwidth = copy_bandwidth(device)
     n_logits = len(cfg.shapes) * len(cfg.codebook_sizes) * len(cfg.tokens)
-    n_loss = len(cfg.shapes) * len(cfg.loss_codebook_sizes) * len(cfg.loss_tokens) * 4
+    n_loss = len(cfg.shapes) * len(cfg.loss_codebook_sizes) * len(cfg.loss_tokens) * 5
     with tqdm(total=n_logits + n_loss + len(cfg.decode_batches) * len(cfg.loss_codebook_sizes), desc="bench") as bar:
         results = {
             "environment": {
