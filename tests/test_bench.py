@@ -15,7 +15,7 @@ def test_bench_runs_and_writes_files(tmp_path, monkeypatch):
     cfg = suite.BenchConfig(shapes=("toy",), codebook_sizes=(16, 64), tokens=(1, 128), loss_tokens=(256,), loss_codebook_sizes=(16,),
                             decode_batches=(1, 2), decode_steps=2, decode_layers=1, repeats=2, warmup=1, out=str(tmp_path))
     results = suite.run_bench(cfg)
-    assert len(results["logits"]) == 4 and len(results["loss"]) == 4 and len(results["decode"]) == 2
+    assert len(results["logits"]) == 4 and len(results["loss"]) == 5 and len(results["decode"]) == 2
     assert all(r["speedup_compact"] > 0 and r["vq_full_roofline_pct"] > 0 for r in results["logits"])
     assert {r["method"] for r in results["loss"]} >= {"dense F.cross_entropy", "VQ compact (K=16)"}
     for name in ("bench.md", "bench.json", "bench.png", "bench_logits.csv", "bench_loss.csv", "bench_decode.csv"):
