@@ -118,3 +118,26 @@ def test_cli_compress_and_generate(source, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(tmp_path / "c"), "w1 w2 the", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("w1 w2 the")
+
+
+def test_compact_distillation_loss_equals_full_logit_form():
+    import torch.nn.functional as F
+
+    from vqlogits.hf.calibrate import distill_loss
+
+    torch.manual_seed(0)
+    head = VQLogitsHead(16, 200, 9).double()
+    with torch.no_grad():
+        head.codebook.normal_()
+        head.bias.normal_()
+    head.set_assignment(torch.randint(0, 9, (200,)))
+    h = torch.randn(25, 16, dtype=torch.float64, requires_grad=True)
+    teacher = 2 * torch.randn(25, 200, dtype=torch.float64)
+    y = torch.randint(0, 200, (25,))
+    params = [h, head.codebook, head.bias]
+    fast = distill_loss(h, head, teacher, y, kl_weight=0.7)
+    logp_s = torch.log_softmax(head(h), -1)
+    ref = F.nll_loss(logp_s, y) + 0.7 * F.kl_div(logp_s, torch.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

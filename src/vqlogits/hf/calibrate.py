@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..lm.data import tokenize_corpus
@@ -28,13 +27,24 @@ from ..lm.train import get_batch, save_atomic
 from .pretrained import dense_head_weight, load_pretrained, save_pretrained
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
-    """CE(targets) + kl_weight * KL(teacher || student), means over tokens. Logits (N, V)."""
-    logp_s = torch.log_softmax(student_logits.float(), dim=-1)
-    loss = F.nll_loss(logp_s, targets)
+def distill_loss(h: torch.Tensor, head, teacher_logits: torch.Tensor | None, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """CE(targets) + kl_weight * KL(teacher || VQ student), means over tokens; h (N, d).
+
+    Exact without the student's (N, V) logits: with P_t(k) the teacher's mass on code k,
+    ``sum_v p_t(v) log p_s(v) = sum_k P_t(k) z_k + p_t . b - log Z_s``. The teacher's (N, V)
+    probabilities are needed anyway, but carry no gradient.
+    """
+    z = head.code_logits(h).to(torch.promote_types(h.dtype, torch.float32))  # (N, K)
+    log_z = torch.logsumexp(z + head.log_code_mass(), dim=-1)  # (N,)
+    bias = head.bias
+    target_logit = z.gather(1, head.assignment[targets][:, None]).squeeze(1) + (0 if bias is None else bias[targets])
+    loss = (log_z - target_logit).mean()
     if kl_weight:
-        logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
-        loss = loss + kl_weight * F.kl_div(logp_s, logp_t, log_target=True, reduction="batchmean")
+        logp_t = torch.log_softmax(teacher_logits.to(z.dtype), dim=-1)  # (N, V), no grad
+        p_t = logp_t.exp()
+        code_mass = torch.zeros_like(z).index_add_(1, head.assignment, p_t)  # (N, K)
+        cross = (code_mass * z).sum(-1) - log_z + (0 if bias is None else p_t @ bias.to(z.dtype))
+        loss = loss + kl_weight * ((p_t * logp_t).sum(-1) - cross).mean()
     return loss
 
 
@@ -122,7 +132,7 @@ def calibrate(
             h, y = H[idx], Y[idx]
             with torch.no_grad():
                 teacher = h @ dense.T
-            loss = distill_loss(head(h), teacher, y, kl_weight)
+            loss = distill_loss(h, head, teacher, y, kl_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -155,7 +165,7 @@ def calibrate(
             h = model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model)  # (B*T, d)
             with torch.no_grad():
                 teacher = teacher_backbone(input_ids=x).last_hidden_state.reshape(-1, head.d_model) @ dense.T if kl_weight else None
-            loss = distill_loss(head(h), teacher, y.reshape(-1), kl_weight)
+            loss = distill_loss(h, head, teacher, y.reshape(-1), kl_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable + list(head.parameters()), 1.0)
