@@ -141,3 +141,18 @@ def test_compact_distillation_loss_equals_full_logit_form():
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    out = compress(str(source), 16, tmp_path / "vq", exact_tokens=6, corpus=str(corpus), cache=tmp_path / "cache")
+    head = load_pretrained(out).get_output_embeddings()
+    dense = load_file(out / "dense_head.safetensors")["weight"]
+    singles = [int(torch.nonzero(head.assignment == k)[0]) for k in range(6)]
+    assert all(int((head.assignment == k).sum()) == 1 for k in range(6))
+    torch.testing.assert_close(head.codebook[:6], dense[singles])  # exact logits for those tokens
+    h = torch.randn(3, head.d_model)
+    torch.testing.assert_close(head(h)[:, singles], (h @ dense.T)[:, singles])
+    with pytest.raises(ValueError, match="exact_tokens must be in"):
+        compress(str(source), 16, tmp_path / "x", exact_tokens=16, corpus=str(corpus), cache=tmp_path / "cache")

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codebook-size", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--init", default="kmeans", choices=["kmeans", "random", "frequency"])
+    p.add_argument("--exact-tokens", type=int, default=0, help="codes spent on exact rows of the most frequent tokens of --corpus")
+    p.add_argument("--corpus", default="pydocs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=".cache")
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compress":
             from .hf.pretrained import compress
 
-            print(compress(args.model, args.codebook_size, args.out, args.init, args.seed, args.cache))
+            print(compress(args.model, args.codebook_size, args.out, args.init, args.seed, args.cache, exact_tokens=args.exact_tokens, corpus=args.corpus))
         elif args.command == "calibrate":
             from .hf.calibrate import calibrate
 

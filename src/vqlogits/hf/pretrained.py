@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..cluster import kmeans
 from ..heads import VQLogitsHead
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
@@ -82,11 +83,54 @@ def _use_vq_head(model, head: VQLogitsHead) -> None:
     model.set_output_embeddings(head)
 
 
-def compress(spec: str, codebook_size: int, out: str | Path, init: str = "kmeans", seed: int = 0, cache: str | Path = ".cache", bias: bool = True) -> Path:
-    """Load a causal LM, replace its head by a VQ head built from the head's weight, save to ``out``."""
+def exact_plus_kmeans(dense: torch.Tensor, codebook_size: int, frequent: torch.Tensor, seed: int = 0, bias: bool = True) -> VQLogitsHead:
+    """VQ head whose first len(frequent) codes are the exact rows of those tokens (singleton codes)
+    and whose other codes are k-means centroids of the remaining rows: the ``hybrid`` head's map."""
+    V, n = dense.shape[0], frequent.numel()
+    if not 0 < n < codebook_size:
+        raise ValueError(f"exact_tokens must be in (0, codebook_size={codebook_size}), got {n}")
+    rest = torch.ones(V, dtype=torch.bool)
+    rest[frequent] = False
+    tail = kmeans(dense[rest], codebook_size - n, seed=seed, progress=True)
+    assignment = torch.empty(V, dtype=torch.long)
+    assignment[frequent] = torch.arange(n)
+    assignment[rest] = n + tail.assignment
+    head = VQLogitsHead(dense.shape[1], V, codebook_size, bias=bias, dtype=dense.dtype)
+    with torch.no_grad():
+        head.codebook.copy_(torch.cat([dense[frequent], tail.centroids.to(dense.dtype)]))
+    head.set_assignment(assignment)
+    return head
+
+
+def compress(
+    spec: str,
+    codebook_size: int,
+    out: str | Path,
+    init: str = "kmeans",
+    seed: int = 0,
+    cache: str | Path = ".cache",
+    bias: bool = True,
+    exact_tokens: int = 0,
+    corpus: str = "pydocs",
+) -> Path:
+    """Load a causal LM, replace its head by a VQ head built from the head's weight, save to ``out``.
+
+    ``exact_tokens`` > 0 spends that many of the K codes on the most frequent tokens of
+    ``corpus`` (singleton codes holding their exact rows) and k-means the rest.
+    """
     model, source = load_causal_lm(spec, cache)
     dense = model.get_output_embeddings().weight.detach().clone()  # (V, d); a copy, as it may be tied
-    head = VQLogitsHead.from_weight(dense, codebook_size, init=init, seed=seed, bias=bias, progress=True)
+    if exact_tokens:
+        from ..lm.data import tokenize_corpus
+
+        if not (source / "tokenizer.json").exists():
+            raise ValueError(f"exact_tokens needs the model's tokenizer.json in {source}")
+        splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
+        counts = torch.bincount(torch.from_numpy(splits["train"].astype("int64")), minlength=dense.shape[0])[: dense.shape[0]]
+        frequent = torch.sort(counts, descending=True, stable=True).indices[:exact_tokens]
+        head = exact_plus_kmeans(dense, codebook_size, frequent, seed, bias)
+    else:
+        head = VQLogitsHead.from_weight(dense, codebook_size, init=init, seed=seed, bias=bias, progress=True)
     _use_vq_head(model, head)
     out = Path(out)
     save_pretrained(model, out, dense_head=dense, source=spec)

@@ -262,6 +262,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the run in ``cfg.out`` and return its results (also written to results.json)."""
     cfg.check()
     rank, world, device = _distributed()
+    if cfg.reassign_every and world > 1:
+        raise ValueError(f"the learned map (reassign_every={cfg.reassign_every}) runs in one process; set it to 0 under torchrun")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if rank != 0:
@@ -283,7 +285,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if saved[k] != v}
         if diff:
             raise ValueError(f"{ckpt_path} was written with a different config (saved, given): {diff}")
-        state["config"] = asdict(cfg)
 
     torch.manual_seed(cfg.seed)
     start_vq = cfg.head == "vq" and cfg.warmup_dense_steps == 0
@@ -336,10 +337,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             group["lr"] = lr_at(step, cfg)
         x, y = (t.to(device) for t in get_batch(splits["train"], step, cfg.seed, batch, mcfg.block_size, rank, world))
         with autocast:
-            if reassigner is not None:  # needs the hidden states, so no DDP forward shortcut
-                h = model.hidden(x) if world == 1 else None
-                if h is None:
-                    raise ValueError("the learned map (reassign_every > 0) runs in a single process only")
+            if reassigner is not None:  # the map's statistics need the hidden states
+                h = model.hidden(x)
                 loss = model.head.loss(h, y)
             else:
                 loss = runner(x, y)
