@@ -1,6 +1,7 @@
 """Training harness: any folder of text, results.json, exact resume, heads, maps, sweep, report, CLI."""
 
 import json
+import math
 import random
 from dataclasses import replace
 
@@ -154,3 +155,26 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
     # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
     assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text
     assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()
+
+
+def test_within_code_analysis(base, tmp_path):
+    from vqlogits.lm.analysis import within_code_analysis
+    from vqlogits.lm.experiments import load_model
+
+    dense = train(replace(base, steps=6, out=str(tmp_path / "d")), progress=False)
+    train(replace(base, steps=6, head="vq", codebook_size=8, out=str(tmp_path / "v")), progress=False)
+    r = within_code_analysis(tmp_path / "d", tmp_path / "v", max_tokens=base.final_eval_tokens)
+    assert abs(r["vq_code"] + r["vq_within"] - r["vq_total"]) < 1e-9
+    assert abs(r["dense_total"] - math.log(dense["test_ppl"])) < 1e-3  # same tokens as the final test eval
+    # VQ's within-code term is context-free: it equals what the bias alone gives
+    vq, _ = load_model(tmp_path / "v")
+    head = vq.head
+    from vqlogits.lm.data import tokenize_corpus
+
+    test = torch.from_numpy(tokenize_corpus(base.corpus, base.tokenizer, base.cache)[0]["test"].astype("int64"))
+    y = test[1 : r["tokens"] + 1]  # the targets of consecutive windows from the start
+    code_lse = torch.full((8,), float("-inf"), dtype=torch.float64)
+    for k in range(8):
+        code_lse[k] = torch.logsumexp(head.bias.double()[head.assignment == k], 0)
+    within = -(head.bias.double()[y] - code_lse[head.assignment[y]]).mean()
+    assert abs(float(within) - r["vq_within"]) < 1e-6

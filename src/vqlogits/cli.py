@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reassign", default="0", help="comma list of reassign_every values")
     p.add_argument("--head-budgets", default="", help="comma list of fractions of the dense head (replaces --codebook-sizes)")
 
+    p = sub.add_parser("analyze", help="split a VQ run's loss gap to dense into code and within-code terms")
+    p.add_argument("dense_run")
+    p.add_argument("vq_run")
+    p.add_argument("--max-tokens", type=int, default=65536)
+
     p = sub.add_parser("report", help="markdown table and PNG plots from run folders")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default=None, help="folder for report.md (default: the first run folder)")
@@ -144,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 budgets=[float(b) for b in args.head_budgets.split(",") if b],
             )
             print(report.read_text())
+        elif args.command == "analyze":
+            from .lm.analysis import within_code_analysis
+
+            _print(within_code_analysis(args.dense_run, args.vq_run, args.max_tokens))
         elif args.command == "report":
             from .lm.report import write_report
 
