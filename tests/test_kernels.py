@@ -57,6 +57,12 @@ INTERPRETED = textwrap.dedent(
         torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
         for a, b in zip(fused_g, ref_g):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for bias in (True, False):
+        z = torch.randn(5, 13)
+        M = torch.randint(0, 13, (2500,))
+        b = torch.randn(2500) if bias else None
+        got = kernels.scatter_logits_triton(z, M, b)
+        assert torch.equal(got, z[:, M] + (b if bias else 0)), "scatter kernel"
     print("triton-interpreter-ok")
     """
 )

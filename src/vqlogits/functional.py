@@ -28,7 +28,15 @@ def code_logits(h: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def scatter_logits(z: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Full logits from code logits, same as ``z[..., assignment] + bias``: (..., K) -> (..., V)."""
+    """Full logits from code logits, same as ``z[..., assignment] + bias``: (..., K) -> (..., V).
+
+    Without autograd on a GPU with Triton this is one fused pass (``kernels.scatter_logits_triton``);
+    otherwise a gather and an in-place bias add (two passes over one V-sized buffer).
+    """
+    needs_grad = torch.is_grad_enabled() and (z.requires_grad or (bias is not None and bias.requires_grad))
+    if not needs_grad and kernels.triton_usable(z) and z.is_cuda:
+        out = kernels.scatter_logits_triton(z.reshape(-1, z.shape[-1]), assignment, bias)
+        return out.reshape(*z.shape[:-1], assignment.numel())
     out = z.index_select(-1, assignment)  # (..., V)
     return out if bias is None else out.add_(bias)  # in place: one V-sized buffer, not two
 

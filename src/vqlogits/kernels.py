@@ -66,6 +66,33 @@ if HAS_TRITON:
         tl.store(zt_ptr + rows, target_logit, mask=row_ok)
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _scatter_kernel(z_ptr, m_ptr, b_ptr, out_ptr, V, K, HAS_BIAS: tl.constexpr, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+        ok = cols < V
+        code = tl.load(m_ptr + cols, mask=ok, other=0)
+        value = tl.load(z_ptr + row * K + code, mask=ok, other=0.0)
+        if HAS_BIAS:
+            value += tl.load(b_ptr + cols, mask=ok, other=0.0)
+        tl.store(out_ptr + row.to(tl.int64) * V + cols, value, mask=ok)
+
+
+def scatter_logits_triton(z: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``z[:, assignment] + bias`` in one pass over the (N, V) output (reads z, M and b, writes once).
+    z (N, K) contiguous; returns (N, V) in z's dtype. Forward only (decoding, evaluation)."""
+    z = z.contiguous()
+    N, K = z.shape
+    V = assignment.numel()
+    out = torch.empty(N, V, device=z.device, dtype=z.dtype)
+    block = 1024
+    b = bias.to(z.dtype).contiguous() if bias is not None else z  # dummy pointer when there is no bias
+    _scatter_kernel[(N, triton.cdiv(V, block))](z, assignment, b, out, V, K, HAS_BIAS=bias is not None, BLOCK_V=block)
+    return out
+
+
 def _forward_triton(h, codebook, log_mass, target_code):
     N, D = h.shape
     K = codebook.shape[0]
