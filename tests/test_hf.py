@@ -156,3 +156,12 @@ def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
     torch.testing.assert_close(head(h)[:, singles], (h @ dense.T)[:, singles])
     with pytest.raises(ValueError, match="exact_tokens must be in"):
         compress(str(source), 16, tmp_path / "x", exact_tokens=16, corpus=str(corpus), cache=tmp_path / "cache")
+
+
+def test_calibration_history_survives_later_stages(source, corpus, tmp_path):
+    out = compress(str(source), 8, tmp_path / "vq")
+    for stage in ("1", "2"):
+        calibrate(out, str(corpus), budget_minutes=0.02, stages=stage, train_layers=1, hidden_tokens=1024, block=64, cache=tmp_path / "cache")
+    meta = json.loads((out / "vqlogits.json").read_text())
+    assert [list(c["stages"]) for c in meta["calibration"]] == [["1"], ["2"]]
+    assert meta["calibrated_backbone"] and meta["source"] == str(source)

@@ -154,9 +154,16 @@ def main(argv: list[str] | None = None) -> int:
 
             _print(within_code_analysis(args.dense_run, args.vq_run, args.max_tokens))
         elif args.command == "report":
-            from .lm.report import write_report
+            from pathlib import Path
 
-            print(write_report(args.runs, args.out or args.runs[0]).read_text())
+            if any(next(Path(r).rglob("vqlogits.json"), None) for r in args.runs):
+                from .hf.report import pretrained_report
+
+                print(pretrained_report(args.runs[0], args.out).read_text())
+            else:
+                from .lm.report import write_report
+
+                print(write_report(args.runs, args.out or args.runs[0]).read_text())
         elif args.command == "bench":
             from .bench.suite import QUICK, BenchConfig, markdown, run_bench
 

@@ -152,8 +152,9 @@ def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = No
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    meta = {"format": FORMAT, "codebook_size": head.codebook_size, "vocab_size": head.vocab_size, "d_model": head.d_model, "bias": head.bias is not None, "architecture": model.config.model_type}
     old = json.loads((out / "vqlogits.json").read_text()) if (out / "vqlogits.json").exists() else {}
+    # Keep what earlier steps recorded (source, calibration history), update the head's shape.
+    meta = {**old, "format": FORMAT, "codebook_size": head.codebook_size, "vocab_size": head.vocab_size, "d_model": head.d_model, "bias": head.bias is not None, "architecture": model.config.model_type}
     meta["source"] = source or old.get("source")
     (out / "vqlogits.json").write_text(json.dumps(meta, indent=1))
     if dense_head is not None:
