@@ -63,6 +63,11 @@ INTERPRETED = textwrap.dedent(
         b = torch.randn(2500) if bias else None
         got = kernels.scatter_logits_triton(z, M, b)
         assert torch.equal(got, z[:, M] + (b if bias else 0)), "scatter kernel"
+        zb = z.bfloat16()
+        ref = zb.index_select(1, M)
+        if bias:
+            ref.add_(b)  # fp32 bias into bf16 logits: one rounding
+        assert torch.equal(kernels.scatter_logits_triton(zb, M, b), ref), "scatter kernel, bf16"
     print("triton-interpreter-ok")
     """
 )

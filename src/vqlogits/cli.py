@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--device", default=None)
     p.add_argument("--max-tflop", type=float, default=None)
+    p.add_argument("--repeats", type=int, default=None)
 
     args = parser.parse_args(argv)
     try:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bench.suite import QUICK, BenchConfig, markdown, run_bench
 
             kw = dict(QUICK) if args.quick else {}
-            kw.update({k: v for k, v in (("out", args.out), ("device", args.device), ("max_tflop", args.max_tflop)) if v is not None})
+            kw.update({k: v for k, v in (("out", args.out), ("device", args.device), ("max_tflop", args.max_tflop), ("repeats", args.repeats)) if v is not None})
             print(markdown(run_bench(BenchConfig(**kw))))
         elif args.command == "demo":
             from .lm.experiments import demo

@@ -74,9 +74,9 @@ if HAS_TRITON:
         cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = cols < V
         code = tl.load(m_ptr + cols, mask=ok, other=0)
-        value = tl.load(z_ptr + row * K + code, mask=ok, other=0.0)
-        if HAS_BIAS:
-            value += tl.load(b_ptr + cols, mask=ok, other=0.0)
+        value = tl.load(z_ptr + row * K + code, mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:  # add in fp32, round once on store: as PyTorch's in-place add does
+            value += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + row.to(tl.int64) * V + cols, value, mask=ok)
 
 
@@ -88,7 +88,7 @@ def scatter_logits_triton(z: torch.Tensor, assignment: torch.Tensor, bias: torch
     V = assignment.numel()
     out = torch.empty(N, V, device=z.device, dtype=z.dtype)
     block = 1024
-    b = bias.to(z.dtype).contiguous() if bias is not None else z  # dummy pointer when there is no bias
+    b = bias.contiguous() if bias is not None else z  # z is a dummy pointer when there is no bias
     _scatter_kernel[(N, triton.cdiv(V, block))](z, assignment, b, out, V, K, HAS_BIAS=bias is not None, BLOCK_V=block)
     return out
 
