@@ -69,7 +69,7 @@ if HAS_TRITON:
 if HAS_TRITON:
 
     @triton.jit
-    def _scatter_kernel(z_ptr, m_ptr, b_ptr, out_ptr, V, K, HAS_BIAS: tl.constexpr, BLOCK_V: tl.constexpr):
+    def _scatter_kernel(z_ptr, m_ptr, b_ptr, out_ptr, V, K, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_V: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = cols < V
@@ -77,6 +77,10 @@ if HAS_TRITON:
         value = tl.load(z_ptr + row * K + code, mask=ok, other=0.0).to(tl.float32)
         if HAS_BIAS:  # add in fp32, round once on store: as PyTorch's in-place add does
             value += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        if ROUND_BF16:  # round to nearest even by hand (as PyTorch does); the result is exact in bf16
+            bits = value.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            value = bits.to(tl.float32, bitcast=True)
         tl.store(out_ptr + row.to(tl.int64) * V + cols, value, mask=ok)
 
 
@@ -89,7 +93,7 @@ def scatter_logits_triton(z: torch.Tensor, assignment: torch.Tensor, bias: torch
     out = torch.empty(N, V, device=z.device, dtype=z.dtype)
     block = 1024
     b = bias.contiguous() if bias is not None else z  # z is a dummy pointer when there is no bias
-    _scatter_kernel[(N, triton.cdiv(V, block))](z, assignment, b, out, V, K, HAS_BIAS=bias is not None, BLOCK_V=block)
+    _scatter_kernel[(N, triton.cdiv(V, block))](z, assignment, b, out, V, K, HAS_BIAS=bias is not None, ROUND_BF16=z.dtype == torch.bfloat16, BLOCK_V=block)
     return out
 
 
