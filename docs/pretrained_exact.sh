@@ -14,3 +14,8 @@ for KN in 1024:512 4096:2048; do
   vqlogits eval "$D" $EVAL > "$D/eval_stage1.json"
   vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"
 done
+# Stage 2 for the best K = 4096 variant.
+D=$OUT/smollm2-vq4096-exact2048
+vqlogits calibrate "$D" --corpus pydocs --stages 2 --budget-minutes ${STAGE2_MIN:-6} --train-layers 4
+vqlogits eval "$D" $EVAL > "$D/eval_stage2.json"
+vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"
