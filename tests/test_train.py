@@ -175,6 +175,6 @@ def test_within_code_analysis(base, tmp_path):
     y = test[1 : r["tokens"] + 1]  # the targets of consecutive windows from the start
     code_lse = torch.full((8,), float("-inf"), dtype=torch.float64)
     for k in range(8):
-        code_lse[k] = torch.logsumexp(head.bias.double()[head.assignment == k], 0)
-    within = -(head.bias.double()[y] - code_lse[head.assignment[y]]).mean()
+        code_lse[k] = torch.logsumexp(head.bias.detach().double()[head.assignment == k], 0)
+    within = -(head.bias.detach().double()[y] - code_lse[head.assignment[y]]).mean()
     assert abs(float(within) - r["vq_within"]) < 1e-6

@@ -57,6 +57,18 @@ def _blocks(model):
     return blocks, norm
 
 
+def _resumable(ckpt: Path, module, opt) -> dict:
+    """Progress of a stage: restored from ``ckpt`` if it exists; ``snapshot()`` gives what to save."""
+    state = {"step": 0, "elapsed": 0.0, "losses": []}
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        module.load_state_dict(saved["module"])
+        opt.load_state_dict(saved["opt"])
+        state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
+    state["snapshot"] = lambda: {"module": module.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+    return state
+
+
 def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save_every: int) -> None:
     """Call ``step_fn(step)`` until ``seconds`` of this stage are spent (resumed time counts)."""
     bar = tqdm(total=round(seconds), initial=min(round(state["elapsed"]), round(seconds)), desc=desc, unit="s", mininterval=1.0)
@@ -118,12 +130,7 @@ def calibrate(
         data = torch.load(cached)
         H, Y = data["h"], data["y"]
         opt = torch.optim.Adam(head.parameters(), lr=lr_head)
-        state = {"step": 0, "elapsed": 0.0, "losses": []}
-        if ckpt.exists():
-            saved = torch.load(ckpt, weights_only=False)
-            head.load_state_dict(saved["head"]), opt.load_state_dict(saved["opt"])
-            state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
-        state["snapshot"] = lambda: {"head": head.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+        state = _resumable(ckpt, head, opt)
         rows = 512
 
         def step1(step):
@@ -152,12 +159,7 @@ def calibrate(
         head.requires_grad_(True)
         groups = [{"params": trainable, "lr": lr_model}, {"params": list(head.parameters()), "lr": lr_head / 3}]
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
-        state = {"step": 0, "elapsed": 0.0, "losses": []}
-        if ckpt.exists():
-            saved = torch.load(ckpt, weights_only=False)
-            model.load_state_dict(saved["model"]), opt.load_state_dict(saved["opt"])
-            state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
-        state["snapshot"] = lambda: {"model": model.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+        state = _resumable(ckpt, model, opt)
         model.train()
 
         def step2(step):
