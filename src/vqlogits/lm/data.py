@@ -47,7 +47,7 @@ def _local_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + (".rst.txt",))]
+        files = [p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES)]
     else:
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
     if not files:
