@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from conftest import make_vq
 
 from vqlogits import DenseHead, VQLogitsHead
-from vqlogits import functional as VF
 
 
 def naive_logits(head, h):

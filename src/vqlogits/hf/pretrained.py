@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cluster import kmeans
@@ -121,12 +120,12 @@ def compress(
     model, source = load_causal_lm(spec, cache)
     dense = model.get_output_embeddings().weight.detach().clone()  # (V, d); a copy, as it may be tied
     if exact_tokens:
-        from ..lm.data import tokenize_corpus
+        from ..lm.data import token_counts, tokenize_corpus
 
         if not (source / "tokenizer.json").exists():
             raise ValueError(f"exact_tokens needs the model's tokenizer.json in {source}")
         splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
-        counts = torch.bincount(torch.from_numpy(splits["train"].astype("int64")), minlength=dense.shape[0])[: dense.shape[0]]
+        counts = token_counts(splits["train"], dense.shape[0])
         frequent = torch.sort(counts, descending=True, stable=True).indices[:exact_tokens]
         head = exact_plus_kmeans(dense, codebook_size, frequent, seed, bias)
     else:
@@ -241,12 +240,6 @@ def generate_text(folder: str | Path, prompt: str, max_new_tokens: int = 48, tem
 # ---- evaluation ----------------------------------------------------------------------------------
 
 
-def _windows(data, block: int, max_tokens: int):
-    n = max(1, min((len(data) - 1) // block, max_tokens // block))
-    for i in range(n):
-        yield torch.from_numpy(data[i * block : (i + 1) * block + 1].astype("int64"))
-
-
 @torch.no_grad()
 def compare_heads(backbone, vq: VQLogitsHead, dense_weight: torch.Tensor, data, block: int = 256, max_tokens: int = 16384, original_backbone=None) -> dict:
     """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens.
@@ -256,8 +249,10 @@ def compare_heads(backbone, vq: VQLogitsHead, dense_weight: torch.Tensor, data, 
     original_backbone = original_backbone or backbone
     nll_o = nll_c = kl = agree = 0.0
     count = 0
-    for w in tqdm(list(_windows(data, block, max_tokens)), desc="compare", leave=False):
-        x, y = w[None, :-1], w[1:]
+    from ..lm.data import eval_windows
+
+    for w in tqdm(eval_windows(data, block, max_tokens, batch=1), desc="compare", leave=False):
+        x, y = w[:, :-1], w[0, 1:]
         h = backbone(input_ids=x).last_hidden_state[0]  # (T, d)
         h_o = h if original_backbone is backbone else original_backbone(input_ids=x).last_hidden_state[0]
         logp_o = torch.log_softmax(h_o @ dense_weight.T, dim=-1)  # (T, V)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..heads import VQLogitsHead
-from .data import tokenize_corpus
+from .data import eval_windows, token_counts, tokenize_corpus
 from .experiments import load_model
 
 
@@ -36,22 +35,18 @@ def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int 
     splits, _, meta = tokenize_corpus(vcfg.corpus, vcfg.tokenizer, vcfg.cache)
     V, head = meta["vocab_size"], vq.head
     M, K = head.assignment, head.codebook_size
-    counts = torch.from_numpy(np.bincount(np.asarray(splits["train"]), minlength=V)[:V].astype(np.float64)) + 1.0  # add-one
+    counts = token_counts(splits["train"], V).double() + 1.0  # add-one
     code_counts = torch.zeros(K, dtype=torch.float64).index_add_(0, M, counts)
     sums = dict.fromkeys(("vq_total", "vq_code", "vq_within", "dense_total", "dense_code", "dense_within", "unigram_within"), 0.0)
-    block = vq.cfg.block_size
-    data = splits["test"]
-    n_windows = max(1, min((len(data) - 1) // block, max_tokens // block))
     n = 0
-    for i in range(0, n_windows, batch):
-        starts = range(i * block, min(n_windows, i + batch) * block, block)
-        w = torch.from_numpy(np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in starts]))
+    for w in eval_windows(splits["test"], vq.cfg.block_size, max_tokens, batch):  # the tokens `perplexity` reads
         x, y = w[:, :-1], w[:, 1:].reshape(-1)
         code = M[y]
         # VQ: code term from the compact form, within term from the (context-free) bias
-        z = head.code_logits(vq.hidden(x)).reshape(-1, K).double()
+        h = vq.hidden(x)
+        z = head.code_logits(h).reshape(-1, K).double()
         log_code = torch.log_softmax(z + head.log_code_mass().double(), -1)
-        log_p_vq = torch.log_softmax(head(vq.hidden(x)).reshape(-1, V).double(), -1).gather(1, y[:, None]).squeeze(1)
+        log_p_vq = torch.log_softmax(head(h).reshape(-1, V).double(), -1).gather(1, y[:, None]).squeeze(1)
         vq_code = -log_code.gather(1, code[:, None]).squeeze(1)
         # dense, grouped by the same map
         log_p = torch.log_softmax(dense.head(dense.hidden(x)).reshape(-1, V).double(), -1)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 SPLITS = ("train", "val", "test")
@@ -211,3 +212,18 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
 def _batched(texts, n, tok):
     for i in range(0, len(texts), n):
         yield tok.encode_batch(texts[i : i + n])
+
+
+def token_counts(tokens, vocab_size: int) -> torch.Tensor:
+    """How often each token id occurs in ``tokens``, (V,) int64."""
+    return torch.from_numpy(np.bincount(np.asarray(tokens), minlength=vocab_size)[:vocab_size].astype(np.int64))
+
+
+def eval_windows(data, block: int, max_tokens: int, batch: int = 16) -> list[torch.Tensor]:
+    """Consecutive windows of ``block + 1`` tokens from the start of ``data``, batched (B, block + 1),
+    with at most ``max_tokens`` targets in all. Every evaluation reads the same tokens."""
+    n = max(1, min((len(data) - 1) // block, max_tokens // block))
+    return [
+        torch.from_numpy(np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in range(i * block, min(n, i + batch) * block, block)]))
+        for i in range(0, n, batch)
+    ]

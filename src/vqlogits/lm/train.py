@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..cluster import kmeans
 from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
-from .data import tokenize_corpus
+from .data import eval_windows, token_counts, tokenize_corpus
 from .model import GPT, PRESETS, ModelConfig
 
 MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
@@ -112,13 +112,10 @@ def get_batch(data: np.ndarray, step: int, seed: int, batch: int, block: int, ra
 @torch.no_grad()
 def perplexity(model: GPT, data: np.ndarray, max_tokens: int, batch: int = 16, desc: str = "eval") -> float:
     """exp(mean next-token loss) over consecutive windows of ``data`` (up to ``max_tokens`` targets)."""
-    block = model.cfg.block_size
-    n_windows = max(1, min((len(data) - 1) // block, max_tokens // block))
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in tqdm(range(0, n_windows, batch), desc=desc, leave=False):
-        starts = range(i * block, min(n_windows, i + batch) * block, block)
-        w = torch.from_numpy(np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in starts])).to(device)
+    for w in tqdm(eval_windows(data, model.cfg.block_size, max_tokens, batch), desc=desc, leave=False):
+        w = w.to(device)
         total += float(model.head.loss(model.hidden(w[:, :-1]), w[:, 1:], reduction="sum"))
         count += w[:, 1:].numel()
     return math.exp(total / count)
@@ -272,7 +269,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if world > 1 and rank == 0:
         dist.barrier()
     V = meta["vocab_size"]
-    counts = torch.from_numpy(np.bincount(np.asarray(splits["train"]), minlength=V)[:V].astype(np.int64))
+    counts = token_counts(splits["train"], V)
     batch = cfg.batch_size or PRESETS[cfg.model][4]
     if batch % world:
         raise ValueError(f"batch_size={batch} must be divisible by the number of processes {world}")
