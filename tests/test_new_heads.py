@@ -9,7 +9,7 @@ from vqlogits.heads.twolevel import TwoLevelHead
 
 V, D = 300, 12
 KW = dict(codebook_size=13, rank=3, token_dim=4, num_codebooks=2, n_frequent=20)
-NEW = ["vq-lowrank", "twolevel", "rvq", "hybrid"]
+NEW = ["vq-lowrank", "twolevel", "rvq", "hybrid", "hybrid-twolevel"]
 
 
 def make(name, bias=True, seed=0):
@@ -80,7 +80,7 @@ def test_twolevel_greedy_with_empty_codes_and_many_codes():
     assert torch.isfinite(head.loss(h, torch.randint(0, V, (64,))))
 
 
-@pytest.mark.parametrize("name", ["twolevel", "hybrid"])
+@pytest.mark.parametrize("name", ["twolevel", "hybrid", "hybrid-twolevel"])
 def test_sampled_frequencies_match(name):
     head = make(name)
     head.float()
@@ -94,14 +94,14 @@ def test_sampled_frequencies_match(name):
     assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1 / n).all()
 
 
-@pytest.mark.parametrize("name", ["vq", "hybrid", "twolevel", "vq-lowrank", "rvq", "lowrank"])
+@pytest.mark.parametrize("name", ["vq", "hybrid", "twolevel", "hybrid-twolevel", "vq-lowrank", "rvq", "lowrank"])
 @pytest.mark.parametrize("budget", [0.005, 0.02, 0.1])
 def test_head_budget_is_respected(name, budget):
     V_, d_ = 16384, 128
     try:
         kw = size_for_budget(name, budget, d_, V_)
     except ValueError as e:  # only when even the smallest head of that kind is over budget
-        assert budget == 0.005 and name in ("twolevel", "vq-lowrank", "lowrank") and "smallest" in str(e)
+        assert budget == 0.005 and name in ("twolevel", "hybrid-twolevel", "vq-lowrank", "lowrank") and "smallest" in str(e)
         return
     n = sum(p.numel() for p in build_head(name, d_, V_, **kw).parameters())
     assert 0.5 * budget * V_ * d_ <= n <= budget * V_ * d_, (kw, n)

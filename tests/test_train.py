@@ -65,7 +65,10 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("head,extra", [("dense", {}), ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3))])
+@pytest.mark.parametrize(
+    "head,extra",
+    [("dense", {}), ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3)), ("rvq", dict(codebook_size=16, reassign_every=3))],
+)
 def test_killed_run_resumes_exactly(base, monkeypatch, head, extra):
     cfg = replace(base, head=head, **extra)
     full = train(replace(cfg, out=cfg.out + "-full"), progress=False)
@@ -112,8 +115,9 @@ def test_every_head_and_map_trains(base, kw):
         assert sum(r["code_sizes"]) == r["dense_head_params"] // 128
 
 
-def test_learned_map_moves_tokens(base):
-    r = train(replace(base, head="vq", codebook_size=8, steps=12, reassign_every=4, reassign_frac=0.2), progress=False)
+@pytest.mark.parametrize("head", ["vq", "hybrid", "twolevel", "hybrid-twolevel", "vq-lowrank", "rvq"])
+def test_learned_map_moves_tokens(base, head):
+    r = train(replace(base, head=head, codebook_size=8, n_frequent=4, rank=4, steps=12, reassign_every=4, reassign_frac=0.2), progress=False)
     moved = [m for _, m in r["history"]["moved"]]
     assert len(moved) == 3 and max(moved) > 0
 
@@ -121,6 +125,8 @@ def test_learned_map_moves_tokens(base):
 def test_bad_options_raise(base):
     with pytest.raises(ValueError, match="warmup_dense_steps >= 1"):
         train(replace(base, head="vq", mapping="kmeans"), progress=False)
+    with pytest.raises(ValueError, match="reassign_every=5 needs a head with a token -> code map, got head='lowrank'"):
+        train(replace(base, head="lowrank", reassign_every=5), progress=False)
     with pytest.raises(ValueError, match="mapping must be one of"):
         train(replace(base, head="vq", mapping="nope"), progress=False)
     with pytest.raises(ValueError, match="corpus .* matches no"):

@@ -6,13 +6,13 @@ from torch import nn
 
 from .adaptive import AdaptiveHead
 from .dense import DenseHead
-from .hybrid import HybridHead
+from .hybrid import HybridHead, HybridTwoLevelHead
 from .lowrank import LowRankHead
 from .lowrank_residual import RVQHead, VQLowRankHead
 from .twolevel import TwoLevelHead
 from .vq import VQLogitsHead
 
-HEADS = ("dense", "vq", "adaptive", "lowrank", "vq-lowrank", "twolevel", "rvq", "hybrid")
+HEADS = ("dense", "vq", "adaptive", "lowrank", "vq-lowrank", "twolevel", "rvq", "hybrid", "hybrid-twolevel")
 
 
 def build_head(
@@ -43,6 +43,8 @@ def build_head(
         return RVQHead(d_model, vocab_size, codebook_size, num_codebooks, bias=bias)
     if name == "hybrid":
         return HybridHead(d_model, vocab_size, n_frequent, codebook_size, bias=bias)
+    if name == "hybrid-twolevel":
+        return HybridTwoLevelHead(d_model, vocab_size, n_frequent, codebook_size, token_dim, bias=bias)
     raise ValueError(f"head must be one of {HEADS}, got {name!r}")
 
 
@@ -53,6 +55,7 @@ def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int) -> 
     dropped when it alone would not fit beside one code. Then
       vq: K = (P - V) / d codes;  hybrid: half the codes exact rows for frequent tokens;
       twolevel: e = P / (4 V) dims per token (at least 1), the rest codes;
+      hybrid-twolevel: as twolevel, with half the codes exact rows for frequent tokens;
       vq-lowrank: r = P / (4 (V + d)) (at least 1), the rest codes;  rvq: 2 codebooks share the codes;
       lowrank: r = P / (V + d).
     """
@@ -73,10 +76,14 @@ def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int) -> 
         total = max(2, codes(rest))
         kw = dict(n_frequent=total // 2, codebook_size=total - total // 2, bias=bias)
         n = total * d
-    elif name == "twolevel":
+    elif name in ("twolevel", "hybrid-twolevel"):
         e = max(1, rest // (4 * V))
-        kw = dict(token_dim=e, codebook_size=codes(rest - e * (V + d)), bias=bias)
-        n = kw["codebook_size"] * d + e * (V + d)
+        total = codes(rest - e * (V + d))
+        kw = dict(token_dim=e, codebook_size=total, bias=bias)
+        if name == "hybrid-twolevel":
+            total = max(2, total)
+            kw.update(n_frequent=total // 2, codebook_size=total - total // 2)
+        n = total * d + e * (V + d)
     elif name == "vq-lowrank":
         r = max(1, min(d, rest // (4 * (V + d))))
         kw = dict(rank=r, codebook_size=codes(rest - r * (V + d)), bias=bias)
@@ -88,7 +95,7 @@ def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int) -> 
         kw = dict(rank=max(1, min(d, P // (V + d))))
         n, bias = kw["rank"] * (V + d), False
     else:
-        raise ValueError(f"head {name!r} cannot be sized by a budget; sizeable: vq, hybrid, twolevel, vq-lowrank, rvq, lowrank")
+        raise ValueError(f"head {name!r} cannot be sized by a budget; sizeable: vq, hybrid, twolevel, hybrid-twolevel, vq-lowrank, rvq, lowrank")
     n += V if bias else 0
     if n > P:
         raise ValueError(f"head_budget={budget} gives {P:,} parameters, but the smallest {name} head needs {n:,} (V={V}, d={d})")
@@ -100,6 +107,7 @@ __all__ = [
     "AdaptiveHead",
     "DenseHead",
     "HybridHead",
+    "HybridTwoLevelHead",
     "LowRankHead",
     "RVQHead",
     "TwoLevelHead",

@@ -1,13 +1,42 @@
-"""Hybrid head: exact rows for the most frequent tokens, shared VQ codes for the tail."""
+"""Hybrid heads: exact rows for the most frequent tokens, shared codes (VQ or two-level) for the tail."""
 
 from __future__ import annotations
 
 import torch
 
+from .twolevel import TwoLevelHead
 from .vq import VQLogitsHead, balanced_assignment
 
 
-class HybridHead(VQLogitsHead):
+def _check_split(n_frequent, codebook_size, vocab_size) -> None:
+    if not isinstance(n_frequent, int) or not 0 <= n_frequent < vocab_size or n_frequent + codebook_size > vocab_size:
+        raise ValueError(f"n_frequent must be an int with 0 <= n_frequent and n_frequent + codebook_size <= vocab_size={vocab_size}, got {n_frequent!r}")
+
+
+class FrequentCodes:
+    """The map of a hybrid head: codes ``0 .. n_frequent - 1`` each hold one frequent token, the
+    ``tail_codes`` codes after them share the rest."""
+
+    n_frequent: int
+    tail_codes: int
+
+    def set_frequencies(self, counts: torch.Tensor) -> None:
+        """Choose the frequent tokens by ``counts`` (V,); the tail is dealt to the tail codes
+        interleaved by frequency, so every tail code gets frequent and rare tokens alike."""
+        if tuple(counts.shape) != (self.vocab_size,):
+            raise ValueError(f"counts must have shape ({self.vocab_size},), got {tuple(counts.shape)}")
+        order = torch.sort(counts.cpu(), descending=True, stable=True).indices
+        tail = balanced_assignment(self.vocab_size - self.n_frequent, self.tail_codes) + self.n_frequent
+        assignment = torch.empty(self.vocab_size, dtype=torch.long)
+        assignment[order[: self.n_frequent]] = torch.arange(self.n_frequent)
+        assignment[order[self.n_frequent :]] = tail
+        self.set_assignment(assignment.to(self.assignment.device))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", n_frequent={self.n_frequent}"
+
+
+class HybridHead(FrequentCodes, VQLogitsHead):
     """A VQ head whose first ``n_frequent`` codes each hold one frequent token.
 
     A singleton code's vector is that token's own output row, so the frequent tokens get exact
@@ -17,21 +46,22 @@ class HybridHead(VQLogitsHead):
     """
 
     def __init__(self, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, bias: bool = True, *, validate: bool = True):
-        if not isinstance(n_frequent, int) or not 0 <= n_frequent < vocab_size or n_frequent + codebook_size > vocab_size:
-            raise ValueError(f"n_frequent must be an int with 0 <= n_frequent and n_frequent + codebook_size <= vocab_size={vocab_size}, got {n_frequent!r}")
+        _check_split(n_frequent, codebook_size, vocab_size)
         super().__init__(d_model, vocab_size, n_frequent + codebook_size, bias, validate=validate)
         self.n_frequent, self.tail_codes = n_frequent, codebook_size
         self.set_frequencies(torch.arange(vocab_size, 0, -1))
 
-    def set_frequencies(self, counts: torch.Tensor) -> None:
-        if tuple(counts.shape) != (self.vocab_size,):
-            raise ValueError(f"counts must have shape ({self.vocab_size},), got {tuple(counts.shape)}")
-        order = torch.sort(counts.cpu(), descending=True, stable=True).indices
-        tail = balanced_assignment(self.vocab_size - self.n_frequent, self.tail_codes) + self.n_frequent
-        assignment = torch.empty(self.vocab_size, dtype=torch.long)
-        assignment[order[: self.n_frequent]] = torch.arange(self.n_frequent)
-        assignment[order[self.n_frequent :]] = tail  # frequency-interleaved over the tail codes
-        self.set_assignment(assignment.to(self.assignment.device))
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", n_frequent={self.n_frequent}"
+class HybridTwoLevelHead(FrequentCodes, TwoLevelHead):
+    """A two-level head whose first ``n_frequent`` codes each hold one frequent token.
+
+    For a singleton code P(v | h) = P(code | h), a dense softmax logit; the tail tokens share the
+    remaining codes with context-dependent ranking inside them. Everything else, including the
+    exact O(K d + L e) loss and the exact greedy, is ``TwoLevelHead``'s.
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, token_dim: int = 8, bias: bool = True, *, validate: bool = True):
+        _check_split(n_frequent, codebook_size, vocab_size)
+        super().__init__(d_model, vocab_size, n_frequent + codebook_size, token_dim, bias, validate=validate)
+        self.n_frequent, self.tail_codes = n_frequent, codebook_size
+        self.set_frequencies(torch.arange(vocab_size, 0, -1))

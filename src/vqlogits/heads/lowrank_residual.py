@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_dims, check_hidden
+from .._checks import check_assignment, check_dims, check_hidden
 from .base import FullLogitsMixin
 from .vq import VQLogitsHead, balanced_assignment
 
@@ -57,6 +57,15 @@ class RVQHead(FullLogitsMixin, nn.Module):
         maps += [balanced_assignment(vocab_size, codebook_size, torch.randperm(vocab_size, generator=g)) for _ in range(num_codebooks - 1)]
         self.register_buffer("assignments", torch.stack(maps))  # (M, V)
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+
+    def set_assignment(self, assignment: torch.Tensor, codebook: int) -> None:
+        """Replace codebook ``codebook``'s token -> code map (validated like ``VQLogitsHead``'s)."""
+        M, K, _ = self.codebooks.shape
+        if not isinstance(codebook, int) or not 0 <= codebook < M:
+            raise ValueError(f"codebook must be an int in [0, {M}), got {codebook!r}")
+        check_assignment(assignment, self.vocab_size, K)
+        with torch.no_grad():
+            self.assignments[codebook].copy_(assignment)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         check_hidden(h, self.d_model)

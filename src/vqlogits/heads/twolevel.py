@@ -80,15 +80,20 @@ class TwoLevelHead(nn.Module):
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model)
         log_code = self._log_code(flat)  # (N, K)
+        s, lse = self.within_logits(flat)
+        out = log_code[:, self.assignment] + s - lse[:, self.assignment]
+        return out.reshape(*h.shape[:-1], self.vocab_size)
+
+    def within_logits(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's within-code logit (N, V) and every code's log-normaliser (N, K), from (N, d)."""
         s = (flat @ self.proj) @ self.token_vectors.T  # (N, V)
         if self.bias is not None:
             s = s + self.bias
-        peak = torch.full_like(log_code, float("-inf")).scatter_reduce(1, self.assignment.expand_as(s), s.detach(), "amax")
+        blank = s.new_zeros(s.shape[0], self.codebook_size)
+        peak = torch.full_like(blank, float("-inf")).scatter_reduce(1, self.assignment.expand_as(s), s.detach(), "amax")
         peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-        total = torch.zeros_like(log_code).index_add(1, self.assignment, torch.exp(s - peak[:, self.assignment]))
-        lse = peak + torch.log(total.clamp_min(torch.finfo(total.dtype).tiny))  # (N, K), per-code normaliser
-        out = log_code[:, self.assignment] + s - lse[:, self.assignment]
-        return out.reshape(*h.shape[:-1], self.vocab_size)
+        total = blank.index_add(1, self.assignment, torch.exp(s - peak[:, self.assignment]))
+        return s, peak + torch.log(total.clamp_min(torch.finfo(total.dtype).tiny))  # (N, V), (N, K)
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """Same as ``F.nll_loss(self(h).flatten(0, -2), targets.flatten())``, in O(N (K d + L e))."""

@@ -64,7 +64,9 @@ def sweep(
     configs = []
     for head, seed in itertools.product(heads, seeds):
         if budgets and head not in ("dense", "adaptive"):
-            configs += [replace(base, head=head, head_budget=b, seed=seed, out=str(out / f"{head}-b{b:g}-s{seed}")) for b in budgets]
+            for b, every in itertools.product(budgets, reassign if head != "lowrank" else (0,)):
+                name = f"{head}-b{b:g}{f'-learn{every}' if every else ''}-s{seed}"
+                configs.append(replace(base, head=head, head_budget=b, reassign_every=every, seed=seed, out=str(out / name)))
             continue
         if head != "vq":
             configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))

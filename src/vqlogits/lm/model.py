@@ -32,7 +32,7 @@ class ModelConfig:
     rank: int = 64
     token_dim: int = 8  # twolevel
     num_codebooks: int = 2  # rvq
-    n_frequent: int = 256  # hybrid
+    n_frequent: int = 256  # hybrid, hybrid-twolevel
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **head_kw) -> "ModelConfig":

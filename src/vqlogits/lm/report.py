@@ -23,11 +23,27 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
 
 
 def label(r: dict) -> str:
+    c = r["config"]
+    learned = f" learned/{c['reassign_every']}" if c.get("reassign_every") else ""
+    if r["head"] == "vq" and not c.get("head_budget"):
+        return _label(r)  # the map is part of the vq label
+    return _label(r) + learned
+
+
+def family(r: dict) -> str:
+    """The series a run belongs to in the plots: one head (and map rule) across budgets."""
+    c = r["config"]
+    return f"{r['head']}{' learned' if c.get('reassign_every') else ''}" if c.get("head_budget") else label(r)
+
+
+def _label(r: dict) -> str:
     c, m = r["config"], r["model_config"]
     if c.get("head_budget"):
         return f"{r['head']} @{100 * c['head_budget']:g}%"
     if r["head"] == "hybrid":
         return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
+    if r["head"] == "hybrid-twolevel":
+        return f"hybrid-twolevel {m['n_frequent']}+{m['codebook_size']} e={m['token_dim']}"
     if r["head"] == "twolevel":
         return f"twolevel K={m['codebook_size']} e={m['token_dim']}"
     if r["head"] == "vq-lowrank":
@@ -73,6 +89,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
                 "decode_flops": rs[0].get("decode_flops"),
                 "head": rs[0]["head"],
+                "family": family(rs[0]),
             }
         )
     return sorted(rows, key=lambda r: (-r["head_params"], r["config"]))
@@ -99,28 +116,31 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = defaultdict(list)  # one line per head family, points at its budgets
     for r in rows:
-        is_dense = r["config"] == "dense"
-        ax.errorbar(r["head_params"], r["test_ppl"], yerr=r["test_sd"] or None, fmt="*" if is_dense else "o", ms=12 if is_dense else 6, label=r["config"])
-        if is_dense:
-            ax.axhline(r["test_ppl"], color="gray", ls="--", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="head parameters", ylabel="test perplexity", title="Perplexity vs head size (dense = star, dashed)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "ppl_vs_params.png", dpi=120)
-    made.append("ppl_vs_params.png")
+        series[r["family"]].append(r)
+    markers = "os^vDP<>Xhp*"
+    dense = next((r for r in rows if r["config"] == "dense"), None)
 
-    costed = [r for r in rows if r.get("decode_flops")]
-    if costed:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in costed:
-            ax.errorbar(r["decode_flops"], r["test_ppl"], yerr=r["test_sd"] or None, fmt="*" if r["config"] == "dense" else "o", label=r["config"])
-        ax.set(xscale="log", yscale="log", xlabel="decode FLOPs per token (head)", ylabel="test perplexity", title="Perplexity vs decode cost")
-        ax.legend(fontsize=6)
+    def pareto(x_key: str, xlabel: str, name: str, title: str) -> None:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (fam, rs) in enumerate(series.items()):
+            rs = sorted((r for r in rs if r.get(x_key)), key=lambda r: r[x_key])
+            if rs:
+                is_dense = fam == "dense"
+                ax.errorbar([r[x_key] for r in rs], [r["test_ppl"] for r in rs], yerr=[r["test_sd"] for r in rs], fmt="*" if is_dense else f"{markers[i % len(markers)]}-", ms=12 if is_dense else 5, lw=1, capsize=2, color=f"C{i % 10}", label=fam)
+        if dense:
+            ax.axhline(dense["test_ppl"], color="gray", ls="--", lw=0.8)
+            ax.axhline(1.05 * dense["test_ppl"], color="gray", ls=":", lw=0.8, label="dense +5%")
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="test perplexity", title=title)
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / "ppl_vs_decode_cost.png", dpi=120)
-        made.append("ppl_vs_decode_cost.png")
+        fig.savefig(out / name, dpi=120)
+        made.append(name)
+
+    pareto("head_params", "head parameters", "ppl_vs_params.png", "Perplexity vs head size (dense: star, dashed)")
+    if any(r.get("decode_flops") for r in rows):
+        pareto("decode_flops", "decode FLOPs per token (head)", "ppl_vs_decode_cost.png", "Perplexity vs decode cost")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:

@@ -23,6 +23,7 @@ from ..cluster import kmeans
 from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
 from .data import eval_windows, token_counts, tokenize_corpus
+from .learned_map import LEARNABLE, MapLearner
 from .model import GPT, PRESETS, ModelConfig
 
 MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
@@ -37,15 +38,15 @@ class TrainConfig:
     codebook_size: int = 1024
     head_bias: bool = True
     rank: int = 64  # lowrank, vq-lowrank
-    token_dim: int = 8  # twolevel
+    token_dim: int = 8  # twolevel, hybrid-twolevel
     num_codebooks: int = 2  # rvq
-    n_frequent: int = 256  # hybrid
+    n_frequent: int = 256  # hybrid, hybrid-twolevel
     head_budget: float = 0.0  # > 0: size the head to this fraction of the dense head (overrides the sizes above)
     mapping: str = "random"  # vq token -> code map, see MAPPINGS
     codebook_init: str = "random"  # random | centroids (mean dense-head row per code; needs warm-up)
     bias_init: str = "unigram"  # unigram (log train frequency) | zeros
     warmup_dense_steps: int = 0  # vq: train a dense head this many steps, then build the VQ head from it
-    reassign_every: int = 0  # learned map: move tokens between codes every N steps (0: fixed map)
+    reassign_every: int = 0  # learned map: move tokens between codes every N steps (0: fixed map), see learned_map.py
     reassign_frac: float = 0.05  # at most this fraction of the seen tokens move per reassignment
     steps: int = 500
     batch_size: int = 0  # 0: the model preset's
@@ -85,6 +86,8 @@ class TrainConfig:
                 f"mapping={self.mapping!r} / codebook_init={self.codebook_init!r} build on a trained "
                 f"dense head: set warmup_dense_steps >= 1, got {self.warmup_dense_steps}"
             )
+        if self.reassign_every and self.head in ("dense", "adaptive", "lowrank"):
+            raise ValueError(f"reassign_every={self.reassign_every} needs a head with a token -> code map, got head={self.head!r}")
         if self.warmup_dense_steps >= self.steps and self.head == "vq":
             raise ValueError(f"warmup_dense_steps={self.warmup_dense_steps} must be < steps={self.steps}")
 
@@ -119,63 +122,6 @@ def perplexity(model: GPT, data: np.ndarray, max_tokens: int, batch: int = 16, d
         total += float(model.head.loss(model.hidden(w[:, :-1]), w[:, 1:], reduction="sum"))
         count += w[:, 1:].numel()
     return math.exp(total / count)
-
-
-class Reassigner:
-    """Learned token -> code map for a VQ head.
-
-    Rule: over a window of steps, accumulate for every token v and code c
-    ``S[v, c] = sum_{n: y_n = v} z[n, c]`` and ``A[c] = sum_n exp(z[n, c] - log Z_n)``. Moving v to c
-    changes the window's log-likelihood, to first order, by
-    ``gain[v, c] = S[v, c] - exp(b_v) * A[c]`` (its own target logits, minus the probability mass
-    it would take from every row's normaliser). Each reassignment moves the seen tokens whose
-    best code beats their current one by the largest margin, at most ``frac`` of them, because
-    the first-order estimate ignores that many tokens moving together shift the code masses.
-    Memory: a (V, K) fp32 matrix.
-    """
-
-    def __init__(self, vocab_size: int, num_codes: int, frac: float, device):
-        self.frac = frac
-        self.S = torch.zeros(vocab_size, num_codes, device=device)
-        self.A = torch.zeros(num_codes, device=device)
-        self.seen = torch.zeros(vocab_size, device=device)
-
-    @torch.no_grad()
-    def observe(self, head: VQLogitsHead, h: torch.Tensor, targets: torch.Tensor) -> None:
-        z = head.code_logits(h.detach().reshape(-1, head.d_model)).float()  # (N, K)
-        y = targets.reshape(-1)
-        log_z = torch.logsumexp(z + head.log_code_mass().detach(), dim=-1, keepdim=True)  # (N, 1)
-        self.A += torch.exp(z - log_z).sum(0)
-        self.S.index_add_(0, y, z)
-        self.seen += torch.bincount(y, minlength=self.seen.numel())
-
-    @torch.no_grad()
-    def reassign(self, head: VQLogitsHead) -> float:
-        """Apply the rule; returns the fraction of the vocabulary that moved."""
-        if dist.is_initialized():
-            for t in (self.S, self.A, self.seen):
-                dist.all_reduce(t)
-        weight = torch.ones_like(self.seen) if head.bias is None else head.bias.detach().float().exp()
-        gain = self.S - weight[:, None] * self.A[None, :]  # (V, K)
-        best_gain, best = gain.max(dim=1)
-        improvement = best_gain - gain.gather(1, head.assignment[:, None]).squeeze(1)
-        improvement = torch.where(self.seen > 0, improvement, torch.zeros_like(improvement))
-        n_move = int(min(int((improvement > 0).sum()), self.frac * int((self.seen > 0).sum())))
-        moved = 0.0
-        if n_move > 0:
-            movers = torch.topk(improvement, n_move).indices
-            new = head.assignment.clone()
-            new[movers] = best[movers]
-            head.set_assignment(new)
-            moved = n_move / head.vocab_size
-        self.S.zero_(), self.A.zero_(), self.seen.zero_()
-        return moved
-
-    def state_dict(self):
-        return {"S": self.S, "A": self.A, "seen": self.seen}
-
-    def load_state_dict(self, state):
-        self.S.copy_(state["S"]), self.A.copy_(state["A"]), self.seen.copy_(state["seen"])
 
 
 def build_vq_head(cfg: TrainConfig, model: GPT, counts: torch.Tensor) -> VQLogitsHead:
@@ -290,7 +236,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sizes = cfg.head_sizes(d_model, V)
     mcfg = ModelConfig.preset(cfg.model, V, head=first_head, **sizes)
     model = GPT(mcfg)
-    if hasattr(model.head, "set_frequencies"):  # adaptive, hybrid
+    if hasattr(model.head, "set_frequencies"):  # adaptive, hybrids
         model.head.set_frequencies(counts)
     if start_vq:
         model.head = build_vq_head(cfg, model, counts)
@@ -299,7 +245,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         model.head = VQLogitsHead(mcfg.d_model, V, mcfg.codebook_size, bias=mcfg.head_bias).to(device)
         model.cfg.head = "vq"
     opt = make_optimizer(model, cfg)
-    reassigner = None
+    map_learner = None
     history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_ppl": [], "moved": []}
     step, train_time, wall_time = 0, 0.0, 0.0  # train_time: steps only; wall_time: with evals
     if state is not None:
@@ -316,10 +262,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         return DDP(model, find_unused_parameters=cfg.head == "adaptive")
 
     runner = ddp_model()
-    if cfg.reassign_every and type(model.head) is VQLogitsHead:  # the learned map is for the plain VQ head
-        reassigner = Reassigner(V, mcfg.codebook_size, cfg.reassign_frac, device)
-        if state is not None and state.get("reassigner"):
-            reassigner.load_state_dict(state["reassigner"])
+    if cfg.reassign_every and isinstance(model.head, LEARNABLE):  # vq with a dense warm-up: at the swap
+        map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
+        if state is not None and state.get("map_learner"):
+            map_learner.load_state_dict(state["map_learner"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.head} {Path(cfg.out).name}", disable=not progress or rank != 0)
@@ -328,13 +274,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             swap_head(model, opt, build_vq_head(cfg, model, counts))
             runner = ddp_model()
             if cfg.reassign_every:
-                reassigner = Reassigner(V, mcfg.codebook_size, cfg.reassign_frac, device)
+                map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         x, y = (t.to(device) for t in get_batch(splits["train"], step, cfg.seed, batch, mcfg.block_size, rank, world))
         with autocast:
-            if reassigner is not None:  # the map's statistics need the hidden states
+            if map_learner is not None:  # the map's statistics need the hidden states
                 h = model.hidden(x)
                 loss = model.head.loss(h, y)
             else:
@@ -344,10 +290,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        if reassigner is not None:
-            reassigner.observe(model.head, h, y)
+        if map_learner is not None:
+            map_learner.observe(model.head, h, y)
             if step % cfg.reassign_every == 0:
-                history["moved"].append((step, reassigner.reassign(model.head)))
+                history["moved"].append((step, map_learner.reassign(model.head)))
         train_time += time.perf_counter() - t0
         loss_value = _mean_across(loss.item(), world)
         history["step"].append(step)
@@ -373,7 +319,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     "history": history,
                     "train_time": train_time,
                     "wall_time": wall_time,
-                    "reassigner": None if reassigner is None else reassigner.state_dict(),
+                    "map_learner": None if map_learner is None else map_learner.state_dict(),
                 },
                 ckpt_path,
             )
@@ -390,7 +336,7 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
     V, d = model.cfg.vocab_size, model.cfg.d_model
     result = {
         "head": cfg.head,
-        "codebook_size": model.cfg.codebook_size if cfg.head in ("vq", "hybrid", "twolevel", "vq-lowrank", "rvq") else None,
+        "codebook_size": model.cfg.codebook_size if cfg.head not in ("dense", "adaptive", "lowrank") else None,
         "head_budget": cfg.head_budget or None,
         "head_params": model.head_params(),
         "dense_head_params": V * d,

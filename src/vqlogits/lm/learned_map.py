@@ -1,0 +1,150 @@
+"""Learned token -> code maps: tokens move between codes during training, for every head with a map.
+
+Rule. Over a window of steps, estimate for every seen token v and code c how much the window's
+log-likelihood would change if v alone sat in c: ``gain[v, c] = own[v, c] - taken[v, c]``.
+
+- ``own[v, c]``: the log-likelihood terms of the rows whose target is v that depend on c.
+- ``taken[v, c]``: the probability v would take from the other rows' normalisers in c.
+
+Every ``reassign_every`` steps, the seen tokens whose best allowed code beats their current one
+by the largest margin move there, at most ``frac`` of them, because the first-order estimate
+ignores that many tokens moving together shift the code masses.
+
+Per head, with ``z = h @ C.T`` the code logits of the map being learned:
+
+- vq, hybrid (``logit_v = z[M(v)] + b_v``): ``own = sum_{n: y_n = v} z[n, c]``,
+  ``taken = exp(b_v) * sum_n exp(z[n, c] - log Z_n)``, first order in the probability v takes
+  from each row's normaliser, over all rows.
+  Hybrids (hybrid, hybrid-twolevel) move only tail tokens, and only between tail codes.
+- vq-lowrank, rvq (``logit_v = z_m[c_m(v)] + r[n, v]``, r context-dependent): the same ``own``;
+  ``taken = sum_n exp(z_m[n, c] + r[n, v] - log Z_n)`` needs the full distribution, so it is
+  estimated on ``samples`` random rows per step (unbiased). rvq learns each codebook's map.
+- twolevel (``log P(v) = log P(c | h) + s[n, v] - lse_c[n]``, lse over the code's members): a move
+  only changes the within-code normalisers, so the gain of moving one token is exact:
+  ``own = sum_{n: y_n = v} log P(c | h_n) + s[n, v] - log(exp(lse_c[n]) + exp(s[n, v]))`` (no
+  second term when v is already in c), and ``taken[v, c]`` sums, over the rows whose target is
+  another token of c, ``log(1 + q)`` (v joins; q = v's share of c) or ``-log(1 - q)`` (v is there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..heads import RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
+
+LEARNABLE = (VQLogitsHead, VQLowRankHead, RVQHead, TwoLevelHead)  # and their hybrid subclasses
+
+
+class MapLearner:
+    """Window statistics and moves for ``head``'s token -> code map(s); see the module docstring.
+
+    Memory: two (maps, V, K) fp32 matrices (one (V, K) and a (K,) vector for vq / hybrid).
+    """
+
+    def __init__(self, head, frac: float, samples: int = 256, seed: int = 0):
+        if not isinstance(head, LEARNABLE):
+            raise ValueError(f"the learned map needs a head with a token -> code map ({[c.__name__ for c in LEARNABLE]}), got {type(head).__name__}")
+        if not 0 < frac <= 1:
+            raise ValueError(f"reassign_frac must be in (0, 1], got {frac!r}")
+        self.frac, self.samples, self.seed, self.calls = frac, samples, seed, 0
+        maps = self._maps(head)
+        M, V, K = len(maps), head.vocab_size, self._codes(head)
+        device = maps[0].device
+        self.factorised = isinstance(head, VQLogitsHead)  # taken[v, c] = exp(b_v) * A[c]
+        self.own = torch.zeros(M, V, K, device=device)
+        self.taken = torch.zeros(M, 1, K, device=device) if self.factorised else torch.zeros(M, V, K, device=device)
+        self.seen = torch.zeros(V, device=device)
+
+    @staticmethod
+    def _maps(head) -> list[torch.Tensor]:
+        if isinstance(head, RVQHead):
+            return list(head.assignments)
+        return [head.vq.assignment if isinstance(head, VQLowRankHead) else head.assignment]
+
+    @staticmethod
+    def _codes(head) -> int:
+        return head.codebooks.shape[1] if isinstance(head, RVQHead) else (head.vq if isinstance(head, VQLowRankHead) else head).codebook_size
+
+    def _sample_rows(self, n: int, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        return torch.randperm(n, generator=g)[: self.samples].to(device)
+
+    @torch.no_grad()
+    def observe(self, head, h: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch (hidden states (..., d), targets (...)) to the window."""
+        dtype = next(head.parameters()).dtype
+        flat, y = h.detach().reshape(-1, head.d_model).to(dtype), targets.reshape(-1)
+        self.seen += torch.bincount(y, minlength=self.seen.numel())
+        self.calls += 1
+        if isinstance(head, TwoLevelHead):
+            return self._observe_twolevel(head, flat, y)
+        if isinstance(head, VQLogitsHead):
+            z = head.code_logits(flat).float()  # (N, K)
+            self.own[0].index_add_(0, y, z)
+            log_z = torch.logsumexp(z + head.log_code_mass().detach().float(), dim=-1, keepdim=True)  # (N, 1)
+            self.taken[0, 0] += torch.exp(z - log_z).sum(0)
+            return
+        rows = self._sample_rows(flat.shape[0], flat.device)
+        logp = torch.log_softmax(head(flat[rows]).float(), dim=-1)  # (n, V)
+        scale = flat.shape[0] / rows.numel()
+        codebooks = head.codebooks if isinstance(head, RVQHead) else head.vq.codebook[None]
+        for m, (codebook, assignment) in enumerate(zip(codebooks, self._maps(head))):
+            z = (flat @ codebook.T).float()  # (N, K)
+            self.own[m].index_add_(0, y, z)
+            zs = z[rows]
+            peak = zs.max(-1, keepdim=True).values  # (n, 1), keeps both exponentials finite
+            # exp(z[n, c] + r[n, v] - log Z_n) = exp(logp[n, v] - z[n, c_m(v)] + peak) * exp(z[n, c] - peak)
+            rest = torch.exp((logp - zs[:, assignment] + peak).clamp(max=80.0))  # (n, V)
+            self.taken[m] += scale * (rest.T @ torch.exp(zs - peak))  # (V, K)
+
+    def _observe_twolevel(self, head: TwoLevelHead, flat: torch.Tensor, y: torch.Tensor) -> None:
+        log_code = head._log_code(flat).float()  # (N, K)
+        s, lse = (t.float() for t in head.within_logits(flat))  # (N, V), (N, K)
+        s_y = s.gather(1, y[:, None])  # (N, 1)
+        code_y = head.assignment[y]
+        joined = torch.logaddexp(lse, s_y)  # the code's normaliser with y added
+        joined.scatter_(1, code_y[:, None], lse.gather(1, code_y[:, None]))  # y is already in its own code
+        self.own[0].index_add_(0, y, torch.nan_to_num(log_code + s_y - joined, neginf=-1e4))  # empty codes: never chosen
+        log_share = s - lse.gather(1, code_y[:, None])  # (N, V): each token's share inside y's code (if it sat there)
+        member = head.assignment[None, :] == code_y[:, None]  # (N, V)
+        # Row n loses -log(1 - share) to v for as long as v is in y_n's code, and log(1 + share) once v joins it.
+        cost = torch.where(member, -torch.log1p(-log_share.exp().clamp(max=1 - 1e-6)), torch.nn.functional.softplus(log_share))
+        cost.scatter_(1, y[:, None], 0.0)  # a row's own target takes nothing from it
+        self.taken[0] += torch.zeros_like(self.taken[0].T).index_add_(0, code_y, cost).T  # (V, K)
+
+    @torch.no_grad()
+    def reassign(self, head) -> float:
+        """Apply the rule and clear the window; returns the fraction of the map entries that moved."""
+        if dist.is_initialized():
+            for t in (self.own, self.taken, self.seen):
+                dist.all_reduce(t)
+        weight = head.bias.detach().float().exp()[:, None] if self.factorised and head.bias is not None else 1.0
+        movable, allowed = self.seen > 0, torch.ones(self.own.shape[2], dtype=torch.bool, device=self.seen.device)
+        allowed[: getattr(head, "n_frequent", 0)] = False  # hybrids: frequent tokens keep their own codes
+        moved = 0
+        for m, assignment in enumerate(self._maps(head)):
+            gain = (self.own[m] - weight * self.taken[m]).masked_fill(~allowed, float("-inf"))  # (V, K)
+            best_gain, best = gain.max(dim=1)
+            ok = movable & allowed[assignment]
+            improvement = torch.where(ok, best_gain - gain.gather(1, assignment[:, None]).squeeze(1), torch.zeros_like(best_gain))
+            n_move = int(min(int((improvement > 0).sum()), self.frac * int(ok.sum())))
+            if n_move > 0:
+                movers = torch.topk(improvement, n_move).indices
+                new = assignment.clone()
+                new[movers] = best[movers]
+                if isinstance(head, RVQHead):
+                    head.set_assignment(new, m)
+                else:
+                    (head.vq if isinstance(head, VQLowRankHead) else head).set_assignment(new)
+                moved += n_move
+        for t in (self.own, self.taken, self.seen):
+            t.zero_()
+        return moved / (self.own.shape[0] * self.own.shape[1])
+
+    def state_dict(self) -> dict:
+        return {"own": self.own, "taken": self.taken, "seen": self.seen, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.own.copy_(state["own"]), self.taken.copy_(state["taken"]), self.seen.copy_(state["seen"])
+        self.calls = state["calls"]
