@@ -107,6 +107,12 @@ def test_head_budget_is_respected(name, budget):
     assert 0.5 * budget * V_ * d_ <= n <= budget * V_ * d_, (kw, n)
 
 
+def test_head_budget_without_bias_spends_it_on_codes():
+    with_bias, without = size_for_budget("hybrid", 0.02, 128, 16384), size_for_budget("hybrid", 0.02, 128, 16384, bias=False)
+    assert with_bias["bias"] and not without["bias"]
+    assert without["n_frequent"] + without["codebook_size"] == 327 > with_bias["n_frequent"] + with_bias["codebook_size"] == 199
+
+
 def test_every_head_name_builds():
     for name in HEADS:
         head = build_head(name, D, V, **KW)

@@ -48,11 +48,11 @@ def build_head(
     raise ValueError(f"head must be one of {HEADS}, got {name!r}")
 
 
-def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int) -> dict:
+def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int, bias: bool = True) -> dict:
     """Head sizes whose parameter count is at most ``budget`` x the dense head's (V * d).
 
     Rule, with P = budget * V * d parameters to spend: the per-token bias (V) comes first, and is
-    dropped when it alone would not fit beside one code. Then
+    dropped when it alone would not fit beside one code (or when ``bias=False``). Then
       vq: K = (P - V) / d codes;  hybrid: half the codes exact rows for frequent tokens;
       twolevel: e = P / (4 V) dims per token (at least 1), the rest codes;
       hybrid-twolevel: as twolevel, with half the codes exact rows for frequent tokens;
@@ -63,7 +63,7 @@ def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int) -> 
         raise ValueError(f"head_budget must be in (0, 1], got {budget!r}")
     V, d = vocab_size, d_model
     P = int(budget * V * d)
-    bias = P >= V + d
+    bias = bias and P >= V + d
     rest = P - (V if bias else 0)
 
     def codes(params: int) -> int:

@@ -64,9 +64,9 @@ def sweep(
     configs = []
     for head, seed in itertools.product(heads, seeds):
         if budgets and head not in ("dense", "adaptive"):
-            for b, every in itertools.product(budgets, reassign if head != "lowrank" else (0,)):
-                name = f"{head}-b{b:g}{f'-learn{every}' if every else ''}-s{seed}"
-                configs.append(replace(base, head=head, head_budget=b, reassign_every=every, seed=seed, out=str(out / name)))
+            for b, every, with_bias in itertools.product(budgets, reassign if head != "lowrank" else (0,), bias if head != "lowrank" else (True,)):
+                name = f"{head}-b{b:g}{'' if with_bias else '-nobias'}{f'-learn{every}' if every else ''}-s{seed}"
+                configs.append(replace(base, head=head, head_budget=b, head_bias=with_bias, reassign_every=every, seed=seed, out=str(out / name)))
             continue
         if head != "vq":
             configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))

@@ -33,13 +33,15 @@ def label(r: dict) -> str:
 def family(r: dict) -> str:
     """The series a run belongs to in the plots: one head (and map rule) across budgets."""
     c = r["config"]
-    return f"{r['head']}{' learned' if c.get('reassign_every') else ''}" if c.get("head_budget") else label(r)
+    if not c.get("head_budget"):
+        return label(r)
+    return f"{r['head']}{'' if c['head_bias'] else ' no-bias'}{' learned' if c.get('reassign_every') else ''}"
 
 
 def _label(r: dict) -> str:
     c, m = r["config"], r["model_config"]
     if c.get("head_budget"):
-        return f"{r['head']} @{100 * c['head_budget']:g}%"
+        return f"{r['head']} @{100 * c['head_budget']:g}%{'' if c['head_bias'] else ' no-bias'}"
     if r["head"] == "hybrid":
         return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
     if r["head"] == "hybrid-twolevel":

@@ -36,7 +36,7 @@ class TrainConfig:
     model: str = "tiny"
     head: str = "dense"
     codebook_size: int = 1024
-    head_bias: bool = True
+    head_bias: bool = True  # with head_budget: a bias when it fits (False: never)
     rank: int = 64  # lowrank, vq-lowrank
     token_dim: int = 8  # twolevel, hybrid-twolevel
     num_codebooks: int = 2  # rvq
@@ -67,7 +67,7 @@ class TrainConfig:
         """Head size options, from ``head_budget`` when set (see ``heads.size_for_budget``)."""
         sizes = dict(codebook_size=self.codebook_size, head_bias=self.head_bias, rank=self.rank, token_dim=self.token_dim, num_codebooks=self.num_codebooks, n_frequent=self.n_frequent)
         if self.head_budget and self.head not in ("dense", "adaptive"):
-            budget = size_for_budget(self.head, self.head_budget, d_model, vocab_size)
+            budget = size_for_budget(self.head, self.head_budget, d_model, vocab_size, bias=self.head_bias)
             sizes.update({("head_bias" if k == "bias" else k): v for k, v in budget.items()})
         return sizes
 
