@@ -30,9 +30,12 @@ class ModelConfig:
     codebook_size: int = 1024
     head_bias: bool = True
     rank: int = 64
-    token_dim: int = 8  # twolevel
+    token_dim: int = 8  # twolevel, hybrid-twolevel
     num_codebooks: int = 2  # rvq
     n_frequent: int = 256  # hybrid, hybrid-twolevel
+
+    def build_head(self) -> nn.Module:
+        return build_head(self.head, self.d_model, self.vocab_size, self.codebook_size, self.head_bias, self.rank, self.token_dim, self.num_codebooks, self.n_frequent)
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **head_kw) -> "ModelConfig":
@@ -73,7 +76,7 @@ class GPT(nn.Module):
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
                 nn.init.normal_(p, std=std)
-        self.head = build_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.codebook_size, cfg.head_bias, cfg.rank, cfg.token_dim, cfg.num_codebooks, cfg.n_frequent)
+        self.head = cfg.build_head()
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, d) final hidden states."""

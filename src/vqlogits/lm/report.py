@@ -7,6 +7,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .model import ModelConfig
+
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
     """results.json of each run folder, searching sub-folders of the given paths."""
@@ -16,6 +18,8 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
         for f in files:
             r = json.loads(f.read_text())
             r["run"] = f.parent.name
+            if "decode_flops" not in r:  # runs from before decode costs were recorded
+                r["decode_flops"] = ModelConfig(**r["model_config"]).build_head().decode_cost()["flops"]
             runs.append(r)
     if not runs:
         raise ValueError(f"no results.json under {[str(p) for p in paths]}")
@@ -92,23 +96,44 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "decode_flops": rs[0].get("decode_flops"),
                 "head": rs[0]["head"],
                 "family": family(rs[0]),
+                "head_budget": rs[0]["config"].get("head_budget"),
             }
         )
     return sorted(rows, key=lambda r: (-r["head_params"], r["config"]))
 
 
+def _sd(x: float) -> str:
+    return f" ± {x:.1f}" if x else ""
+
+
+def _vs(r: dict) -> str:
+    return "" if r["test_vs_dense_pct"] is None else f"{r['test_vs_dense_pct']:+.1f}%"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s |\n"
-    head += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s | decode FLOPs/token |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
-        vs = "" if r["test_vs_dense_pct"] is None else f"{r['test_vs_dense_pct']:+.1f}%"
-        sd = lambda x: f" ± {x:.1f}" if x else ""  # noqa: E731
+        flops = f"{r['decode_flops']:,}" if r.get("decode_flops") else ""
         lines.append(
             f"| {r['config']} | {r['seeds']} | {r['head_params']:,} | {r['reduction_pct']:.1f}% | "
-            f"{r['val_ppl']:.1f}{sd(r['val_sd'])} | {r['test_ppl']:.1f}{sd(r['test_sd'])} | {vs} | {r['tokens_per_s']:,.0f} |"
+            f"{r['val_ppl']:.1f}{_sd(r['val_sd'])} | {r['test_ppl']:.1f}{_sd(r['test_sd'])} | {_vs(r)} | {r['tokens_per_s']:,.0f} | {flops} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def budget_table(rows: list[dict]) -> str:
+    """Test perplexity (vs dense) of every head family at every head budget: one row per family."""
+    budgets = sorted({r["head_budget"] for r in rows if r.get("head_budget")})
+    if not budgets:
+        return ""
+    cells = defaultdict(dict)
+    for r in rows:
+        if r.get("head_budget"):
+            cells[r["family"]][r["head_budget"]] = f"{r['test_ppl']:.1f}{_sd(r['test_sd'])} ({_vs(r)}, n={r['seeds']})"
+    head = "| head | " + " | ".join(f"{100 * b:g}% of dense" for b in budgets) + " |\n|---|" + "---:|" * len(budgets) + "\n"
+    return head + "\n".join(f"| {fam} | " + " | ".join(c.get(b, "–") for b in budgets) + " |" for fam, c in cells.items()) + "\n"
 
 
 def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
@@ -178,7 +203,9 @@ def write_report(paths: list[str | Path], out: str | Path, extra: str = "") -> P
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
     images = plots(runs, rows, out)
-    text = "# vqlogits report\n\n" + markdown_table(rows) + "\n" + extra
+    by_budget = budget_table(rows)
+    text = "# vqlogits report\n\n" + (f"Test perplexity by head budget:\n\n{by_budget}\n" if by_budget else "")
+    text += markdown_table(rows) + "\n" + extra
     text += "\n".join(f"![{name}]({name})" for name in images) + "\n"
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
