@@ -148,7 +148,7 @@ def test_sweep_report_and_cli(base, tmp_path, capsys):
     assert "warmup_dense_steps" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("head", ["twolevel", "hybrid", "vq-lowrank", "rvq"])
+@pytest.mark.parametrize("head", ["twolevel", "hybrid", "hybrid-twolevel", "vq-lowrank", "rvq"])
 def test_new_heads_train_with_a_head_budget(base, head):
     r = train(replace(base, steps=4, head=head, head_budget=0.25), progress=False)
     assert r["head_params"] <= 0.25 * r["dense_head_params"] and r["head_budget"] == 0.25
@@ -156,10 +156,13 @@ def test_new_heads_train_with_a_head_budget(base, head):
 
 
 def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
-    report = sweep(replace(base, steps=3), ["dense", "vq", "twolevel"], [], ["random"], [0], tmp_path / "b", budgets=[0.02, 0.3])
+    report = sweep(replace(base, steps=3), ["dense", "vq", "twolevel"], [], ["random"], [0], tmp_path / "b", reassign=[0, 2], budgets=[0.02, 0.3])
     text = report.read_text()
     # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
-    assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text
+    assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text and "vq @2% learned/2" in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| twolevel learned"].endswith(" | – | " + rows["| twolevel learned"].split(" | ")[-1])  # no 2% cell
+    assert rows["| vq"].count(", n=1)") == 2  # a cell per budget
     assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()
 
 
