@@ -85,15 +85,18 @@ class TwoLevelHead(nn.Module):
         return out.reshape(*h.shape[:-1], self.vocab_size)
 
     def within_logits(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every token's within-code logit (N, V) and every code's log-normaliser (N, K), from (N, d)."""
-        s = (flat @ self.proj) @ self.token_vectors.T  # (N, V)
+        """Every token's within-code logit (N, V) and every code's log-normaliser (N, K), from (N, d).
+
+        Computed token-major, (V, N), so the per-code reductions add whole rows; returns views."""
+        s = self.token_vectors @ (flat @ self.proj).T  # (V, N)
         if self.bias is not None:
-            s = s + self.bias
-        blank = s.new_zeros(s.shape[0], self.codebook_size)
-        peak = torch.full_like(blank, float("-inf")).scatter_reduce(1, self.assignment.expand_as(s), s.detach(), "amax")
+            s = s + self.bias[:, None]
+        blank = s.new_zeros(self.codebook_size, s.shape[1])
+        rows = self.assignment[:, None].expand_as(s)
+        peak = torch.full_like(blank, float("-inf")).scatter_reduce(0, rows, s.detach(), "amax")
         peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-        total = blank.index_add(1, self.assignment, torch.exp(s - peak[:, self.assignment]))
-        return s, peak + torch.log(total.clamp_min(torch.finfo(total.dtype).tiny))  # (N, V), (N, K)
+        total = blank.index_add(0, self.assignment, torch.exp(s - peak[self.assignment]))
+        return s.T, (peak + torch.log(total.clamp_min(torch.finfo(total.dtype).tiny))).T  # (N, V), (N, K)
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """Same as ``F.nll_loss(self(h).flatten(0, -2), targets.flatten())``, in O(N (K d + L e))."""

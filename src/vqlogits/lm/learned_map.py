@@ -15,21 +15,23 @@ Per head, with ``z = h @ C.T`` the code logits of the map being learned:
 - vq, hybrid (``logit_v = z[M(v)] + b_v``): ``own = sum_{n: y_n = v} z[n, c]``,
   ``taken = exp(b_v) * sum_n exp(z[n, c] - log Z_n)``, first order in the probability v takes
   from each row's normaliser, over all rows.
-  Hybrids (hybrid, hybrid-twolevel) move only tail tokens, and only between tail codes.
 - vq-lowrank, rvq (``logit_v = z_m[c_m(v)] + r[n, v]``, r context-dependent): the same ``own``;
   ``taken = sum_n exp(z_m[n, c] + r[n, v] - log Z_n)`` needs the full distribution, so it is
   estimated on ``samples`` random rows per step (unbiased). rvq learns each codebook's map.
-- twolevel (``log P(v) = log P(c | h) + s[n, v] - lse_c[n]``, lse over the code's members): a move
-  only changes the within-code normalisers, so the gain of moving one token is exact:
-  ``own = sum_{n: y_n = v} log P(c | h_n) + s[n, v] - log(exp(lse_c[n]) + exp(s[n, v]))`` (no
-  second term when v is already in c), and ``taken[v, c]`` sums, over the rows whose target is
-  another token of c, ``log(1 + q)`` (v joins; q = v's share of c) or ``-log(1 - q)`` (v is there).
+- twolevel, hybrid-twolevel (``log P(v) = log P(c | h) + s[n, v] - lse_c[n]``, lse over the
+  code's members): a move only changes the within-code normalisers, so the gain of moving one
+  token is exact: ``own = sum_{n: y_n = v} log P(c | h_n) + s[n, v] - log(exp(lse_c[n]) + exp(s[n, v]))``
+  (no second term when v is already in c), and ``taken[v, c]`` sums, over the rows whose target
+  is another token of c, ``log(1 + q)`` (v joins; q = v's share of c) or ``-log(1 - q)`` (v is
+  there). Both are summed over ``samples`` random rows per step (exact when they are all).
+- Hybrids (hybrid, hybrid-twolevel) move only tail tokens, and only between tail codes.
+
+The learner runs in one process (training refuses it under torchrun).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from ..heads import RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
 
@@ -42,7 +44,7 @@ class MapLearner:
     Memory: two (maps, V, K) fp32 matrices (one (V, K) and a (K,) vector for vq / hybrid).
     """
 
-    def __init__(self, head, frac: float, samples: int = 256, seed: int = 0):
+    def __init__(self, head, frac: float, samples: int = 128, seed: int = 0):
         if not isinstance(head, LEARNABLE):
             raise ValueError(f"the learned map needs a head with a token -> code map ({[c.__name__ for c in LEARNABLE]}), got {type(head).__name__}")
         if not 0 < frac <= 1:
@@ -53,7 +55,10 @@ class MapLearner:
         device = maps[0].device
         self.factorised = isinstance(head, VQLogitsHead)  # taken[v, c] = exp(b_v) * A[c]
         self.own = torch.zeros(M, V, K, device=device)
+        # (M, 1, K) factorised; (M, K, V) for the two-level heads, whose rows are added per code
         self.taken = torch.zeros(M, 1, K, device=device) if self.factorised else torch.zeros(M, V, K, device=device)
+        if isinstance(head, TwoLevelHead):
+            self.taken = torch.zeros(M, K, V, device=device).transpose(1, 2)
         self.seen = torch.zeros(V, device=device)
 
     @staticmethod
@@ -75,8 +80,11 @@ class MapLearner:
         """Add one batch (hidden states (..., d), targets (...)) to the window."""
         dtype = next(head.parameters()).dtype
         flat, y = h.detach().reshape(-1, head.d_model).to(dtype), targets.reshape(-1)
-        self.seen += torch.bincount(y, minlength=self.seen.numel())
+        rows = self._sample_rows(flat.shape[0], flat.device)
         self.calls += 1
+        if isinstance(head, TwoLevelHead):  # O(V) per row for both terms: sampled rows only
+            flat, y = flat[rows], y[rows]
+        self.seen += torch.bincount(y, minlength=self.seen.numel())
         if isinstance(head, TwoLevelHead):
             return self._observe_twolevel(head, flat, y)
         if isinstance(head, VQLogitsHead):
@@ -85,7 +93,6 @@ class MapLearner:
             log_z = torch.logsumexp(z + head.log_code_mass().detach().float(), dim=-1, keepdim=True)  # (N, 1)
             self.taken[0, 0] += torch.exp(z - log_z).sum(0)
             return
-        rows = self._sample_rows(flat.shape[0], flat.device)
         logp = torch.log_softmax(head(flat[rows]).float(), dim=-1)  # (n, V)
         scale = flat.shape[0] / rows.numel()
         codebooks = head.codebooks if isinstance(head, RVQHead) else head.vq.codebook[None]
@@ -111,14 +118,11 @@ class MapLearner:
         # Row n loses -log(1 - share) to v for as long as v is in y_n's code, and log(1 + share) once v joins it.
         cost = torch.where(member, -torch.log1p(-log_share.exp().clamp(max=1 - 1e-6)), torch.nn.functional.softplus(log_share))
         cost.scatter_(1, y[:, None], 0.0)  # a row's own target takes nothing from it
-        self.taken[0] += torch.zeros_like(self.taken[0].T).index_add_(0, code_y, cost).T  # (V, K)
+        self.taken[0].T.index_add_(0, code_y, cost)  # (K, V), contiguous
 
     @torch.no_grad()
     def reassign(self, head) -> float:
         """Apply the rule and clear the window; returns the fraction of the map entries that moved."""
-        if dist.is_initialized():
-            for t in (self.own, self.taken, self.seen):
-                dist.all_reduce(t)
         weight = head.bias.detach().float().exp()[:, None] if self.factorised and head.bias is not None else 1.0
         movable, allowed = self.seen > 0, torch.ones(self.own.shape[2], dtype=torch.bool, device=self.seen.device)
         allowed[: getattr(head, "n_frequent", 0)] = False  # hybrids: frequent tokens keep their own codes
