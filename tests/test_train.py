@@ -155,13 +155,22 @@ def test_new_heads_train_with_a_head_budget(base, head):
     assert r["decode_flops"] > 0 and r["test_ppl"] > 1
 
 
+def test_crossing_interpolates_in_log_log():
+    from vqlogits.lm.report import crossing
+
+    assert crossing([(0.01, 400.0), (0.04, 100.0)], 200.0) == "2.0%"  # halfway in log-log
+    assert crossing([(0.04, 100.0), (0.01, 400.0)], 500.0) == "≤ 1%"
+    assert crossing([(0.01, 400.0), (0.04, 300.0)], 200.0) == "> 4%"
+
+
 def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
     report = sweep(replace(base, steps=3), ["dense", "vq", "twolevel"], [], ["random"], [0], tmp_path / "b", reassign=[0, 2], budgets=[0.02, 0.3])
     text = report.read_text()
     # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
     assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text and "vq @2% learned/2" in text
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["| twolevel learned"].endswith(" | – | " + rows["| twolevel learned"].split(" | ")[-1])  # no 2% cell
+    assert rows["| twolevel learned"].startswith("| twolevel learned | – | ")  # no 2% cell
+    assert rows["| twolevel learned"].split(" | ")[-1] in ("> 30% |", "≤ 30% |")  # where +5% of dense is reached
     assert rows["| vq"].count(", n=1)") == 2  # a cell per budget
     assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -123,17 +124,38 @@ def markdown_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def crossing(points: list[tuple[float, float]], target: float) -> str:
+    """The smallest budget at which the (budget, ppl) curve reaches ``target``, interpolated
+    linearly in log-log between the two measured budgets around it."""
+    points = sorted(points)
+    if points[0][1] <= target:
+        return f"≤ {100 * points[0][0]:g}%"
+    for (b0, p0), (b1, p1) in zip(points, points[1:]):
+        if p1 <= target:
+            t = (math.log(p0) - math.log(target)) / (math.log(p0) - math.log(p1))
+            return f"{100 * math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))):.1f}%"
+    return f"> {100 * points[-1][0]:g}%"
+
+
 def budget_table(rows: list[dict]) -> str:
-    """Test perplexity (vs dense) of every head family at every head budget: one row per family."""
+    """Test perplexity (vs dense) of every head family at every head budget: one row per family,
+    and the budget at which each family comes within +5% of dense (``crossing``)."""
     budgets = sorted({r["head_budget"] for r in rows if r.get("head_budget")})
     if not budgets:
         return ""
-    cells = defaultdict(dict)
+    dense = next((r["test_ppl"] for r in rows if r["config"] == "dense"), None)
+    cells, points = defaultdict(dict), defaultdict(list)
     for r in rows:
         if r.get("head_budget"):
             cells[r["family"]][r["head_budget"]] = f"{r['test_ppl']:.1f}{_sd(r['test_sd'])} ({_vs(r)}, n={r['seeds']})"
-    head = "| head | " + " | ".join(f"{100 * b:g}% of dense" for b in budgets) + " |\n|---|" + "---:|" * len(budgets) + "\n"
-    return head + "\n".join(f"| {fam} | " + " | ".join(c.get(b, "–") for b in budgets) + " |" for fam, c in cells.items()) + "\n"
+            points[r["family"]].append((r["head_budget"], r["test_ppl"]))
+    cross = " | dense +5% reached at |" if dense else " |"
+    head = "| head | " + " | ".join(f"{100 * b:g}% of dense" for b in budgets) + cross + "\n|---|" + "---:|" * (len(budgets) + bool(dense)) + "\n"
+    lines = []
+    for fam, c in cells.items():
+        end = f" {crossing(points[fam], 1.05 * dense)} |" if dense else ""
+        lines.append(f"| {fam} | " + " | ".join(c.get(b, "–") for b in budgets) + " |" + end)
+    return head + "\n".join(lines) + "\n"
 
 
 def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
