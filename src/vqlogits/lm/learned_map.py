@@ -23,7 +23,7 @@ Per head, with ``z = h @ C.T`` the code logits of the map being learned:
   token is exact: ``own = sum_{n: y_n = v} log P(c | h_n) + s[n, v] - log(exp(lse_c[n]) + exp(s[n, v]))``
   (no second term when v is already in c), and ``taken[v, c]`` sums, over the rows whose target
   is another token of c, ``log(1 + q)`` (v joins; q = v's share of c) or ``-log(1 - q)`` (v is
-  there). Both are summed over ``samples`` random rows per step (exact when they are all).
+  there). Both are exact sums over all rows, ``samples`` rows at a time.
 - Hybrids (hybrid, hybrid-twolevel) move only tail tokens, and only between tail codes.
 
 The learner runs in one process (training refuses it under torchrun).
@@ -80,19 +80,19 @@ class MapLearner:
         """Add one batch (hidden states (..., d), targets (...)) to the window."""
         dtype = next(head.parameters()).dtype
         flat, y = h.detach().reshape(-1, head.d_model).to(dtype), targets.reshape(-1)
-        rows = self._sample_rows(flat.shape[0], flat.device)
-        self.calls += 1
-        if isinstance(head, TwoLevelHead):  # O(V) per row for both terms: sampled rows only
-            flat, y = flat[rows], y[rows]
         self.seen += torch.bincount(y, minlength=self.seen.numel())
+        self.calls += 1
         if isinstance(head, TwoLevelHead):
-            return self._observe_twolevel(head, flat, y)
+            for chunk in torch.arange(flat.shape[0], device=flat.device).split(self.samples):  # (chunk, V) stays in cache
+                self._observe_twolevel(head, flat[chunk], y[chunk])
+            return
         if isinstance(head, VQLogitsHead):
             z = head.code_logits(flat).float()  # (N, K)
             self.own[0].index_add_(0, y, z)
             log_z = torch.logsumexp(z + head.log_code_mass().detach().float(), dim=-1, keepdim=True)  # (N, 1)
             self.taken[0, 0] += torch.exp(z - log_z).sum(0)
             return
+        rows = self._sample_rows(flat.shape[0], flat.device)
         logp = torch.log_softmax(head(flat[rows]).float(), dim=-1)  # (n, V)
         scale = flat.shape[0] / rows.numel()
         codebooks = head.codebooks if isinstance(head, RVQHead) else head.vq.codebook[None]
