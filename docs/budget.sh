@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Beyond the paper: every head at equal parameter budgets, same model, tokens and seeds as RESULTS.md,
-# with fixed maps and with the learned map (--reassign 100). Resumable.
+# with fixed maps, with the learned map (--reassign 100), and without the per-token bias. Resumable:
+# rerunning skips finished runs and resumes broken ones.
 set -euo pipefail
 OUT=${OUT:-runs/results/budget}
 SEEDS=${SEEDS:-0,1}
-COMMON="--corpus pydocs --tokenizer bpe:16384 --model tiny --steps 1500 --eval-every 500 --checkpoint-every 500
-  --final-eval-tokens 65536 --out $OUT --head-budgets 0.005,0.01,0.02,0.05,0.1 --seeds $SEEDS"
-vqlogits sweep $COMMON --heads vq,hybrid,twolevel,hybrid-twolevel,vq-lowrank,rvq,lowrank
-vqlogits sweep $COMMON --heads vq,hybrid,twolevel,hybrid-twolevel,vq-lowrank,rvq --reassign 100
+C="--corpus pydocs --tokenizer bpe:16384 --model tiny --steps 1500 --eval-every 500 --checkpoint-every 500
+  --final-eval-tokens 65536 --out $OUT"
+B="--head-budgets 0.005,0.01,0.02,0.05,0.1 --seeds $SEEDS"
+vqlogits sweep $C $B --heads vq,hybrid,twolevel,hybrid-twolevel,vq-lowrank,rvq,lowrank
+vqlogits sweep $C $B --heads vq,hybrid,twolevel,hybrid-twolevel,vq-lowrank,rvq --reassign 100
+vqlogits sweep $C --head-budgets 0.01,0.02,0.05 --seeds 0 --heads hybrid,vq --reassign 100 --bias false
+vqlogits report runs/results/pydocs-bpe16k/{dense-s0,dense-s1,adaptive-s0,adaptive-s1} "$OUT" --out docs/results/budget
