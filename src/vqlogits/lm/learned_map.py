@@ -41,7 +41,9 @@ LEARNABLE = (VQLogitsHead, VQLowRankHead, RVQHead, TwoLevelHead)  # and their hy
 class MapLearner:
     """Window statistics and moves for ``head``'s token -> code map(s); see the module docstring.
 
-    Memory: two (maps, V, K) fp32 matrices (one (V, K) and a (K,) vector for vq / hybrid).
+    ``samples``: rows sampled per step for vq-lowrank / rvq's ``taken``, and the chunk size of the
+    two-level statistics. Memory: two (maps, V, K) fp32 matrices (one, and a (K,) vector, for
+    vq / hybrid).
     """
 
     def __init__(self, head, frac: float, samples: int = 128, seed: int = 0):
@@ -55,10 +57,12 @@ class MapLearner:
         device = maps[0].device
         self.factorised = isinstance(head, VQLogitsHead)  # taken[v, c] = exp(b_v) * A[c]
         self.own = torch.zeros(M, V, K, device=device)
-        # (M, 1, K) factorised; (M, K, V) for the two-level heads, whose rows are added per code
-        self.taken = torch.zeros(M, 1, K, device=device) if self.factorised else torch.zeros(M, V, K, device=device)
-        if isinstance(head, TwoLevelHead):
+        if self.factorised:
+            self.taken = torch.zeros(M, 1, K, device=device)
+        elif isinstance(head, TwoLevelHead):  # stored (K, V): observe adds whole rows per code
             self.taken = torch.zeros(M, K, V, device=device).transpose(1, 2)
+        else:
+            self.taken = torch.zeros(M, V, K, device=device)
         self.seen = torch.zeros(V, device=device)
 
     @staticmethod
