@@ -70,8 +70,10 @@ class RVQHead(FullLogitsMixin, nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         check_hidden(h, self.d_model)
         z = torch.einsum("...d,mkd->m...k", h, self.codebooks)  # (M, ..., K)
-        out = sum(z[m].index_select(-1, self.assignments[m]) for m in range(z.shape[0]))  # (..., V)
-        return out if self.bias is None else out + self.bias
+        out = z[0].index_select(-1, self.assignments[0])  # (..., V)
+        for m in range(1, z.shape[0]):  # in place: one (..., V) buffer, not M + 1 (allocation dominates on CPU)
+            out.add_(z[m].index_select(-1, self.assignments[m]))
+        return out if self.bias is None else out.add_(self.bias)
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean"):
         return self.chunked_loss(h, targets, ignore_index, reduction)
