@@ -172,6 +172,8 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
     assert rows["| twolevel learned"].startswith("| twolevel learned | – | ")  # no 2% cell
     assert rows["| twolevel learned"].split(" | ")[-1] in ("> 30% |", "≤ 30% |")  # where +5% of dense is reached
     assert rows["| vq"].count(", n=1)") == 2  # a cell per budget
+    report = sweep(replace(base, steps=3, reassign_frac=0.2), ["vq"], [], ["random"], [0], tmp_path / "b", reassign=[2], budgets=[0.3])
+    assert "vq @30% learned/2 frac=0.2 |" in report.read_text() and (tmp_path / "b" / "vq-b0.3-learn2-f0.2-s0" / "results.json").exists()
     assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()
 
 

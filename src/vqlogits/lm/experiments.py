@@ -61,11 +61,12 @@ def sweep(
     (``heads.size_for_budget``); budgets too small for a head are skipped with a note.
     """
     out = Path(out)
+    frac = f"-f{base.reassign_frac:g}" if base.reassign_frac != TrainConfig.reassign_frac else ""
     configs = []
     for head, seed in itertools.product(heads, seeds):
         if budgets and head not in ("dense", "adaptive"):
             for b, every, with_bias in itertools.product(budgets, reassign if head != "lowrank" else (0,), bias if head != "lowrank" else (True,)):
-                name = f"{head}-b{b:g}{'' if with_bias else '-nobias'}{f'-learn{every}' if every else ''}-s{seed}"
+                name = f"{head}-b{b:g}{'' if with_bias else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
                 configs.append(replace(base, head=head, head_budget=b, head_bias=with_bias, reassign_every=every, seed=seed, out=str(out / name)))
             continue
         if head != "vq":
@@ -73,7 +74,7 @@ def sweep(
             continue
         for K, mapping, b, every in itertools.product(codebook_sizes, mappings, bias, reassign):
             warm = base.warmup_dense_steps or (base.steps // 5 if mapping.startswith("kmeans") else 0)
-            name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}' if every else ''}-s{seed}"
+            name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
             configs.append(replace(base, head="vq", codebook_size=K, mapping=mapping, head_bias=b, reassign_every=every, warmup_dense_steps=warm, seed=seed, out=str(out / name)))
     for cfg in configs:
         if (Path(cfg.out) / "results.json").exists():

@@ -29,7 +29,7 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
 
 def label(r: dict) -> str:
     c = r["config"]
-    learned = f" learned/{c['reassign_every']}" if c.get("reassign_every") else ""
+    learned = f" learned/{c['reassign_every']}{_frac(c)}" if c.get("reassign_every") else ""
     if r["head"] == "vq" and not c.get("head_budget"):
         return _label(r)  # the map is part of the vq label
     return _label(r) + learned
@@ -40,7 +40,11 @@ def family(r: dict) -> str:
     c = r["config"]
     if not c.get("head_budget"):
         return label(r)
-    return f"{r['head']}{'' if c['head_bias'] else ' no-bias'}{' learned' if c.get('reassign_every') else ''}"
+    return f"{r['head']}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
+
+
+def _frac(c: dict) -> str:
+    return f" frac={c['reassign_frac']:g}" if c.get("reassign_frac", 0.05) != 0.05 else ""
 
 
 def _label(r: dict) -> str:
@@ -58,7 +62,7 @@ def _label(r: dict) -> str:
     if r["head"] == "rvq":
         return f"rvq {m['num_codebooks']}x{m['codebook_size']}"
     if r["head"] == "vq":
-        extra = f" map={c['mapping']}" + (f" learned/{c['reassign_every']}" if c["reassign_every"] else "")
+        extra = f" map={c['mapping']}" + (f" learned/{c['reassign_every']}{_frac(c)}" if c["reassign_every"] else "")
         extra += "" if c["head_bias"] else " no-bias"
         extra += f" cb={c['codebook_init']}" if c["codebook_init"] != "random" else ""
         return f"vq K={r['codebook_size']}{extra}"
