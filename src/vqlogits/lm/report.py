@@ -164,6 +164,7 @@ def budget_table(rows: list[dict]) -> str:
 
 def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -195,14 +196,26 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     if any(r.get("decode_flops") for r in rows):
         pareto("decode_flops", "decode FLOPs per token (head)", "ppl_vs_decode_cost.png", "Perplexity vs decode cost")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        h = r["history"]
-        ax.plot(h["step"], h["loss"], lw=0.6, alpha=0.8, label=f"{label(r)} s{r['config']['seed']}")
-    ax.set(xlabel="step", ylabel="train loss", title="Training curves")
-    ax.legend(fontsize=6)
+    # Train loss, smoothed and averaged over seeds; with budgets, one panel per budget (dense in each).
+    budgets = sorted({r["config"]["head_budget"] for r in runs if r["config"].get("head_budget")}) or [None]
+    cols = min(3, len(budgets))
+    fig, axes = plt.subplots((len(budgets) + cols - 1) // cols, cols, figsize=(5 * cols, 4 * ((len(budgets) + cols - 1) // cols)), sharey=True, squeeze=False)
+    for ax, budget in zip(axes.flat, budgets):
+        groups = defaultdict(list)
+        for r in runs:
+            if budget is None or r["config"].get("head_budget") == budget or r["head"] == "dense":
+                groups[label(r) if budget is None else family(r)].append(r["history"]["loss"])
+        for i, (name, losses) in enumerate(groups.items()):
+            n = min(map(len, losses))
+            w = max(1, n // 30)
+            mean = np.convolve(np.mean([x[:n] for x in losses], axis=0), np.ones(w) / w, mode="valid")
+            ax.plot(np.arange(w, n + 1), mean, lw=1, color=plt.cm.tab20(i % 20), label=name)
+        ax.set(xlabel="step", ylabel="train loss", title="train loss (smoothed, mean over seeds)" if budget is None else f"head budget {100 * budget:g}%")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(budgets):]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=120)
+    fig.savefig(out / "training_curves.png", dpi=100)
     made.append("training_curves.png")
 
     vq = [r for r in runs if "code_sizes" in r]
