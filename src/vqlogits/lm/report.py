@@ -218,8 +218,8 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     fig.savefig(out / "training_curves.png", dpi=100)
     made.append("training_curves.png")
 
-    vq = [r for r in runs if "code_sizes" in r]
-    if vq:
+    vq = list({label(r): r for r in runs if "code_sizes" in r}.values())  # one run per config
+    if 0 < len(vq) <= 8:  # more would not be readable
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
         for r in vq:
             a1.hist(r["code_sizes"], bins=40, histtype="step", label=label(r))
