@@ -1,8 +1,8 @@
 """vqlogits: vector-quantized logits (VQ-Logits, arXiv 2505.10202) with exact O(K) loss and sampling."""
 
 from . import functional
-from .heads import AdaptiveHead, DenseHead, LowRankHead, VQLogitsHead, build_head
 from .cluster import KMeansResult, kmeans
+from .heads import AdaptiveHead, DenseHead, LowRankHead, VQLogitsHead, build_head
 
 __version__ = "0.1.0"
 

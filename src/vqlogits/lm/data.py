@@ -140,7 +140,7 @@ def load_tokenizer(spec: str, docs: dict[str, list[str]] | None = None, cache: s
             raise ValueError(f"tokenizer {spec!r}: a byte-level BPE needs N >= 257 (256 bytes + end-of-text)")
         if docs is None:
             raise ValueError("tokenizer 'bpe:N' needs the corpus to train on")
-        from tokenizers import models, pre_tokenizers, decoders, trainers
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
