@@ -182,7 +182,7 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
             rs = sorted((r for r in rs if r.get(x_key)), key=lambda r: r[x_key])
             if rs:
                 is_dense = fam == "dense"
-                ax.errorbar([r[x_key] for r in rs], [r["test_ppl"] for r in rs], yerr=[r["test_sd"] for r in rs], fmt="*" if is_dense else f"{markers[i % len(markers)]}-", ms=12 if is_dense else 5, lw=1, capsize=2, color=f"C{i % 10}", label=fam)
+                ax.errorbar([r[x_key] for r in rs], [r["test_ppl"] for r in rs], yerr=[r["test_sd"] for r in rs], fmt="*" if is_dense else f"{markers[i % len(markers)]}-", ms=12 if is_dense else 5, lw=1, capsize=2, color=plt.cm.tab20(i % 20), label=fam)
         if dense:
             ax.axhline(dense["test_ppl"], color="gray", ls="--", lw=0.8)
             ax.axhline(1.05 * dense["test_ppl"], color="gray", ls=":", lw=0.8, label="dense +5%")
