@@ -43,10 +43,9 @@ def window():
 
 def predicted_gains(learner, head):
     """improvement[m][v, c] = gain[v, c] - gain[v, current], as ``reassign`` ranks moves."""
-    weight = head.bias.detach().exp()[:, None].float() if learner.factorised else 1.0
     out = []
     for m, (assignment, _) in enumerate(maps(head)):
-        gain = learner.own[m] - weight * learner.taken[m]
+        gain = learner.gain(head, m)
         out.append(gain - gain.gather(1, assignment[:, None]))
     return out
 

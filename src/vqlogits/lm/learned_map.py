@@ -125,14 +125,19 @@ class MapLearner:
         self.taken[0].T.index_add_(0, code_y, cost)  # (K, V), contiguous
 
     @torch.no_grad()
+    def gain(self, head, m: int = 0) -> torch.Tensor:
+        """``gain[v, c]`` of map ``m`` over the window so far, (V, K)."""
+        weight = head.bias.detach().float().exp()[:, None] if self.factorised and head.bias is not None else 1.0
+        return self.own[m] - weight * self.taken[m]
+
+    @torch.no_grad()
     def reassign(self, head) -> float:
         """Apply the rule and clear the window; returns the fraction of the map entries that moved."""
-        weight = head.bias.detach().float().exp()[:, None] if self.factorised and head.bias is not None else 1.0
         movable, allowed = self.seen > 0, torch.ones(self.own.shape[2], dtype=torch.bool, device=self.seen.device)
         allowed[: getattr(head, "n_frequent", 0)] = False  # hybrids: frequent tokens keep their own codes
         moved = 0
         for m, assignment in enumerate(self._maps(head)):
-            gain = (self.own[m] - weight * self.taken[m]).masked_fill(~allowed, float("-inf"))  # (V, K)
+            gain = self.gain(head, m).masked_fill(~allowed, float("-inf"))  # (V, K)
             best_gain, best = gain.max(dim=1)
             ok = movable & allowed[assignment]
             improvement = torch.where(ok, best_gain - gain.gather(1, assignment[:, None]).squeeze(1), torch.zeros_like(best_gain))
