@@ -17,3 +17,50 @@ def make_vq(V=1000, K=7, d=33, bias=True, dtype=torch.float64, seed=0, assignmen
             head.bias.copy_(torch.randn(V, generator=g, dtype=dtype))
     head.set_assignment(torch.randint(0, K, (V,), generator=g) if assignment is None else assignment)
     return head
+
+
+class Crash(Exception):
+    pass
+
+
+def train_until_crash(cfg, step: int) -> None:
+    """Run ``train(cfg)`` and kill it when it asks for the batch of ``step`` (a crash mid-run)."""
+    import pytest
+
+    from vqlogits.lm import train as train_mod
+
+    real = train_mod.get_batch
+
+    def crashing(data, at, *a, **k):
+        if at == step:
+            raise Crash
+        return real(data, at, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "get_batch", crashing)
+        with pytest.raises(Crash):
+            train_mod.train(cfg, progress=False)
+
+
+class Largest:
+    """Context manager: the largest tensor any op produces while it is active (a dispatch-mode probe)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        probe = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor):
+                        probe.largest = max(probe.largest, t.numel())
+                return out
+
+        self.largest, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

@@ -154,7 +154,7 @@ def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
     torch.testing.assert_close(head.codebook[:6], dense[singles])  # exact logits for those tokens
     h = torch.randn(3, head.d_model)
     torch.testing.assert_close(head(h)[:, singles], (h @ dense.T)[:, singles])
-    with pytest.raises(ValueError, match="exact_tokens must be in"):
+    with pytest.raises(ValueError, match=r"exact_tokens must be an int in \[0, codebook_size=16\), got 16"):
         compress(str(source), 16, tmp_path / "x", exact_tokens=16, corpus=str(corpus), cache=tmp_path / "cache")
 
 

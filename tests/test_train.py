@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import train_until_crash
 
 from vqlogits.cli import main
 from vqlogits.lm import train as train_mod
@@ -61,10 +62,6 @@ def test_train_on_a_folder_writes_results(base):
     assert len(saved["history"]["loss"]) == 12 and saved["history"]["val_step"] == [6, 12]
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize(
     "head,extra",
     [("dense", {}), ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3)), ("rvq", dict(codebook_size=16, reassign_every=3))],
@@ -73,17 +70,7 @@ def test_killed_run_resumes_exactly(base, monkeypatch, head, extra):
     cfg = replace(base, head=head, **extra)
     full = train(replace(cfg, out=cfg.out + "-full"), progress=False)
 
-    real_get_batch = train_mod.get_batch
-
-    def crashing(data, step, *a, **k):
-        if step == 10:  # between checkpoints (8 and 12): steps 9-10 are redone after resume
-            raise Crash
-        return real_get_batch(data, step, *a, **k)
-
-    monkeypatch.setattr(train_mod, "get_batch", crashing)
-    with pytest.raises(Crash):
-        train(cfg, progress=False)
-    monkeypatch.setattr(train_mod, "get_batch", real_get_batch)
+    train_until_crash(cfg, 10)  # between checkpoints (8 and 12): steps 9-10 are redone after resume
     resumed = train(cfg, progress=False)
     assert resumed["history"]["loss"] == full["history"]["loss"]
     assert resumed["val_ppl"] == full["val_ppl"] and resumed["test_ppl"] == full["test_ppl"]

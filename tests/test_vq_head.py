@@ -180,28 +180,18 @@ def test_code_index_follows_parameter_updates():
 
 def test_loss_allocates_nothing_vocab_sized():
     """Peak extra memory of the compact loss scales with N*K, not N*V (tracked with a dispatch hook)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Biggest(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    Biggest.largest = max(Biggest.largest, t.numel())
-            return out
+    from conftest import Largest
 
     N, V, K, d = 512, 20000, 16, 8
     head = make_vq(V=V, K=K, d=d, dtype=torch.float32)
     h = torch.randn(N, d, requires_grad=True)
     y = torch.randint(0, V, (N,))
-    with Biggest():
+    with Largest() as probe:
         loss = head.loss(h, y)
         loss.backward()
         head.greedy(h)
         head.sample(h, top_k=50, top_p=0.9)
-    assert Biggest.largest < N * V / 10, Biggest.largest  # the largest tensor is V-sized, not N*V
-    with Biggest():  # control: the naive path does allocate (N, V), so the probe can fail
+    assert probe.largest < N * V / 10, probe.largest  # the largest tensor is V-sized, not N*V
+    with Largest() as control:  # the naive path does allocate (N, V), so the probe can fail
         F.cross_entropy(head(h), y)
-    assert Biggest.largest >= N * V
+    assert control.largest >= N * V

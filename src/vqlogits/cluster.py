@@ -108,3 +108,71 @@ def kmeans(
         labels, dist = _nearest(x, x_sq, centroids, chunk_rows)
         inertia.append(float(dist.sum()))
     return KMeansResult(centroids, labels, inertia)
+
+
+def balanced_assignment_to(x: torch.Tensor, centroids: torch.Tensor, capacity: int, candidates: int = 16, max_chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """Each row of x to a centroid, at most ``capacity`` rows per centroid, greedily: rows that
+    would lose most by missing their nearest centroid choose first, each taking its nearest
+    centroid among its ``candidates`` nearest with room left; the few left over take the nearest
+    free places. Deterministic. (n,) long."""
+    n, k = x.shape[0], centroids.shape[0]
+    if capacity * k < n:
+        raise ValueError(f"capacity={capacity} x {k} centroids cannot hold {n} rows")
+    c_sq = (centroids * centroids).sum(-1)
+    m = min(candidates, k)
+    near, near_d = [], []
+    for start in range(0, n, max(1, max_chunk_elems // k)):
+        d2 = torch.addmm(c_sq, x[start : start + max(1, max_chunk_elems // k)], centroids.T, alpha=-2.0)
+        best = d2.topk(m, largest=False)  # sorted, nearest first
+        near.append(best.indices)
+        near_d.append(best.values)
+    near, near_d = torch.cat(near), torch.cat(near_d)
+    regret = near_d[:, 1] - near_d[:, 0] if m > 1 else -near_d[:, 0]
+    order = torch.argsort(regret, descending=True, stable=True).tolist()
+    room = [capacity] * k
+    out = [-1] * n
+    left = []
+    choices = near.tolist()
+    for row in order:
+        for c in choices[row]:
+            if room[c]:
+                room[c] -= 1
+                out[row] = c
+                break
+        else:
+            left.append(row)
+    if left:  # nearest free place, in the same order
+        free = torch.tensor([c for c in range(k) for _ in range(room[c])], dtype=torch.long)
+        d2 = c_sq[free][None, :] - 2 * x[torch.tensor(left)] @ centroids[free].T  # (left, free)
+        taken = torch.zeros(free.numel(), dtype=torch.bool)
+        for i, row in enumerate(left):
+            j = int(d2[i].masked_fill(taken, float("inf")).argmin())
+            taken[j] = True
+            out[row] = int(free[j])
+    return torch.tensor(out, dtype=torch.long)
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 8, seed: int = 0, metric: torch.Tensor | None = None, spherical: bool = False, progress: bool = False) -> torch.Tensor:
+    """k-means whose clusters hold at most ceil(n / k) rows each (equal sizes when k divides n).
+
+    ``metric`` (d, d) M clusters in the metric (x - c)^T M M^T (x - c), i.e. plain k-means of x @ M;
+    ``spherical`` clusters the directions x / |x|. Starts from ``kmeans`` (5 Lloyd iterations), then
+    alternates ``balanced_assignment_to`` and centroid updates. Returns the (n,) assignment."""
+    z = x.detach().float()
+    if metric is not None:
+        z = z @ metric.float()
+    if spherical:
+        z = torch.nn.functional.normalize(z, dim=-1)
+    capacity = -(-z.shape[0] // k)
+    centroids = kmeans(z, k, iters=5, seed=seed).centroids
+    assignment = None
+    for _ in tqdm(range(iters), desc="balanced k-means", disable=not progress, leave=False):
+        if spherical:
+            centroids = torch.nn.functional.normalize(centroids, dim=-1)
+        new = balanced_assignment_to(z, centroids, capacity)
+        if assignment is not None and torch.equal(new, assignment):
+            break
+        assignment = new
+        counts = torch.bincount(assignment, minlength=k).clamp_min(1)
+        centroids = torch.zeros_like(centroids).index_add_(0, assignment, z) / counts[:, None]
+    return assignment

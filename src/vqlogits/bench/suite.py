@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..functional import vq_cross_entropy
 from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
+from ..heads.indexed import IndexedHead
 from ..kernels import triton_usable
 from .timing import copy_bandwidth, median_seconds, peak_bytes
 
@@ -35,6 +36,7 @@ class BenchConfig:
     decode_batches: tuple = (1, 16)
     decode_steps: int = 16
     decode_layers: int = 30
+    indexed_models: tuple = ("gemma-3-270m", "llama-3.2-1b")  # IndexedHead decode at published shapes (random weights)
     repeats: int = 10
     warmup: int = 2
     max_tflop: float = 3.0  # skip a dense measurement above this many TFLOP per call (CPU time)
@@ -43,7 +45,7 @@ class BenchConfig:
     extras: list = field(default_factory=list)  # notes on optional baselines
 
 
-QUICK = dict(shapes=("smollm2",), loss_tokens=(8192,), decode_steps=8, repeats=2, warmup=1)
+QUICK = dict(shapes=("smollm2",), loss_tokens=(8192,), decode_steps=8, repeats=2, warmup=1, indexed_models=())
 
 
 # ---- logits ------------------------------------------------------------------------------------
@@ -199,6 +201,13 @@ def decode_tokens_per_s(model, head, batch: int, steps: int, prompt: int = 16, d
     return batch * steps / (time.perf_counter() - t0)
 
 
+class _Greedy:
+    """A head's decoding entry point with other arguments, under the ``.greedy`` name the timers call."""
+
+    def __init__(self, greedy):
+        self.greedy = greedy
+
+
 def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
     device = torch.device(cfg.device)
     model = smollm2_shaped(cfg.decode_layers).to(device)
@@ -208,10 +217,14 @@ def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
     rows = []
     for K in cfg.loss_codebook_sizes:
         vq = VQLogitsHead(576, 49152, K).to(device)
+        indexed = IndexedHead(576, 49152, K).to(device)  # random balanced clusters: right for timing only
+        indexed.set_clusters(model.lm_head.weight.detach().cpu(), torch.randperm(49152, generator=torch.Generator().manual_seed(0)) % K)
+        indexed.to(device)
+        approximate = _Greedy(lambda h: indexed.greedy(h, exact=False))
         for batch in cfg.decode_batches:
             bar.set_description(f"decode batch={batch}")
-            row = {"model": "SmolLM2-135M shape, random weights", "K": K, "batch": batch}
-            for name, head in (("dense", dense), ("vq", vq)):
+            row = {"model": "SmolLM2-135M shape, random weights", "K": K, "batch": batch, "indexed_probes": indexed.probes}
+            for name, head in (("dense", dense), ("vq", vq), ("indexed", approximate)):
                 decode_tokens_per_s(model, head, batch, 2, device=device)  # warm-up
                 runs = [decode_tokens_per_s(model, head, batch, cfg.decode_steps, device=device) for _ in range(max(1, cfg.repeats // 3))]
                 row[f"{name}_tok_s"] = sorted(runs)[len(runs) // 2]
@@ -219,8 +232,34 @@ def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
                 row[f"{name}_head_s"], _ = median_seconds(lambda: head.greedy(h), cfg.repeats, cfg.warmup, device)
             row["speedup"] = row["vq_tok_s"] / row["dense_tok_s"]
             row["head_speedup"] = row["dense_head_s"] / row["vq_head_s"]
+            row["indexed_speedup"] = row["indexed_tok_s"] / row["dense_tok_s"]
+            row["indexed_head_speedup"] = row["dense_head_s"] / row["indexed_head_s"]
             rows.append(row)
             bar.update(1)
+    return rows
+
+
+def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
+    """IndexedHead (approximate, K / 8 and K / 32 probes of about 64-row clusters) against the dense
+    head at larger published shapes: head time and greedy tokens/s, random weights and clusters."""
+    from ..hf.accelerate import SPEED_SHAPES, decode_speed, random_index, random_model
+
+    rows, device = [], torch.device(cfg.device)
+    for shape in cfg.indexed_models:
+        model = random_model(shape).to(device)
+        w = model.get_output_embeddings().weight.detach()
+        K = SPEED_SHAPES[shape]
+        for probes in (K // 8, K // 32):
+            head = random_index(w.cpu(), K, probes).to(device)
+            for batch in cfg.decode_batches:
+                bar.set_description(f"indexed {shape} batch={batch}")
+                x = torch.randn(batch, w.shape[1], device=device)
+                dense_s, _ = median_seconds(lambda: (x @ w.T).argmax(-1), cfg.repeats, cfg.warmup, device)
+                head_s, _ = median_seconds(lambda: head.greedy(x, exact=False), cfg.repeats, cfg.warmup, device)
+                speeds = decode_speed(model, {"dense": lambda h: (h @ w.T).argmax(-1), "indexed": lambda h: head.greedy(h, exact=False)}, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
+                rows.append({"model": shape, "K": K, "probes": probes, "batch": batch, "dense_head_s": dense_s, "indexed_head_s": head_s,
+                             "dense_tok_s": speeds["dense"], "indexed_tok_s": speeds["indexed"], "head_speedup": dense_s / head_s, "speedup": speeds["indexed"] / speeds["dense"]})
+        del model
     return rows
 
 
@@ -246,10 +285,19 @@ def markdown(results: dict) -> str:
     for r in results["loss"]:
         out.append(f"| {r['shape']} | {r['tokens']} | {r['method']} | {_fmt_s(r['seconds'])} | {ratio(r['speedup_vs_dense'])} | {r['peak_bytes'] / 2**20:,.1f} MiB | {ratio(r['memory_vs_dense'])} |")
     out.append("\n### Greedy decode with a KV cache, SmolLM2-135M shape (random weights)\n")
-    out.append("| K | batch | dense tok/s | VQ tok/s | × end to end | head: dense | head: VQ | × head |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("IndexedHead: approximate greedy over K / 8 probed clusters (random clusters: timing only; agreement is measured on real weights in docs/PRETRAINED.md).\n")
+    out.append("| K | batch | dense tok/s | VQ tok/s | × end to end | indexed tok/s | × end to end | head: dense | head: VQ | × head | head: indexed | × head |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["decode"]:
-        out.append(f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} |")
+        indexed = f"{r['indexed_tok_s']:,.1f} | {r['indexed_speedup']:.2f}" if "indexed_tok_s" in r else "– | –"
+        indexed_head = f"{_fmt_s(r['indexed_head_s'])} | {r['indexed_head_speedup']:.1f}" if "indexed_head_s" in r else "– | –"
+        out.append(f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} | {indexed} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} | {indexed_head} |")
+    if results.get("indexed"):
+        out.append("\n### IndexedHead, approximate greedy, at published shapes (random weights and clusters: speed only)\n")
+        out.append("| model | K | probes | batch | head: dense | head: indexed | × head | dense tok/s | indexed tok/s | × end to end |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results["indexed"]:
+            out.append(f"| {r['model']} | {r['K']} | {r['probes']} | {r['batch']} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} | {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |")
     if results["notes"]:
         out.append("\n" + "\n".join(f"* {n}" for n in results["notes"]))
     return "\n".join(out) + "\n"
@@ -297,6 +345,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "logits": bench_logits(cfg, bandwidth, bar),
             "loss": bench_loss(cfg, bar),
             "decode": bench_decode(cfg, bar),
+            "indexed": bench_indexed_decode(cfg, bar),
             "notes": [],
         }
     if device.type != "cuda":
@@ -305,7 +354,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=1))
-    for part in ("logits", "loss", "decode"):
+    for part in ("logits", "loss", "decode", "indexed"):
         if results[part]:
             with open(out / f"bench_{part}.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(results[part][0]))

@@ -52,6 +52,18 @@ class AdaptiveHead(FullLogitsMixin, nn.Module):
         out = self.asm(h.reshape(-1, self.d_model), self.rank[torch.where(valid, flat, 0)]).output
         return VF.reduce_loss(torch.where(valid, -out, torch.zeros_like(out)), valid, reduction, targets.shape)
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward: the head cluster for every row, and a tail
+        cluster's two projections only for the rows whose target is in it; each x 3."""
+        asm, d = self.asm, self.d_model
+        ranks = self.rank[targets.reshape(-1).clamp(min=0)]
+        flops = 2 * ranks.numel() * d * asm.head_size
+        for i, tail in enumerate(asm.tail):
+            rows = int(((ranks >= asm.cutoffs[i]) & (ranks < asm.cutoffs[i + 1])).sum())
+            hidden, size = tail[0].out_features, tail[1].out_features
+            flops += 2 * rows * hidden * (d + size)
+        return 3 * flops
+
     def decode_cost(self) -> dict:
         """Full log-probabilities (head cluster + every tail cluster), as ``forward`` computes them."""
         n = sum(p.numel() for p in self.parameters())

@@ -39,6 +39,11 @@ class DenseHead(FullLogitsMixin, nn.Module):
         loss = F.cross_entropy(logits, targets.flatten(), ignore_index=ignore_index, reduction=reduction)
         return loss.reshape(targets.shape) if reduction == "none" else loss
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss(h, targets)`` forward + backward (N = targets.numel() rows):
+        ``h W^T`` and its two gradients."""
+        return 6 * targets.numel() * self.vocab_size * self.d_model
+
     def decode_cost(self) -> dict:
         """Greedy decoding of one token: multiply-adds x2 and bytes of weights read (fp32)."""
         V, d = self.vocab_size, self.d_model

@@ -30,6 +30,10 @@ class LowRankHead(DenseHead):
         out = (h @ self.down.T) @ self.up.T  # (..., r) -> (..., V)
         return out if self.bias is None else out + self.bias
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward: ``(h D^T) U^T`` and its gradients."""
+        return 6 * targets.numel() * self.rank * (self.d_model + self.vocab_size)
+
     def decode_cost(self) -> dict:
         V, d, r = self.vocab_size, self.d_model, self.rank
         return {"flops": 2 * r * (d + V), "bytes": 4 * r * (d + V)}

@@ -37,6 +37,11 @@ class VQLowRankHead(FullLogitsMixin, nn.Module):
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean"):
         return self.chunked_loss(h, targets, ignore_index, reduction)
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward: code logits and the rank-r residual, x 4
+        (the chunked loss recomputes its forward in backward)."""
+        return 8 * targets.numel() * (self.vq.codebook_size * self.d_model + self.rank * (self.d_model + self.vocab_size))
+
 
 class RVQHead(FullLogitsMixin, nn.Module):
     """Residual VQ: ``logit_v = sum_m (h @ C_m.T)[c_m(v)] + b_v`` with ``num_codebooks`` maps.
@@ -77,6 +82,12 @@ class RVQHead(FullLogitsMixin, nn.Module):
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean"):
         return self.chunked_loss(h, targets, ignore_index, reduction)
+
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward: M code-logit products, x 4 (the chunked
+        loss recomputes its forward in backward)."""
+        M, K, d = self.codebooks.shape
+        return 8 * targets.numel() * M * K * d
 
     def decode_cost(self) -> dict:
         """Code logits of every codebook, then one add per codebook and token."""

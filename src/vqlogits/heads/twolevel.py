@@ -116,6 +116,13 @@ class TwoLevelHead(nn.Module):
         loss = -log_code.gather(-1, code[:, None]).squeeze(-1) - target_within
         return VF.reduce_loss(torch.where(valid, loss, torch.zeros_like(loss)), valid, reduction, targets.shape)
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward: code logits ``h C^T`` (K d), ``g = h Q``
+        (d e) and the target code's within-code logits, padded to the largest code (L e), each x 3."""
+        K, d, e = self.codebook_size, self.d_model, self.proj.shape[1]
+        L = self._layout()[0].shape[1]
+        return 6 * targets.numel() * (K * d + d * e + L * e)
+
     def decode_cost(self) -> dict:
         """One token, T=1 sampling or one round of greedy: code logits + one code's tokens."""
         K, d, e = self.codebook_size, self.d_model, self.proj.shape[1]

@@ -207,6 +207,11 @@ class VQLogitsHead(nn.Module):
         probs = self.code_index().dense_probs(z.reshape(-1, self.codebook_size), float(temperature), top_k, top_p)
         return probs.reshape(*z.shape[:-1], self.vocab_size)
 
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of ``loss`` forward + backward on the unfused path: ``h C^T`` and its two
+        gradients (the fused kernel recomputes ``h C^T`` in backward: 8 N K d)."""
+        return 6 * targets.numel() * self.codebook_size * self.d_model
+
     def decode_cost(self) -> dict:
         """Compact greedy decoding of one token: code logits, then per-code best-token tables."""
         K, d = self.codebook_size, self.d_model

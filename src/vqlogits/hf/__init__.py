@@ -10,5 +10,6 @@ from .pretrained import (
     load_pretrained,
     save_pretrained,
 )
+from .training import patch
 
-__all__ = ["SUPPORTED", "compress", "evaluate_pretrained", "generate", "generate_text", "load_causal_lm", "load_pretrained", "save_pretrained"]
+__all__ = ["SUPPORTED", "compress", "evaluate_pretrained", "generate", "generate_text", "load_causal_lm", "load_pretrained", "patch", "save_pretrained"]

@@ -23,17 +23,28 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lm.data import tokenize_corpus
-from ..lm.train import get_batch, save_atomic
+from ..heads import VQLogitsHead
+from ..lm.checkpoint import load_checkpoint, load_plain, save_atomic, save_checkpoint
+from ..lm.learned_map import LEARNABLE, MapLearner
+from ..lm.train import get_batch
 from .pretrained import dense_head_weight, load_pretrained, save_pretrained
 
 
 def distill_loss(h: torch.Tensor, head, teacher_logits: torch.Tensor | None, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
-    """CE(targets) + kl_weight * KL(teacher || VQ student), means over tokens; h (N, d).
+    """CE(targets) + kl_weight * KL(teacher || student), means over tokens; h (N, d).
 
-    Exact without the student's (N, V) logits: with P_t(k) the teacher's mass on code k,
-    ``sum_v p_t(v) log p_s(v) = sum_k P_t(k) z_k + p_t . b - log Z_s``. The teacher's (N, V)
-    probabilities are needed anyway, but carry no gradient.
+    VQ heads (vq, hybrid): exact without the student's (N, V) logits: with P_t(k) the teacher's
+    mass on code k, ``sum_v p_t(v) log p_s(v) = sum_k P_t(k) z_k + p_t . b - log Z_s``. The
+    teacher's (N, V) probabilities are needed anyway, but carry no gradient. Other heads: the
+    student's log-probabilities from ``head(h)``.
     """
+    if not isinstance(head, VQLogitsHead):
+        loss = head.loss(h, targets)
+        if kl_weight:
+            logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
+            logp_s = torch.log_softmax(head(h).float(), dim=-1)
+            loss = loss + kl_weight * (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+        return loss
     z = head.code_logits(h).to(torch.promote_types(h.dtype, torch.float32))  # (N, K)
     log_z = torch.logsumexp(z + head.log_code_mass(), dim=-1)  # (N,)
     bias = head.bias
@@ -57,15 +68,19 @@ def _blocks(model):
     return blocks, norm
 
 
-def _resumable(ckpt: Path, module, opt) -> dict:
+def _resumable(ckpt: Path, module, opt, learner=None) -> dict:
     """Progress of a stage: restored from ``ckpt`` if it exists; ``snapshot()`` gives what to save."""
     state = {"step": 0, "elapsed": 0.0, "losses": []}
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+    saved = load_checkpoint(ckpt)
+    if saved is not None:
         module.load_state_dict(saved["module"])
         opt.load_state_dict(saved["opt"])
+        if learner is not None and saved.get("learner"):
+            learner.load_state_dict(saved["learner"])
         state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
-    state["snapshot"] = lambda: {"module": module.state_dict(), "opt": opt.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}}
+    state["snapshot"] = lambda: {
+        "module": module.state_dict(), "opt": opt.state_dict(), "learner": None if learner is None else learner.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}
+    }
     return state
 
 
@@ -81,9 +96,9 @@ def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save
         bar.n = min(round(state["elapsed"]), round(seconds))
         bar.set_postfix(step=state["step"], loss=f"{loss:.3f}")
         if state["step"] % save_every == 0:
-            save_atomic(state["snapshot"](), ckpt)
+            save_checkpoint(state["snapshot"](), ckpt)
     bar.close()
-    save_atomic(state["snapshot"](), ckpt)
+    save_checkpoint(state["snapshot"](), ckpt)
 
 
 def calibrate(
@@ -101,11 +116,25 @@ def calibrate(
     lr_model: float = 3e-5,
     seed: int = 0,
     cache: str | Path = ".cache",
+    reassign_every: int = 50,
+    reassign_frac: float = 0.05,
 ) -> dict:
-    """Run the chosen stages ("1", "2" or "12") and save the calibrated model back into ``folder``."""
+    """Run the chosen stages ("1", "2" or "12") and save the calibrated model back into ``folder``.
+
+    Stage 1 learns the token -> code map too (``lm.learned_map.MapLearner``, every
+    ``reassign_every`` steps, at most ``reassign_frac`` of the seen tokens moving; 0: a fixed map)
+    for every head with one; the map's rule counts the cross-entropy term, the loss keeps the KL."""
     folder = Path(folder)
     if not stages or set(stages) - {"1", "2"}:
         raise ValueError(f"stages must be '1', '2' or '12', got {stages!r}")
+    if not budget_minutes > 0:
+        raise ValueError(f"budget_minutes must be > 0, got {budget_minutes!r}")
+    if not isinstance(reassign_every, int) or reassign_every < 0:
+        raise ValueError(f"reassign_every must be an int >= 0, got {reassign_every!r}")
+    if not isinstance(train_layers, int) or train_layers < 0:
+        raise ValueError(f"train_layers must be an int >= 0, got {train_layers!r}")
+    if not (Path(folder) / "vqlogits.json").exists():
+        raise ValueError(f"folder={str(folder)!r} is not a compressed model (no vqlogits.json); make one with `vqlogits compress`")
     model = load_pretrained(folder)
     head = model.get_output_embeddings()
     dense = dense_head_weight(folder)
@@ -127,11 +156,13 @@ def calibrate(
                     hs.append(model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model))
                     ys.append(y.reshape(-1))
             save_atomic({"h": torch.cat(hs), "y": torch.cat(ys)}, cached)
-        data = torch.load(cached)
+        data = load_plain(cached)
         H, Y = data["h"], data["y"]
         opt = torch.optim.Adam(head.parameters(), lr=lr_head)
-        state = _resumable(ckpt, head, opt)
+        learner = MapLearner(head, reassign_frac, seed=seed) if reassign_every and isinstance(head, LEARNABLE) else None
+        state = _resumable(ckpt, head, opt, learner)
         rows = 512
+        moved = []
 
         def step1(step):
             g = torch.Generator().manual_seed(seed * 7919 + step)
@@ -143,10 +174,14 @@ def calibrate(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if learner is not None:
+                learner.observe(head, h, y)
+                if (step + 1) % reassign_every == 0:
+                    moved.append(learner.reassign(head))
             return loss.item()
 
-        _run_timed("stage 1 (head)", share["1"], state, step1, ckpt, save_every=50)
-        summary["stages"]["1"] = {"steps": state["step"], "seconds": state["elapsed"], "final_loss": state["losses"][-1] if state["losses"] else None}
+        _run_timed("stage 1 (head)", share["1"], state, step1, ckpt, save_every=reassign_every or 50)
+        summary["stages"]["1"] = {"steps": state["step"], "seconds": state["elapsed"], "final_loss": state["losses"][-1] if state["losses"] else None, "reassign_every": reassign_every if learner else 0, "moved": moved}
 
     if "2" in stages:
         ckpt = folder / "calib_stage2.pt"

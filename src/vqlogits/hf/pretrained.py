@@ -34,13 +34,13 @@ def _smollm2_folder(cache: str | Path) -> Path:
     folder = Path(cache) / "smollm2"
     hf = folder / "hf"
     if not (hf / "model.safetensors").exists():
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise ValueError(f"no SmolLM2 GGUF in {folder}; run `make data` first")
-        _from_gguf(ggufs[0]).save_pretrained(hf)
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name).save_pretrained(hf)
+        from ..lm.embedded import smollm2_gguf
+
+        gguf = smollm2_gguf(cache)  # fetched on first use
+        _from_gguf(gguf).save_pretrained(hf)
+        AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name).save_pretrained(hf)
     return hf
 
 
@@ -75,7 +75,7 @@ def load_causal_lm(spec: str, cache: str | Path = ".cache"):
     return model, path if path.is_dir() else path.parent
 
 
-def _use_vq_head(model, head: VQLogitsHead) -> None:
+def use_head(model, head) -> None:
     """Install ``head`` as the output layer, untied from the input embedding (which stays as it was)."""
     model.config.tie_word_embeddings = False
     model._tied_weights_keys = {}  # transformers would re-tie lm_head.weight to the embedding
@@ -111,26 +111,58 @@ def compress(
     bias: bool = True,
     exact_tokens: int = 0,
     corpus: str = "pydocs",
+    head: str = "vq",
+    head_budget: float = 0.0,
+    token_dim: int = 8,
 ) -> Path:
-    """Load a causal LM, replace its head by a VQ head built from the head's weight, save to ``out``.
+    """Load a causal LM, replace its head by a head built from the head's weight, save to ``out``.
 
-    ``exact_tokens`` > 0 spends that many of the K codes on the most frequent tokens of
+    ``head``: vq, hybrid, twolevel or hybrid-twolevel (built as ``hf.build`` describes). Sizes:
+    ``head_budget`` F > 0 sizes it to F x the dense head's parameters by ``heads.size_for_budget``
+    (the rule training uses); else ``codebook_size`` codes (the tail codes for the hybrids, whose
+    ``exact_tokens`` frequent tokens get exact rows) and ``token_dim`` for the two-level heads.
+    ``exact_tokens`` > 0 with ``vq`` spends that many of the K codes on the most frequent tokens of
     ``corpus`` (singleton codes holding their exact rows) and k-means the rest.
     """
+    from ..heads import size_for_budget
+    from ..lm.train import writable_folder
+    from .build import BUILDABLE, head_from_rows
+
+    if head not in BUILDABLE:
+        raise ValueError(f"head must be one of {BUILDABLE}, got {head!r}")
+    if not isinstance(head_budget, (int, float)) or not 0 <= head_budget <= 1:
+        raise ValueError(f"head_budget must be in [0, 1], got {head_budget!r}")
+    if not isinstance(codebook_size, int) or isinstance(codebook_size, bool) or codebook_size < 1:
+        raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+    if head == "vq" and (not isinstance(exact_tokens, int) or not 0 <= exact_tokens < codebook_size):
+        raise ValueError(f"exact_tokens must be an int in [0, codebook_size={codebook_size}), got {exact_tokens!r}")
+    if head.startswith("hybrid") and not head_budget and (not isinstance(exact_tokens, int) or exact_tokens < 1):
+        raise ValueError(f"head {head!r} without --head-budget needs exact_tokens >= 1 (its frequent tokens), got {exact_tokens!r}")
+    if init not in ("kmeans", "random", "frequency"):
+        raise ValueError(f"init must be 'kmeans', 'random' or 'frequency', got {init!r}")
+    writable_folder(out)  # before the minutes of loading and clustering
     model, source = load_causal_lm(spec, cache)
     dense = model.get_output_embeddings().weight.detach().clone()  # (V, d); a copy, as it may be tied
-    if exact_tokens:
+    V, d = dense.shape
+    if head_budget:
+        sizes = size_for_budget(head, head_budget, d, V, bias=bias)
+    else:
+        sizes = {"codebook_size": codebook_size, "bias": bias, "token_dim": token_dim, "n_frequent": exact_tokens}
+    frequent = None
+    if exact_tokens or head.startswith("hybrid"):
         from ..lm.data import token_counts, tokenize_corpus
 
         if not (source / "tokenizer.json").exists():
-            raise ValueError(f"exact_tokens needs the model's tokenizer.json in {source}")
+            raise ValueError(f"frequent tokens need the model's tokenizer.json in {source}")
         splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
-        counts = token_counts(splits["train"], dense.shape[0])
-        frequent = torch.sort(counts, descending=True, stable=True).indices[:exact_tokens]
-        head = exact_plus_kmeans(dense, codebook_size, frequent, seed, bias)
+        frequent = torch.sort(token_counts(splits["train"], V), descending=True, stable=True).indices
+    if head == "vq" and exact_tokens and not head_budget:
+        head = exact_plus_kmeans(dense, codebook_size, frequent[:exact_tokens], seed, bias)
+    elif head == "vq" and init != "kmeans":
+        head = VQLogitsHead.from_weight(dense, sizes["codebook_size"], init=init, seed=seed, bias=sizes["bias"], progress=True)
     else:
-        head = VQLogitsHead.from_weight(dense, codebook_size, init=init, seed=seed, bias=bias, progress=True)
-    _use_vq_head(model, head)
+        head = head_from_rows(head, dense, sizes, frequent, seed)
+    use_head(model, head)
     out = Path(out)
     save_pretrained(model, out, dense_head=dense, source=spec)
     tokenizer = source / "tokenizer.json"
@@ -141,27 +173,48 @@ def compress(
     return out
 
 
-def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = None, source: str | None = None) -> None:
+def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = None, source: str | None = None, extra: dict | None = None) -> None:
+    """config.json, model.safetensors and vqlogits.json (the head's kind and shape, ``extra``)."""
     from safetensors.torch import save_file
 
     head = model.get_output_embeddings()
-    if not isinstance(head, VQLogitsHead):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a VQLogitsHead")
+    if not (hasattr(head, "greedy") and hasattr(head, "vocab_size")):
+        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     old = json.loads((out / "vqlogits.json").read_text()) if (out / "vqlogits.json").exists() else {}
     # Keep what earlier steps recorded (source, calibration history), update the head's shape.
-    meta = {**old, "format": FORMAT, "codebook_size": head.codebook_size, "vocab_size": head.vocab_size, "d_model": head.d_model, "bias": head.bias is not None, "architecture": model.config.model_type}
+    shape = head_shape(head)
+    meta = {**old, **(extra or {}), "format": FORMAT, **shape, "vocab_size": head.vocab_size, "d_model": head.d_model, "architecture": model.config.model_type}
     meta["source"] = source or old.get("source")
     (out / "vqlogits.json").write_text(json.dumps(meta, indent=1))
     if dense_head is not None:
         save_file({"weight": dense_head.contiguous()}, out / "dense_head.safetensors")
 
 
+def head_shape(head) -> dict:
+    """What ``load_pretrained`` needs to rebuild ``head`` (saved in vqlogits.json)."""
+    from ..heads import HybridHead, HybridTwoLevelHead, TwoLevelHead
+    from ..heads.indexed import IndexedHead
+
+    if isinstance(head, IndexedHead):
+        return {"head": "indexed", "clusters": head.clusters, "probes": head.probes}
+    out = {"bias": head.bias is not None}
+    if isinstance(head, (HybridHead, HybridTwoLevelHead)):
+        out.update(n_frequent=head.n_frequent, codebook_size=head.tail_codes)
+    else:
+        out.update(codebook_size=head.codebook_size)
+    if isinstance(head, TwoLevelHead):
+        out.update(token_dim=head.proj.shape[1])
+    name = {HybridTwoLevelHead: "hybrid-twolevel", TwoLevelHead: "twolevel", HybridHead: "hybrid", VQLogitsHead: "vq"}[type(head)]
+    return {"head": name, **out}
+
+
 def load_pretrained(folder: str | Path, model=None):
-    """The compressed model saved in ``folder``; its logits equal the saved model's exactly.
+    """The compressed model saved in ``folder``; its logits equal the saved model's exactly, and its
+    training loss goes through the head's own loss (``hf.training.patch``: no (N, V) logits).
 
     ``model``: load into this existing causal LM instead of building one from the saved config;
     a different vocabulary or hidden size is refused with a ValueError.
@@ -179,9 +232,19 @@ def load_pretrained(folder: str | Path, model=None):
     V, d = model.config.vocab_size, model.get_input_embeddings().weight.shape[1]
     if (V, d) != (meta["vocab_size"], meta["d_model"]):
         raise ValueError(f"saved head has vocab_size={meta['vocab_size']}, d_model={meta['d_model']}; the model has vocab_size={V}, d_model={d}")
-    _use_vq_head(model, VQLogitsHead(d, V, meta["codebook_size"], bias=meta["bias"]))
+    kind = meta.get("head", "vq")
+    if kind == "indexed":
+        from ..heads.indexed import IndexedHead
+
+        use_head(model, IndexedHead(d, V, meta["clusters"], meta["probes"]))
+    else:
+        from ..heads import build_head
+
+        use_head(model, build_head(kind, d, V, meta["codebook_size"], meta["bias"], token_dim=meta.get("token_dim", 8), n_frequent=meta.get("n_frequent", 0)))
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
-    return model.eval()
+    from .training import patch
+
+    return patch(model.eval())  # model(input_ids, labels=...).loss through the head's own loss
 
 
 def dense_head_weight(folder: str | Path) -> torch.Tensor:
@@ -194,17 +257,22 @@ def dense_head_weight(folder: str | Path) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, generator=None, eos_token_id: int | None = None) -> torch.Tensor:
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, generator=None, eos_token_id: int | None = None, exact: bool = True) -> torch.Tensor:
     """Decode with the backbone's KV cache and the head's compact greedy / sample: no (B, V) logits.
 
-    Same distribution per step as ``model.generate(..., do_sample, temperature, top_k, top_p)``;
-    greedy decoding gives the same tokens. (B, T) -> (B, T + new).
+    VQ head: same distribution per step as ``model.generate(..., do_sample, temperature, top_k,
+    top_p)``; greedy decoding gives the same tokens. Indexed head: greedy is the dense model's
+    (``exact=True``) or its probed approximation (``exact=False``); sampling is ``IndexedHead.sample``.
+    (B, T) -> (B, T + new).
     """
     from transformers import DynamicCache
 
+    from ..heads.indexed import IndexedHead
+
     head = model.get_output_embeddings()
-    if not isinstance(head, VQLogitsHead):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a VQLogitsHead")
+    if not (hasattr(head, "greedy") and hasattr(head, "sample")):
+        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head")
+    greedy = (lambda h: head.greedy(h, exact=exact)) if isinstance(head, IndexedHead) else head.greedy
     backbone = model.base_model
     cache = DynamicCache()
     ids = input_ids
@@ -212,7 +280,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperatu
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         hidden = backbone(input_ids=step_input, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # (B, d)
-        nxt = head.sample(hidden, temperature, top_k, top_p, generator) if do_sample else head.greedy(hidden)
+        nxt = head.sample(hidden, temperature, top_k, top_p, generator) if do_sample else greedy(hidden)
         if eos_token_id is not None:
             nxt = torch.where(done, eos_token_id, nxt)
             done |= nxt == eos_token_id
@@ -223,7 +291,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperatu
     return ids
 
 
-def generate_text(folder: str | Path, prompt: str, max_new_tokens: int = 48, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, seed: int = 0) -> str:
+def generate_text(folder: str | Path, prompt: str, max_new_tokens: int = 48, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, seed: int = 0, exact: bool = True) -> str:
     """Prompt in, continuation out, through ``generate`` (the compact path)."""
     from tokenizers import Tokenizer
 
@@ -233,7 +301,7 @@ def generate_text(folder: str | Path, prompt: str, max_new_tokens: int = 48, tem
     ids = torch.tensor([tok.encode(prompt).ids])
     eos = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
     g = torch.Generator().manual_seed(seed)
-    out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, do_sample, g, eos)
+    out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, do_sample, g, eos, exact)
     return tok.decode(out[0].tolist())
 
 
@@ -293,8 +361,15 @@ def evaluate_pretrained(folder: str | Path, corpus: str = "pydocs", max_tokens: 
     folder = Path(folder)
     model = load_pretrained(folder)
     meta = json.loads((folder / "vqlogits.json").read_text())
-    dense = dense_head_weight(folder)
     splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
+    if meta.get("head") == "indexed":  # the logits are the original's: agreement and speed are what differ
+        from .accelerate import hidden_states, measure_index
+
+        head = model.get_output_embeddings()
+        h = hidden_states(model, splits[split], min(max_tokens, 2048))
+        rows = measure_index(head, head.weight, h, [head.probes], batches=(1,), tv_rows=min(256, h.shape[0]))
+        return {"folder": str(folder), "corpus": corpus, "split": split, "tokens": h.shape[0], "modes": rows}
+    dense = dense_head_weight(folder)
     original = None
     if meta.get("source") and (meta.get("calibrated_backbone")):
         original, _ = load_causal_lm(meta["source"], cache)

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
-PYDOCS_SOURCES = "pydocs/usr/share/doc/python3.11/html/_sources"
 C4_DOCS = {"train": 200_000, "val": 5_000, "test": 5_000}  # streamed prefix of C4 (en)
 
 
@@ -27,9 +26,9 @@ def _bucket(doc_id: str) -> int:
     return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16)
 
 
-def split_documents(docs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """90 / 5 / 5 by a stable hash of each document id. A small corpus whose val or test would be
-    empty gives its highest-hash documents to them instead, still independent of file order."""
+def split_documents(docs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """(id, text) documents into 90 / 5 / 5 by a stable hash of each id. A small corpus whose val or
+    test would be empty gives its highest-hash documents to them instead, still independent of file order."""
     if len(docs) < 3:
         raise ValueError(f"corpus has {len(docs)} document(s); train / val / test need at least 3")
     ranked = sorted(docs, key=lambda d: _bucket(d[0]))
@@ -37,9 +36,9 @@ def split_documents(docs: list[tuple[str, str]]) -> dict[str, list[str]]:
     for split, i in (("test", len(ranked) - 1), ("val", len(ranked) - 2)):
         if split not in names.values():
             names[i] = split
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for i, (_, text) in enumerate(ranked):
-        out[names[i]].append(text)
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for i, doc in enumerate(ranked):
+        out[names[i]].append(doc)
     return out
 
 
@@ -62,7 +61,7 @@ def _chunk_file(path: Path, lines_per_doc: int = 200) -> list[tuple[str, str]]:
     return [(f"{path.name}:{i}", "".join(lines[i : i + lines_per_doc])) for i in range(0, len(lines), lines_per_doc)]
 
 
-def _hf_splits(name: str, location: str | None) -> dict[str, list[str]]:
+def _hf_splits(name: str, location: str | None) -> dict[str, list[tuple[str, str]]]:
     """WikiText-103 / C4 through HF datasets; ``location`` is a local folder in the hub's file format."""
     from datasets import load_dataset
 
@@ -73,7 +72,7 @@ def _hf_splits(name: str, location: str | None) -> dict[str, list[str]]:
         else:
             ds = load_dataset("wikitext", "wikitext-103-raw-v1")
         # One split is one long text; articles start at top-level " = Title = " lines.
-        return {ours: ["".join(ds[theirs]["text"])] for ours, theirs in zip(SPLITS, ("train", "validation", "test"))}
+        return {ours: [(f"{ours}:0", "".join(ds[theirs]["text"]))] for ours, theirs in zip(SPLITS, ("train", "validation", "test"))}
     if name == "c4":
         if location:  # json.gz shards named like the hub's: c4-{train,validation}.*.json.gz
             files = {s: sorted(glob.glob(f"{location}/**/c4-{s}.*.json*", recursive=True)) for s in ("train", "validation")}
@@ -84,24 +83,26 @@ def _hf_splits(name: str, location: str | None) -> dict[str, list[str]]:
         val_docs = [r["text"] for _, r in zip(range(C4_DOCS["val"] + C4_DOCS["test"]), ds["validation"])]
         # C4 publishes no test split: the second half of the validation prefix serves as test.
         half = len(val_docs) // 2
-        return {
-            "train": [r["text"] for _, r in zip(range(C4_DOCS["train"]), train_iter)],
-            "val": val_docs[:half],
-            "test": val_docs[half:],
-        }
+        train = [r["text"] for _, r in zip(range(C4_DOCS["train"]), train_iter)]
+        named = lambda split, texts, start=0: [(f"{split}:{start + i}", t) for i, t in enumerate(texts)]  # noqa: E731
+        return {"train": named("train", train), "val": named("validation", val_docs[:half]), "test": named("validation", val_docs[half:], half)}
     raise ValueError(f"unknown hub corpus {name!r}")
 
 
-def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str]]:
-    """Documents per split for ``pydocs``, ``wikitext-103[:DIR]``, ``c4[:DIR]``, or a file / folder / glob."""
+def load_documents(corpus: str, cache: str | Path = ".cache") -> dict[str, list[tuple[str, str]]]:
+    """(id, text) documents per split for ``pydocs``, ``devdocs``, ``wikitext-103[:DIR]``,
+    ``c4[:DIR]``, or a file / folder / glob."""
     name, _, location = corpus.partition(":")
     if name in ("wikitext-103", "c4"):
         return _hf_splits(name, location or None)
+    if corpus == "devdocs":
+        from .devdocs import load_devdocs
+
+        return split_documents(load_devdocs(cache))
     if corpus == "pydocs":
-        root = Path(cache) / PYDOCS_SOURCES
-        if not root.is_dir():
-            raise ValueError(f"corpus 'pydocs' not found under {root}; run `make data` first")
-        corpus = str(root)
+        from .embedded import pydocs_root
+
+        corpus = str(pydocs_root(cache))
     files = _local_files(corpus)
     if len(files) == 1:
         return split_documents(_chunk_file(files[0]))
@@ -110,20 +111,24 @@ def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str
     return split_documents(docs)
 
 
+def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str]]:
+    """The texts of ``load_documents``."""
+    return {s: [text for _, text in docs] for s, docs in load_documents(corpus, cache).items()}
+
+
 # --- tokenizers ---------------------------------------------------------------------------------
 
 
 def smollm2_tokenizer_file(cache: str | Path = ".cache") -> Path:
-    """SmolLM2's tokenizer.json, converted once from the GGUF that `make data` unpacks."""
+    """SmolLM2's tokenizer.json, converted once from its GGUF (fetched on first use)."""
     folder = Path(cache) / "smollm2"
     out = folder / "tokenizer" / "tokenizer.json"
     if not out.exists():
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise ValueError(f"no SmolLM2 GGUF in {folder}; run `make data` first")
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+        from .embedded import smollm2_gguf
+
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=smollm2_gguf(cache).name)
         tok.save_pretrained(str(out.parent))
     return out
 
@@ -157,6 +162,20 @@ def load_tokenizer(spec: str, docs: dict[str, list[str]] | None = None, cache: s
     return Tokenizer.from_file(str(path))
 
 
+def vocab_hint(spec: str, cache: str | Path = ".cache") -> int | None:
+    """The vocabulary size of a tokenizer spec when it is known without reading the corpus:
+    ``bpe:N`` (at most N), a tokenizer file, or a SmolLM2 tokenizer already converted; else None."""
+    if spec.startswith("bpe:"):
+        return int(spec[4:]) if spec[4:].isdigit() else None
+    path = Path(cache) / "smollm2" / "tokenizer" / "tokenizer.json" if spec == "smollm2" else Path(spec)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).get_vocab_size()
+
+
 def eos_id(tok) -> int:
     for name in ("<|endoftext|>", "</s>", "<eos>"):
         if (i := tok.token_to_id(name)) is not None:
@@ -182,31 +201,62 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
-    """Token ids per split as read-only memory maps, plus the tokenizer. Cached by corpus and tokenizer."""
+    """Token ids per split as read-only memory maps, plus the tokenizer. Cached by corpus and
+    tokenizer; each split is saved atomically, so a killed run resumes at the next split. Beside
+    the ids, ``{split}.doc_tokens.npy`` holds each document's token count (with its end-of-text)."""
     docs = load_corpus(corpus, cache)
     key = _docs_key(corpus, docs, tokenizer)
     folder = Path(cache) / "tokens" / key
     tok_path = folder / "tokenizer.json"
     if not (folder / "meta.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        tok = load_tokenizer(tokenizer, docs, cache)
-        tok.save(str(tok_path))
+        if not tok_path.exists():
+            load_tokenizer(tokenizer, docs, cache).save(str(tok_path) + ".tmp")
+            os.replace(str(tok_path) + ".tmp", tok_path)
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_path))
         eos = eos_id(tok)
         dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
         for s in SPLITS:
-            ids: list[int] = []
-            for enc in tqdm(_batched(docs[s], 64, tok), desc=f"tokenize {s}", leave=False, total=(len(docs[s]) + 63) // 64):
+            if (folder / f"{s}.doc_tokens.npy").exists():
+                continue
+            ids, lengths = [], []
+            batches = tqdm(_batched(docs[s], 256, tok), desc=f"tokenize {s}", total=(len(docs[s]) + 255) // 256)
+            for enc in batches:
                 for e in enc:
-                    ids.extend(e.ids)
-                    ids.append(eos)
-            _save_atomic(folder / f"{s}.npy", np.asarray(ids, dtype=dtype))
+                    ids.append(np.asarray(e.ids + [eos], dtype=dtype))
+                    lengths.append(len(e.ids) + 1)
+            _save_atomic(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
+            _save_atomic(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
         meta = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": tok.get_vocab_size(), "docs": {s: len(docs[s]) for s in SPLITS}}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        (folder / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
+        os.replace(folder / "meta.json.tmp", folder / "meta.json")
     from tokenizers import Tokenizer
 
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in SPLITS}
     return arrays, Tokenizer.from_file(str(tok_path)), meta
+
+
+def corpus_stats(corpus: str, tokenizer: str, cache: str | Path = ".cache") -> dict:
+    """Documents, UTF-8 bytes and tokens per split, and documents and tokens per source (a devdocs
+    package, the first folder of a local corpus's documents, else "all"), tokenizing if needed."""
+    documents = load_documents(corpus, cache)
+    _, _, meta = tokenize_corpus(corpus, tokenizer, cache)
+    folder = Path(cache) / "tokens" / _docs_key(corpus, {s: [t for _, t in d] for s, d in documents.items()}, tokenizer)
+    out: dict = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": meta["vocab_size"], "splits": {}, "sources": {}}
+    for s in SPLITS:
+        lengths = np.load(folder / f"{s}.doc_tokens.npy")
+        out["splits"][s] = {"docs": len(documents[s]), "bytes": sum(len(t.encode()) for _, t in documents[s]), "tokens": int(lengths.sum())}
+        for (doc_id, _), n in zip(documents[s], lengths.tolist()):
+            src = out["sources"].setdefault(doc_id.split("/", 1)[0] if "/" in doc_id else "all", {"docs": 0, "tokens": 0})
+            src["docs"] += 1
+            src["tokens"] += n
+    total = sum(v["tokens"] for v in out["sources"].values())
+    for v in out["sources"].values():
+        v["token_share"] = round(v["tokens"] / total, 4)
+    return out
 
 
 def _batched(texts, n, tok):

@@ -26,12 +26,20 @@ Per head, with ``z = h @ C.T`` the code logits of the map being learned:
   there). Both are exact sums over all rows, ``samples`` rows at a time.
 - Hybrids (hybrid, hybrid-twolevel) move only tail tokens, and only between tail codes.
 
-The learner runs in one process (training refuses it under torchrun).
+Under torchrun every rank observes its shard of the global batch; before each reassignment the
+window statistics are summed over ranks (``all_reduce``), so every rank computes the same moves
+from the same numbers, and vq-lowrank / rvq sample their rows from the global batch with a seeded
+generator shared by all ranks. The maps stay identical everywhere; with ``VQLOGITS_DEBUG=1`` that
+is checked at every reassignment. A checkpoint holds the statistics summed over ranks (on rank 0;
+the others resume from zero), so it resumes under any number of processes.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 
 from ..heads import RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
 
@@ -52,6 +60,8 @@ class MapLearner:
         if not 0 < frac <= 1:
             raise ValueError(f"reassign_frac must be in (0, 1], got {frac!r}")
         self.frac, self.samples, self.seed, self.calls = frac, samples, seed, 0
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         maps = self._maps(head)
         M, V, K = len(maps), head.vocab_size, self._codes(head)
         device = maps[0].device
@@ -75,9 +85,17 @@ class MapLearner:
     def _codes(head) -> int:
         return head.codebooks.shape[1] if isinstance(head, RVQHead) else (head.vq if isinstance(head, VQLowRankHead) else head).codebook_size
 
-    def _sample_rows(self, n: int, device) -> torch.Tensor:
+    def _sample_rows(self, n: int, seq: int, device) -> tuple[torch.Tensor, float]:
+        """This rank's rows of a sample of the global batch, and the scale of their sum.
+
+        The global batch holds ``world`` x ``n`` flattened rows, sequences of ``seq`` tokens, and this
+        rank holds sequences ``rank::world``; every rank draws the same global sample."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
-        return torch.randperm(n, generator=g)[: self.samples].to(device)
+        picked = torch.randperm(n * self.world, generator=g)[: self.samples]  # global flat rows
+        sequence, position = picked // seq, picked % seq
+        mine = sequence % self.world == self.rank
+        local = (sequence[mine] // self.world) * seq + position[mine]
+        return local.to(device), n * self.world / picked.numel()
 
     @torch.no_grad()
     def observe(self, head, h: torch.Tensor, targets: torch.Tensor) -> None:
@@ -96,9 +114,8 @@ class MapLearner:
             log_z = torch.logsumexp(z + head.log_code_mass().detach().float(), dim=-1, keepdim=True)  # (N, 1)
             self.taken[0, 0] += torch.exp(z - log_z).sum(0)
             return
-        rows = self._sample_rows(flat.shape[0], flat.device)
+        rows, scale = self._sample_rows(flat.shape[0], targets.shape[-1] if targets.dim() > 1 else 1, flat.device)
         logp = torch.log_softmax(head(flat[rows]).float(), dim=-1)  # (n, V)
-        scale = flat.shape[0] / rows.numel()
         codebooks = head.codebooks if isinstance(head, RVQHead) else head.vq.codebook[None]
         for m, (codebook, assignment) in enumerate(zip(codebooks, self._maps(head))):
             z = (flat @ codebook.T).float()  # (N, K)
@@ -130,9 +147,15 @@ class MapLearner:
         weight = head.bias.detach().float().exp()[:, None] if self.factorised and head.bias is not None else 1.0
         return self.own[m] - weight * self.taken[m]
 
+    def _windows(self) -> tuple[torch.Tensor, ...]:
+        return self.own, self.taken, self.seen
+
     @torch.no_grad()
     def reassign(self, head) -> float:
         """Apply the rule and clear the window; returns the fraction of the map entries that moved."""
+        if self.world > 1:
+            for t in self._windows():
+                dist.all_reduce(t)  # every rank now holds the global window
         movable, allowed = self.seen > 0, torch.ones(self.own.shape[2], dtype=torch.bool, device=self.seen.device)
         allowed[: getattr(head, "n_frequent", 0)] = False  # hybrids: frequent tokens keep their own codes
         moved = 0
@@ -151,13 +174,32 @@ class MapLearner:
                 else:
                     (head.vq if isinstance(head, VQLowRankHead) else head).set_assignment(new)
                 moved += n_move
-        for t in (self.own, self.taken, self.seen):
+        for t in self._windows():
             t.zero_()
+        if self.world > 1 and os.environ.get("VQLOGITS_DEBUG") == "1":
+            self.check_maps_agree(head)
         return moved / (self.own.shape[0] * self.own.shape[1])
 
+    def check_maps_agree(self, head) -> None:
+        """Raise if any rank's maps differ from rank 0's (a collective: call it on every rank)."""
+        mine = torch.stack([m.to(torch.float64) for m in self._maps(head)]).flatten()
+        mine = torch.stack([mine.sum(), (mine * torch.arange(1, mine.numel() + 1, dtype=torch.float64)).sum()])
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
+        if any(not torch.equal(e, every[0]) for e in every):
+            raise RuntimeError(f"learned map differs between ranks after call {self.calls}: checksums {[e.tolist() for e in every]}")
+
     def state_dict(self) -> dict:
-        return {"own": self.own, "taken": self.taken, "seen": self.seen, "calls": self.calls}
+        """The window statistics summed over ranks (a collective under torchrun) and the call count."""
+        own, taken, seen = (t.clone() for t in self._windows())
+        if self.world > 1:
+            for t in (own, taken, seen):
+                dist.all_reduce(t)
+        return {"own": own, "taken": taken, "seen": seen, "calls": self.calls}
 
     def load_state_dict(self, state: dict) -> None:
-        self.own.copy_(state["own"]), self.taken.copy_(state["taken"]), self.seen.copy_(state["seen"])
+        """Rank 0 takes the summed window, the other ranks start it from zero: the next all_reduce
+        gives every rank the whole window again."""
+        for t, name in zip(self._windows(), ("own", "taken", "seen")):
+            t.copy_(state[name]) if self.rank == 0 else t.zero_()
         self.calls = state["calls"]

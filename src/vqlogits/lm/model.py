@@ -38,11 +38,12 @@ class ModelConfig:
         return build_head(self.head, self.d_model, self.vocab_size, self.codebook_size, self.head_bias, self.rank, self.token_dim, self.num_codebooks, self.n_frequent)
 
     @classmethod
-    def preset(cls, name: str, vocab_size: int, **head_kw) -> "ModelConfig":
+    def preset(cls, name: str, vocab_size: int, block_size: int = 0, **head_kw) -> "ModelConfig":
+        """The preset's shape; ``block_size`` > 0 replaces its context length."""
         if name not in PRESETS:
             raise ValueError(f"model must be one of {tuple(PRESETS)}, got {name!r}")
-        n_layer, n_head, d_model, block_size, _ = PRESETS[name]
-        return cls(vocab_size, n_layer, n_head, d_model, block_size, **head_kw)
+        n_layer, n_head, d_model, preset_block, _ = PRESETS[name]
+        return cls(vocab_size, n_layer, n_head, d_model, block_size or preset_block, **head_kw)
 
 
 class Block(nn.Module):
@@ -86,12 +87,32 @@ class GPT(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token loss if ``targets`` is given, else the logits of the last position (B, V)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_hidden: bool = False):
+        """Mean next-token loss if ``targets`` is given, else the logits of the last position (B, V).
+        ``return_hidden``: (loss, hidden states (B, T, d)), so a DDP-wrapped model can hand the
+        hidden states to the learned map."""
         h = self.hidden(idx)  # (B, T, d)
         if targets is None:
             return self.head(h[:, -1])
-        return self.head.loss(h, targets)
+        loss = self.head.loss(h, targets)
+        return (loss, h) if return_hidden else loss
+
+    def train_flops(self, targets: torch.Tensor) -> int:
+        """Matmul FLOPs of one training step (forward + backward) on a (B, T) batch with these targets.
+
+        Per token, with L layers, width d and context T:
+          body: 72 L d^2 (qkv, projection and MLP: 12 L d^2 weights, 2 FLOPs per weight forward, x 3
+                with the two gradients; the embeddings' lookups cost none), plus attention
+                12 L T d (scores and values, 4 T d forward, x 3; full T x T, the causal mask is not
+                subtracted; a flash kernel's recomputed scores are not counted),
+          head: ``head.loss_flops(targets)`` per head (forward + backward; a head whose loss
+                recomputes its forward in backward counts the recompute).
+        Equal to ``torch.utils.flop_counter.FlopCounterMode``'s count of the step with the math
+        attention backend (tested).
+        """
+        L, d = self.cfg.n_layer, self.cfg.d_model
+        T = targets.shape[-1]
+        return targets.numel() * (72 * L * d * d + 12 * L * T * d) + self.head.loss_flops(targets)
 
     def head_params(self) -> int:
         return sum(p.numel() for p in self.head.parameters())

@@ -40,7 +40,8 @@ def family(r: dict) -> str:
     c = r["config"]
     if not c.get("head_budget"):
         return label(r)
-    return f"{r['head']}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
+    fixed_map = f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
+    return f"{r['head']}{fixed_map}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
 
 
 def _frac(c: dict) -> str:
@@ -50,7 +51,8 @@ def _frac(c: dict) -> str:
 def _label(r: dict) -> str:
     c, m = r["config"], r["model_config"]
     if c.get("head_budget"):
-        return f"{r['head']} @{100 * c['head_budget']:g}%{'' if c['head_bias'] else ' no-bias'}"
+        fixed_map = f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
+        return f"{r['head']} @{100 * c['head_budget']:g}%{fixed_map}{'' if c['head_bias'] else ' no-bias'}"
     if r["head"] == "hybrid":
         return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
     if r["head"] == "hybrid-twolevel":
@@ -75,21 +77,57 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (rounded down: conservative).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def _t975(df: float) -> float:
+    return _T975[max(k for k in _T975 if k <= max(1, math.floor(df)))]
+
+
+def gap_ci(head: list[float], dense: list[float]) -> tuple[float, float] | None:
+    """95% confidence interval of ``mean ppl ratio - 1`` (in %) between a head's seeds and dense's,
+    Welch's t on log perplexity. A head with one seed borrows dense's seed variance (the runs
+    differ only in the head); with one dense seed too there is no interval."""
+    lh, ld = [math.log(x) for x in head], [math.log(x) for x in dense]
+    if len(ld) < 2:
+        return None
+    var_d = statistics.variance(ld)
+    var_h = statistics.variance(lh) if len(lh) > 1 else var_d
+    a, b = var_h / len(lh), var_d / len(ld)
+    se = math.sqrt(a + b)
+    if se == 0:
+        return None
+    df = len(ld) - 1 if len(lh) < 2 else (a + b) ** 2 / (a * a / (len(lh) - 1) + b * b / (len(ld) - 1))
+    diff = statistics.fmean(lh) - statistics.fmean(ld)
+    half = _t975(df) * se
+    return 100 * (math.exp(diff - half) - 1), 100 * (math.exp(diff + half) - 1)
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per configuration (seeds pooled): mean and std of val / test perplexity."""
-    groups: dict[str, list[dict]] = defaultdict(list)
+    """One row per configuration and token budget (seeds pooled): mean and std of val / test
+    perplexity, and the gap to dense at the same budget with its 95% interval (``gap_ci``)."""
+    groups: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
     for r in runs:
-        groups[label(r)].append(r)
-    dense = [r for r in runs if r["head"] == "dense"]
-    dense_test = _mean_std([r["test_ppl"] for r in dense])[0] if dense else None
+        groups[label(r), r["train_tokens"], r["config"].get("schedule", "cosine")].append(r)
+    dense = defaultdict(list)
+    for r in runs:
+        if r["head"] == "dense":
+            dense[r["train_tokens"], r["config"].get("schedule", "cosine")].append(r["test_ppl"])
     rows = []
-    for name, rs in groups.items():
+    for (name, tokens, schedule), rs in groups.items():
         val, val_sd = _mean_std([r["val_ppl"] for r in rs])
         test, test_sd = _mean_std([r["test_ppl"] for r in rs])
+        ref = dense.get((tokens, schedule))
+        dense_test = statistics.fmean(ref) if ref else None
+        ci = gap_ci([r["test_ppl"] for r in rs], ref) if ref and name != "dense" else None
         rows.append(
             {
                 "config": name,
                 "seeds": len(rs),
+                "train_tokens": tokens,
+                "schedule": schedule,
+                "train_flops": statistics.fmean(r.get("train_flops") or 0 for r in rs) or None,
                 "head_params": rs[0]["head_params"],
                 "reduction_pct": 100 * (1 - rs[0]["head_params"] / rs[0]["dense_head_params"]),
                 "val_ppl": val,
@@ -97,6 +135,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "test_ppl": test,
                 "test_sd": test_sd,
                 "test_vs_dense_pct": None if dense_test is None else 100 * (test / dense_test - 1),
+                "test_vs_dense_ci": ci,
                 "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
                 "decode_flops": rs[0].get("decode_flops"),
                 "head": rs[0]["head"],
@@ -104,7 +143,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "head_budget": rs[0]["config"].get("head_budget"),
             }
         )
-    return sorted(rows, key=lambda r: (-r["head_params"], r["config"]))
+    return sorted(rows, key=lambda r: (-r["head_params"], r["config"], r["train_tokens"]))
 
 
 def _sd(x: float) -> str:
@@ -235,17 +274,27 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     return made
 
 
-def write_report(paths: list[str | Path], out: str | Path, extra: str = "") -> Path:
+def write_report(paths: list[str | Path], out: str | Path, extra: str = "", intro: str = "") -> Path:
     """report.md (table + plots) for the runs under ``paths``; returns its path."""
     runs = load_runs(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(runs)
+    rows = all_rows = summarize(runs)
+    text = "# vqlogits report\n\n" + intro
+    schedule = "wsd" if any(r["schedule"] == "wsd" for r in rows) else "cosine"
+    chain = [r for r in rows if r["schedule"] == schedule]
+    budgets = sorted({r["train_tokens"] for r in chain})
+    if len(budgets) > 1:  # several token budgets: quality against tokens and compute, then the largest budget
+        from .scaling import scaling_report
+
+        text += scaling_report(runs, chain, out) + f"## At the largest budget ({budgets[-1]:,} tokens)\n\n"
+        rows = [r for r in chain if r["train_tokens"] == budgets[-1]]
+        runs = [r for r in runs if r["train_tokens"] == budgets[-1] and r["config"].get("schedule", "cosine") == schedule]
     images = plots(runs, rows, out)
     by_budget = budget_table(rows)
-    text = "# vqlogits report\n\n" + (f"Test perplexity by head budget:\n\n{by_budget}\n" if by_budget else "")
+    text += f"Test perplexity by head budget:\n\n{by_budget}\n" if by_budget else ""
     text += markdown_table(rows) + "\n" + extra
     text += "\n".join(f"![{name}]({name})" for name in images) + "\n"
     (out / "report.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    (out / "summary.json").write_text(json.dumps(all_rows, indent=1))
     return out / "report.md"

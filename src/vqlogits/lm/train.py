@@ -11,7 +11,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,46 +23,59 @@ from tqdm.auto import tqdm
 from ..cluster import kmeans
 from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
-from .data import eval_windows, token_counts, tokenize_corpus
+from .checkpoint import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint
+from .data import eval_windows, token_counts, tokenize_corpus, vocab_hint
 from .learned_map import LEARNABLE, MapLearner
 from .model import GPT, PRESETS, ModelConfig
 
 MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
 
 
+def _opt(default, help: str, group: str, choices=None):
+    """A TrainConfig field with its CLI help, option group and allowed values."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    corpus: str = "pydocs"
-    tokenizer: str = "smollm2"
-    model: str = "tiny"
-    head: str = "dense"
-    codebook_size: int = 1024
-    head_bias: bool = True  # with head_budget: a bias when it fits (False: never)
-    rank: int = 64  # lowrank, vq-lowrank
-    token_dim: int = 8  # twolevel, hybrid-twolevel
-    num_codebooks: int = 2  # rvq
-    n_frequent: int = 256  # hybrid, hybrid-twolevel
-    head_budget: float = 0.0  # > 0: size the head to this fraction of the dense head (overrides the sizes above)
-    mapping: str = "random"  # vq token -> code map, see MAPPINGS
-    codebook_init: str = "random"  # random | centroids (mean dense-head row per code; needs warm-up)
-    bias_init: str = "unigram"  # unigram (log train frequency) | zeros
-    warmup_dense_steps: int = 0  # vq: train a dense head this many steps, then build the VQ head from it
-    reassign_every: int = 0  # learned map: move tokens between codes every N steps (0: fixed map), see learned_map.py
-    reassign_frac: float = 0.05  # at most this fraction of the seen tokens move per reassignment
-    steps: int = 500
-    batch_size: int = 0  # 0: the model preset's
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 100
-    eval_tokens: int = 16384  # per validation during training
-    final_eval_tokens: int = 131072  # for the final val / test perplexity
-    checkpoint_every: int = 100
-    out: str = "runs/run"
-    cache: str = ".cache"
+    """Everything a training run depends on; saved in every checkpoint, and a resume with a different
+    config is refused. The CLI's ``train`` / ``sweep`` options are these fields."""
+
+    corpus: str = _opt("pydocs", "pydocs, devdocs (embedded, fetched on first use), wikitext-103[:DIR], c4[:DIR], or a file / folder / glob of .txt/.md/.rst", "data")
+    tokenizer: str = _opt("smollm2", "smollm2, bpe:N (byte-level BPE trained on the train split), or a tokenizer.json / folder", "data")
+    model: str = _opt("tiny", "model preset (layers, heads, width, context, batch): tiny 2/4/128/64/8, small 4/4/256/128/16, base 8/8/512/256/32", "model", tuple(PRESETS))
+    block_size: int = _opt(0, "context length in tokens; 0: the preset's", "model")
+    head: str = _opt("dense", "output head, see the README's head table", "head", HEADS)
+    codebook_size: int = _opt(1024, "K, the number of codes (vq, hybrid tail, twolevel, vq-lowrank, rvq per codebook)", "head")
+    head_bias: bool = _opt(True, "a per-token bias b_v; with --head-budget: a bias when it fits (false: never)", "head")
+    rank: int = _opt(64, "rank r of lowrank and of vq-lowrank's residual", "head")
+    token_dim: int = _opt(8, "e, the per-token vector size of twolevel and hybrid-twolevel", "head")
+    num_codebooks: int = _opt(2, "codebooks of rvq", "head")
+    n_frequent: int = _opt(256, "tokens with exact rows (singleton codes) in hybrid and hybrid-twolevel", "head")
+    head_budget: float = _opt(0.0, "> 0: size the head to this fraction of the dense head's parameters (heads.size_for_budget), replacing the sizes above", "head")
+    mapping: str = _opt("random", "vq token -> code map: round, random (balanced), frequency (interleaved by train counts), kmeans (of a dense head after the warm-up), kmeans-embed (of the input embedding)", "map", MAPPINGS)
+    codebook_init: str = _opt("random", "vq codebook start: random, or centroids (each code's mean dense-head row; needs --warmup-dense-steps)", "map", ("random", "centroids"))
+    bias_init: str = _opt("unigram", "vq bias start: unigram (log train frequency) or zeros", "map", ("unigram", "zeros"))
+    warmup_dense_steps: int = _opt(0, "vq: train a dense head this many steps, then build the VQ head from it (kmeans maps, centroids)", "map")
+    reassign_every: int = _opt(0, "learned map: move tokens between codes every N steps (0: a fixed map); see lm/learned_map.py", "map")
+    reassign_frac: float = _opt(0.05, "learned map: at most this fraction of the seen tokens move per reassignment", "map")
+    steps: int = _opt(500, "optimizer steps", "optimisation")
+    batch_size: int = _opt(0, "sequences per step; 0: the preset's", "optimisation")
+    lr: float = _opt(2e-3, "peak learning rate (AdamW, betas 0.9 / 0.95)", "optimisation")
+    warmup_steps: int = _opt(50, "linear learning-rate warm-up steps", "optimisation")
+    min_lr_ratio: float = _opt(0.1, "final learning rate as a fraction of --lr", "optimisation")
+    schedule: str = _opt("cosine", "cosine, or wsd: warm-up, constant, then a linear decay over the last --decay-frac of the steps", "optimisation", ("cosine", "wsd"))
+    decay_frac: float = _opt(0.2, "wsd: the fraction of the steps spent decaying", "optimisation")
+    init_from: str = _opt("", "wsd: start from the stable-phase snapshot (stable.pt) of a run folder whose config differs only in steps", "optimisation")
+    weight_decay: float = _opt(0.1, "AdamW weight decay of the body's matrices", "optimisation")
+    grad_clip: float = _opt(1.0, "gradient norm clipping", "optimisation")
+    seed: int = _opt(0, "initialisation, batches and maps", "optimisation")
+    eval_every: int = _opt(100, "validate every N steps (0: never during training)", "checkpointing")
+    eval_tokens: int = _opt(16384, "validation tokens per evaluation during training", "checkpointing")
+    final_eval_tokens: int = _opt(131072, "tokens for the final validation and test perplexity", "checkpointing")
+    checkpoint_every: int = _opt(100, "write ckpt.pt (atomically, keeping the previous one) every N steps; rerun the same command to resume", "checkpointing")
+    out: str = _opt("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
+    cache: str = _opt(".cache", "folder for embedded data and token caches", "data")
 
     def head_sizes(self, d_model: int, vocab_size: int) -> dict:
         """Head size options, from ``head_budget`` when set (see ``heads.size_for_budget``)."""
@@ -72,14 +86,22 @@ class TrainConfig:
         return sizes
 
     def check(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.mapping not in MAPPINGS:
-            raise ValueError(f"mapping must be one of {MAPPINGS}, got {self.mapping!r}")
-        if self.codebook_init not in ("random", "centroids"):
-            raise ValueError(f"codebook_init must be 'random' or 'centroids', got {self.codebook_init!r}")
-        if self.bias_init not in ("unigram", "zeros"):
-            raise ValueError(f"bias_init must be 'unigram' or 'zeros', got {self.bias_init!r}")
+        """Every check that needs no data, so a bad option fails before any tokenizing or loading."""
+        for name, f in self.__dataclass_fields__.items():
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = ("steps", "codebook_size", "rank", "token_dim", "num_codebooks", "eval_tokens", "final_eval_tokens")
+        at_least_zero = ("block_size", "batch_size", "n_frequent", "warmup_dense_steps", "reassign_every", "warmup_steps", "eval_every", "checkpoint_every")
+        for name in positive + at_least_zero:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
+                raise ValueError(f"{name} must be an int >= {int(name in positive)}, got {value!r}")
+        inf = float("inf")
+        for name, lo, hi, open_lo in (("lr", 0, inf, True), ("head_budget", 0, 1, False), ("reassign_frac", 0, 1, True), ("min_lr_ratio", 0, 1, False), ("weight_decay", 0, inf, False), ("grad_clip", 0, inf, True)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and (value > lo if open_lo else value >= lo) and value <= hi):
+                raise ValueError(f"{name} must be a number in {'(' if open_lo else '['}{lo}, {hi}], got {value!r}")
         needs_warmup = self.mapping.startswith("kmeans") or self.codebook_init == "centroids"
         if self.head == "vq" and needs_warmup and self.warmup_dense_steps < 1:
             raise ValueError(
@@ -90,16 +112,34 @@ class TrainConfig:
             raise ValueError(f"reassign_every={self.reassign_every} needs a head with a token -> code map, got head={self.head!r}")
         if self.warmup_dense_steps >= self.steps and self.head == "vq":
             raise ValueError(f"warmup_dense_steps={self.warmup_dense_steps} must be < steps={self.steps}")
+        if self.schedule == "wsd" and not (0 < self.decay_frac < 1 and self.warmup_steps <= decay_start(self)):
+            raise ValueError(f"decay_frac must be in (0, 1) and leave the warm-up ({self.warmup_steps} steps) before the decay, got {self.decay_frac!r} with steps={self.steps}")
+        if self.init_from and self.schedule != "wsd":
+            raise ValueError(f"init_from={self.init_from!r} needs schedule='wsd' (only its stable phase is shared between budgets)")
 
 
 # ---- pieces -----------------------------------------------------------------------------------
 
 
+def decay_start(cfg: TrainConfig) -> int:
+    """First step of the WSD decay. Before it the learning rate does not depend on ``steps``."""
+    return cfg.steps - round(cfg.decay_frac * cfg.steps)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio * lr``, or, for WSD, constant until
+    ``decay_start`` and linear to ``min_lr_ratio * lr`` over the last ``decay_frac`` of the steps.
+
+    WSD gives every token budget from one run: the run for ``steps=S`` equals the run for any
+    longer budget up to step ``decay_start(S)``, so it can start from that run's snapshot
+    (``stable.pt``, written at its own decay start) and pay only for its decay."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        start = decay_start(cfg)
+        return cfg.lr if step < start else cfg.lr - (cfg.lr - floor) * (step - start) / (cfg.steps - start)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -170,10 +210,57 @@ def swap_head(model: GPT, opt: torch.optim.Optimizer, head) -> None:
     opt.param_groups[2]["params"] = list(head.parameters())
 
 
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash leaves either the old checkpoint or the new one, never half
+def writable_folder(path: str | Path) -> Path:
+    """``path`` created if needed; a ``ValueError`` naming it if it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"out={str(path)!r}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def check_head_fits(cfg: TrainConfig, vocab_size: int) -> None:
+    """The head's sizes against the vocabulary: a budget too small for the head, or K > V."""
+    d_model = PRESETS[cfg.model][2]
+    sizes = cfg.head_sizes(d_model, vocab_size)  # raises for a budget that cannot hold the head
+    uses_codes = cfg.head in ("vq", "vq-lowrank", "twolevel", "rvq", "hybrid", "hybrid-twolevel")
+    codes = sizes["codebook_size"] + (sizes["n_frequent"] if cfg.head.startswith("hybrid") else 0)
+    if uses_codes and codes > vocab_size:
+        raise ValueError(f"codebook_size={sizes['codebook_size']}" + (f" + n_frequent={sizes['n_frequent']}" if cfg.head.startswith("hybrid") else "") + f" exceeds the vocabulary size {vocab_size} of tokenizer {cfg.tokenizer!r}")
+
+
+def check_same_config(cfg: TrainConfig, saved: dict, path: Path, ignore: tuple[str, ...] = ()) -> None:
+    # A field added after the checkpoint was written counts as its default (same behaviour).
+    saved = {**asdict(TrainConfig()), **saved}
+    diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if saved[k] != v and k not in ignore}
+    if set(diff) == {"steps"}:
+        how = (
+            f"start a new --out with --init-from {path.parent} and --steps {cfg.steps}: it continues from that run's "
+            "stable-phase snapshot (stable.pt) and redoes only the decay"
+            if cfg.schedule == "wsd" and saved["steps"] < cfg.steps
+            else "use a new --out (a cosine schedule depends on steps, so a run cannot be extended; a --schedule wsd run can, "
+            "with --init-from)"
+        )
+        raise ValueError(f"{path} was written for steps={saved['steps']}, not {cfg.steps}. To train for {cfg.steps} steps, {how}")
+    if diff:
+        raise ValueError(f"{path} was written with a different config (saved, given): {diff}")
+
+
+def stable_snapshot(cfg: TrainConfig) -> dict:
+    """The state to start a WSD run from: ``init_from``'s ``stable.pt``, taken before this run's decay."""
+    path = Path(cfg.init_from)
+    path = path / "stable.pt" if path.is_dir() else path
+    if not path.exists():
+        raise ValueError(f"init_from={cfg.init_from!r}: no {path} (a wsd run writes stable.pt when its decay starts)")
+    state = load_plain(path)
+    check_same_config(cfg, state["config"], path, ignore=("steps", "out", "init_from"))
+    if state["step"] > decay_start(cfg):
+        raise ValueError(f"init_from={cfg.init_from!r}: its snapshot is at step {state['step']}, after this run's decay starts (step {decay_start(cfg)})")
+    return state
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -202,13 +289,24 @@ def _mean_across(value: float, world: int) -> float:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) the run in ``cfg.out`` and return its results (also written to results.json)."""
+    """Train (or resume) the run in ``cfg.out`` and return its results (also written to results.json).
+    While it trains, the folder is locked: a second process on it gets ``RunLocked``."""
     cfg.check()
     rank, world, device = _distributed()
-    if cfg.reassign_every and world > 1:
-        raise ValueError(f"the learned map (reassign_every={cfg.reassign_every}) runs in one process; set it to 0 under torchrun")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(cfg.out)
+    with run_lock(out) if rank == 0 else nullcontext():
+        return _train(cfg, progress, rank, world, device, out)
+
+
+def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
+    ckpt_path = out / "ckpt.pt"
+    state = load_checkpoint(ckpt_path)  # the newest readable of ckpt.pt and ckpt.pt.prev
+    if state is not None:
+        check_same_config(cfg, state["config"], ckpt_path)
+    elif cfg.init_from:
+        state = stable_snapshot(cfg)
+    if (V := vocab_hint(cfg.tokenizer, cfg.cache)) is not None:  # head sizes, before the corpus is read
+        check_head_fits(cfg, V)
     if rank != 0:
         dist.barrier()  # rank 0 fills the token cache first
     splits, _, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache)
@@ -216,25 +314,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         dist.barrier()
     V = meta["vocab_size"]
     counts = token_counts(splits["train"], V)
+    check_head_fits(cfg, V)
     batch = cfg.batch_size or PRESETS[cfg.model][4]
     if batch % world:
         raise ValueError(f"batch_size={batch} must be divisible by the number of processes {world}")
-
-    ckpt_path = out / "ckpt.pt"
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if state is not None:
-        # A field added after the checkpoint was written counts as its default (same behaviour).
-        saved = {**asdict(TrainConfig()), **state["config"]}
-        diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if saved[k] != v}
-        if diff:
-            raise ValueError(f"{ckpt_path} was written with a different config (saved, given): {diff}")
 
     torch.manual_seed(cfg.seed)
     start_vq = cfg.head == "vq" and cfg.warmup_dense_steps == 0
     first_head = cfg.head if start_vq or cfg.head != "vq" else "dense"
     d_model = PRESETS[cfg.model][2]
     sizes = cfg.head_sizes(d_model, V)
-    mcfg = ModelConfig.preset(cfg.model, V, head=first_head, **sizes)
+    mcfg = ModelConfig.preset(cfg.model, V, cfg.block_size, head=first_head, **sizes)
     model = GPT(mcfg)
     if hasattr(model.head, "set_frequencies"):  # adaptive, hybrids
         model.head.set_frequencies(counts)
@@ -247,12 +337,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     opt = make_optimizer(model, cfg)
     map_learner = None
     history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_ppl": [], "moved": []}
-    step, train_time, wall_time = 0, 0.0, 0.0  # train_time: steps only; wall_time: with evals
+    step, train_time, wall_time, flops = 0, 0.0, 0.0, 0  # train_time: steps only; wall_time: with evals
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, step = state["history"], state["step"]
-        train_time, wall_time = state["train_time"], state["wall_time"]
+        train_time, wall_time, flops = state["train_time"], state["wall_time"], state.get("train_flops", 0)
 
     def ddp_model():
         if world == 1:
@@ -281,8 +371,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         x, y = (t.to(device) for t in get_batch(splits["train"], step, cfg.seed, batch, mcfg.block_size, rank, world))
         with autocast:
             if map_learner is not None:  # the map's statistics need the hidden states
-                h = model.hidden(x)
-                loss = model.head.loss(h, y)
+                loss, h = runner(x, y, return_hidden=True)
             else:
                 loss = runner(x, y)
         opt.zero_grad(set_to_none=True)
@@ -295,6 +384,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             if step % cfg.reassign_every == 0:
                 history["moved"].append((step, map_learner.reassign(model.head)))
         train_time += time.perf_counter() - t0
+        flops += world * model.train_flops(y)  # the global batch, counted from this rank's shard
         loss_value = _mean_across(loss.item(), world)
         history["step"].append(step)
         history["loss"].append(loss_value)
@@ -308,30 +398,35 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             model.train()
             bar.set_postfix(loss=f"{loss_value:.3f}", val_ppl=f"{history['val_ppl'][-1]:.1f}")
         wall_time += time.perf_counter() - t0
-        if rank == 0 and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_atomic(
-                {
-                    "config": asdict(cfg),
-                    "model_config": asdict(model.cfg),
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "history": history,
-                    "train_time": train_time,
-                    "wall_time": wall_time,
-                    "map_learner": None if map_learner is None else map_learner.state_dict(),
-                },
-                ckpt_path,
-            )
+        stable_now = cfg.schedule == "wsd" and step == decay_start(cfg)
+        ckpt_now = cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        # Every rank takes part in summing the map's window statistics; rank 0 writes them.
+        learner_state = map_learner.state_dict() if map_learner is not None and (stable_now or ckpt_now) else None
+        snapshot = lambda: {  # noqa: E731
+            "config": asdict(cfg),
+            "model_config": asdict(model.cfg),
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "history": history,
+            "train_time": train_time,
+            "wall_time": wall_time,
+            "train_flops": flops,
+            "map_learner": learner_state,
+        }
+        if rank == 0 and stable_now:
+            save_atomic(snapshot(), out / "stable.pt")  # where longer budgets' runs branch off, see lr_at
+        if rank == 0 and ckpt_now:
+            save_checkpoint(snapshot(), ckpt_path)
     bar.close()
-    results = finish(cfg, model, splits, counts, history, train_time, wall_time, batch)
+    results = finish(cfg, model, splits, counts, history, train_time, wall_time, batch, flops)
     if rank == 0:
         save_atomic({"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt")
         (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
 
-def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: float, wall_time: float, batch: int) -> dict:
+def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: float, wall_time: float, batch: int, flops: int) -> dict:
     model.eval()
     V, d = model.cfg.vocab_size, model.cfg.d_model
     result = {
@@ -344,7 +439,10 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
         "val_ppl": perplexity(model, splits["val"], cfg.final_eval_tokens, desc="val"),
         "test_ppl": perplexity(model, splits["test"], cfg.final_eval_tokens, desc="test"),
         "train_tokens": cfg.steps * batch * model.cfg.block_size,
+        "train_flops": flops,
         "tokens_per_s": cfg.steps * batch * model.cfg.block_size / max(train_time, 1e-9),
+        # Where tokens_per_s was measured: this process's cores and threads, and the machine's load.
+        "host": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "loadavg": os.getloadavg()},
         "wall_s": wall_time,
         "decode_flops": model.head.decode_cost()["flops"],
         "decode_bytes": model.head.decode_cost()["bytes"],

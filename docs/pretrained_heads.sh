@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# docs/PRETRAINED.md, "any head, any budget": SmolLM2-135M-Instruct compressed with vq, hybrid and
+# hybrid-twolevel at 8.5%, 5% and 2% of the head's parameters, each with and without the learned
+# map in stage 1. Calibration budget per model: STAGE1_MIN + STAGE2_MIN = 30 CPU-minutes by default
+# (stage 1: the head on cached hidden states; stage 2: the last 4 blocks + norm + head).
+# Resumable: a finished step is skipped; calibration resumes its own time budget.
+# Cost: about 35 minutes per model (compress, 3 evaluations, calibration) on one core: 18 models ~ 10.5 h.
+set -euo pipefail
+OUT=${OUT:-runs/pretrained-heads}
+STAGE1_MIN=${STAGE1_MIN:-9}
+STAGE2_MIN=${STAGE2_MIN:-21}
+BUDGETS=${BUDGETS:-0.085 0.05 0.02}
+HEADS=${HEADS:-hybrid-twolevel hybrid vq}
+EVAL="--corpus pydocs --max-tokens 8192"
+for B in $BUDGETS; do for H in $HEADS; do for LEARN in 50 0; do
+  D=$OUT/smollm2-$H-b$B-learn$LEARN
+  [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --head $H --head-budget $B --corpus pydocs --out "$D"
+  [ -s "$D/eval_kmeans.json" ] || vqlogits eval "$D" $EVAL > "$D/eval_kmeans.json"
+  [ -s "$D/eval_stage1.json" ] || { vqlogits calibrate "$D" --corpus pydocs --stages 1 --budget-minutes $STAGE1_MIN --reassign-every $LEARN \
+                                   && vqlogits eval "$D" $EVAL > "$D/eval_stage1.json"; }
+  [ -s "$D/eval_stage2.json" ] || { vqlogits calibrate "$D" --corpus pydocs --stages 2 --budget-minutes $STAGE2_MIN --train-layers 4 \
+                                   && vqlogits eval "$D" $EVAL > "$D/eval_stage2.json"; }
+  [ -s "$D/generation.txt" ] || vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"
+done; done; done
+vqlogits report "$OUT" --out docs/pretrained/heads

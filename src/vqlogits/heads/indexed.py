@@ -1,0 +1,358 @@
+"""Indexed head: a pretrained model's own output rows, clustered into a retrieval index.
+
+Nothing is compressed or retrained: the logits are the dense head's, ``h @ W.T``. The rows are
+stored cluster by cluster (a balanced k-means, so every cluster is one contiguous block of L rows),
+and decoding reads only the clusters that can matter:
+
+* ``greedy(h, exact=False, probes=P)``: score the K centroids, read the P most promising clusters'
+  rows, return the best of them. Approximate.
+* ``greedy(h, exact=True)``: the same first round, then a certificate that no unread token can beat
+  (or tie) the best one read; rows that cannot be certified are screened with a half-precision copy
+  of all rows and a rigorous rounding bound, and only the tokens that survive are read in fp32.
+  Always equal to ``(h @ W.T).argmax(-1)``, ties to the smallest id.
+* ``sample``: exact within every cluster; the unread clusters' masses are estimated.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import functional as VF
+from .._checks import check_hidden, check_reduction, check_sampling, check_state_shapes, check_targets
+
+# The cluster ranking: centroid score plus this many isotropic standard deviations of h . (w - c).
+RANK_SIGMAS = 3.0
+# Default probes as a fraction of the clusters: the smallest that reached 99.9% top-1 agreement
+# with the dense head on SmolLM2 / pydocs test hidden states at K = 1,024 (docs/PRETRAINED.md,
+# "accelerate or compress"; `docs/accelerate.sh` measures it).
+DEFAULT_PROBE_FRACTION = 1 / 8
+_U16 = 2.0**-11  # unit roundoff of fp16
+_SCREEN_CHUNK = 4096  # fp16 rows converted to fp32 at a time
+
+
+def _gamma(n: int) -> float:
+    """Higham's gamma_n for fp32: |fl(sum of n products) - exact| <= gamma_n * sum |products|, any order."""
+    u = 2.0**-24
+    return n * u / (1 - n * u)
+
+
+def _argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per row, the smallest id among the maximal values: ``argmax`` semantics for permuted columns."""
+    best, where = values.max(dim=-1)
+    out = ids.expand_as(values).gather(1, where[:, None]).squeeze(1)
+    tied = torch.nonzero((values == best[:, None]).sum(-1) > 1).squeeze(1)  # rare: resolve those rows by id
+    if tied.numel():
+        rows = values[tied]
+        out[tied] = torch.where(rows == best[tied, None], ids.expand(tied.numel(), -1) if ids.dim() == 1 else ids[tied], pad).min(dim=-1).values
+    return out
+
+
+class IndexedHead(nn.Module):
+    """Exact dense logits ``h @ W.T``, decoded through a balanced clustering of W's rows.
+
+    Buffers: ``rows`` (K, L, d), W's rows cluster by cluster (zero rows pad the last places when K
+    does not divide V); ``token_ids`` (K, L), the token of each row (V for padding); ``centroids``
+    (K, d), each cluster's mean row; ``radius`` (K,), the largest distance of a cluster's rows
+    from its centroid; ``spread`` (K,), the typical |h . (w - c)| / |h| of the cluster: RMS over
+    its rows of sqrt(e^T Sigma e / tr Sigma) with Sigma = E[h h^T] of the hidden states given to
+    ``from_weight`` (|e| / sqrt(d) without them). A half-precision copy of ``rows`` is rebuilt when
+    loaded (not saved).
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, clusters: int, probes: int | None = None, *, validate: bool = True):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("vocab_size", vocab_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(clusters, int) or isinstance(clusters, bool) or not 1 <= clusters <= vocab_size:
+            raise ValueError(f"clusters must be an int in [1, vocab_size={vocab_size}], got {clusters!r}")
+        self.d_model, self.vocab_size, self.clusters, self.validate = d_model, vocab_size, clusters, validate
+        self.width = -(-vocab_size // clusters)  # L, rows per cluster
+        self.probes = self._check_probes(probes if probes is not None else max(1, round(DEFAULT_PROBE_FRACTION * clusters)))
+        K, L = clusters, self.width
+        ids = torch.arange(K * L).view(K, L)
+        self.register_buffer("rows", torch.zeros(K, L, d_model))
+        self.register_buffer("token_ids", torch.where(ids < vocab_size, ids, vocab_size))
+        self.register_buffer("centroids", torch.zeros(K, d_model))
+        self.register_buffer("radius", torch.zeros(K))
+        self.register_buffer("spread", torch.zeros(K))
+        self.register_buffer("rows_fp16", torch.zeros(K, L, d_model, dtype=torch.float16), persistent=False)
+        self.last_stats: dict = {}
+        self._refresh()
+
+    def _check_probes(self, probes) -> int:
+        if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+            raise ValueError(f"probes must be an int >= 1, got {probes!r}")
+        return min(probes, self.clusters)
+
+    # ---- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, clusters: int, hidden: torch.Tensor | None = None, spherical: bool = False, seed: int = 0, probes: int | None = None, progress: bool = False) -> "IndexedHead":
+        """Index the (V, d) output matrix ``weight`` with a balanced k-means into ``clusters`` groups.
+
+        ``hidden`` (n, d), hidden states of the model on some text: cluster in the metric
+        E_h[(h . (w - c))^2] = (w - c)^T Sigma (w - c), Sigma = E[h h^T], so that a centroid's
+        score predicts its rows' logits where the model's hidden states actually lie (measured:
+        far better agreement than plain k-means on SmolLM2). ``spherical``: cluster directions.
+        """
+        from ..cluster import balanced_kmeans
+
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D (V, d), got shape {tuple(weight.shape)}")
+        V, d = weight.shape
+        head = cls(d, V, clusters, probes)
+        w = weight.detach().float()
+        if float(w.abs().max()) >= 65504:
+            raise ValueError("weight has entries beyond fp16's range; the exact screen needs them below 65504")
+        metric = None
+        if hidden is not None:
+            if hidden.dim() != 2 or hidden.shape[1] != d:
+                raise ValueError(f"hidden must have shape (n, d={d}), got {tuple(hidden.shape)}")
+            h = hidden.detach().float()
+            sigma = h.T @ h / h.shape[0]
+            metric = torch.linalg.cholesky(sigma + 1e-6 * float(sigma.diagonal().mean()) * torch.eye(d))
+        assignment = balanced_kmeans(w, clusters, seed=seed, metric=metric, spherical=spherical, progress=progress)
+        head.set_clusters(w, assignment, None if hidden is None else sigma)
+        return head
+
+    @torch.no_grad()
+    def set_clusters(self, weight: torch.Tensor, assignment: torch.Tensor, sigma: torch.Tensor | None = None) -> None:
+        """Lay out ``weight``'s rows by ``assignment`` (V,), at most L rows per cluster; ``sigma``
+        (d, d), E[h h^T] of the hidden states, sets ``spread`` (isotropic without it)."""
+        V, K, L = self.vocab_size, self.clusters, self.width
+        if tuple(weight.shape) != (V, self.d_model):
+            raise ValueError(f"weight must have shape ({V}, {self.d_model}), got {tuple(weight.shape)}")
+        if tuple(assignment.shape) != (V,) or int(assignment.min()) < 0 or int(assignment.max()) >= K:
+            raise ValueError(f"assignment must be (V,) = ({V},) with values in [0, {K})")
+        sizes = torch.bincount(assignment, minlength=K)
+        if int(sizes.max()) > L:
+            raise ValueError(f"a cluster holds {int(sizes.max())} rows, more than L = ceil(V / K) = {L}")
+        order = torch.argsort(assignment, stable=True)
+        slot = torch.arange(V) - (torch.cumsum(sizes, 0) - sizes)[assignment[order]]
+        ids = torch.full((K, L), V, dtype=torch.long)
+        ids[assignment[order], slot] = order
+        self.token_ids.copy_(ids)
+        self.rows.zero_()
+        self.rows[assignment[order], slot] = weight.float()[order]
+        real = (ids < V)[..., None]
+        self.centroids.copy_(self.rows.sum(1) / sizes.clamp_min(1)[:, None])
+        offsets = (self.rows - self.centroids[:, None]) * real  # (K, L, d)
+        self.radius.copy_(offsets.norm(dim=-1).max(1).values)
+        if sigma is None:
+            energy = offsets.pow(2).sum(-1) / self.d_model
+        else:
+            energy = (offsets @ sigma.float() * offsets).sum(-1) / float(sigma.diagonal().sum())
+        self.spread.copy_((energy.sum(1) / sizes.clamp_min(1)).sqrt())
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.rows_fp16 = self.rows.half()
+        self._row_norm = self.rows.norm(dim=-1).reshape(-1)  # (K * L,)
+        self._real = (self.token_ids < self.vocab_size).reshape(-1)
+        self._cluster_of = torch.empty(self.vocab_size, dtype=torch.long, device=self.rows.device)
+        self._position = torch.empty(self.vocab_size, dtype=torch.long, device=self.rows.device)
+        flat_ids = self.token_ids.reshape(-1)
+        positions = torch.nonzero(self._real).squeeze(1)
+        self._position[flat_ids[positions]] = positions
+        self._cluster_of[flat_ids[positions]] = positions // self.width
+        self._sizes = self._real.view(self.clusters, self.width).sum(1)
+        self._padded = self.clusters * self.width > self.vocab_size
+        self._scratch = torch.empty(0, device=self.rows.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        K, L, d = self.clusters, self.width, self.d_model
+        check_state_shapes(state_dict, prefix, {"rows": (K, L, d), "token_ids": (K, L), "centroids": (K, d), "radius": (K,), "spread": (K,)})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._refresh()
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._refresh()
+        return out
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (V, d) matrix in token order."""
+        return self.rows.reshape(-1, self.d_model)[self._position]
+
+    # ---- the first round: centroids, then the most promising clusters -----------------------------
+
+    def _probe(self, flat: torch.Tensor, probes: int):
+        """Centroid scores (N, K), |h| (N, 1), the probed clusters (the union of every row's top
+        ``probes``; sorted), their tokens and their exact logits (N, U * L), padding at -inf."""
+        z = flat @ self.centroids.T  # (N, K)
+        norm = flat.norm(dim=-1, keepdim=True)
+        rank = z + RANK_SIGMAS * norm * self.spread
+        union = torch.unique(rank.topk(probes, dim=-1).indices)  # (U,)
+        if 2 * union.numel() > self.clusters:  # a batch's probes cover most clusters: read them all, contiguously
+            union = torch.arange(self.clusters, device=flat.device)
+            rows = self.rows.reshape(-1, self.d_model)
+        else:  # into a kept buffer: a fresh allocation this size costs more in page faults than the copy
+            if self._scratch.numel() < union.numel() * self.width * self.d_model:
+                self._scratch = torch.empty(union.numel() * self.width * self.d_model, device=flat.device)
+            rows = self._scratch[: union.numel() * self.width * self.d_model].view(union.numel(), self.width, self.d_model)
+            rows = torch.index_select(self.rows, 0, union, out=rows).reshape(-1, self.d_model)  # index_select: 2-3x faster than rows[union]
+        ids = self.token_ids[union].reshape(-1)  # (U * L,)
+        logits = flat @ rows.T
+        if self._padded:
+            logits.masked_fill_(ids == self.vocab_size, float("-inf"))
+        return z, norm, union, ids, logits
+
+    def _estimate(self, z: torch.Tensor, norm: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log of each cluster's estimated mass sum_v exp(logit_v / T), (N, K): h . (w - c) taken as
+        Gaussian with standard deviation |h| x spread, so E[exp(h.e / T)] = exp((|h| spread / T)^2 / 2)."""
+        return torch.log(self._sizes.float()) + z / temperature + 0.5 * (norm * self.spread / temperature) ** 2
+
+    # ---- interface ---------------------------------------------------------------------------------
+
+    def forward(self, h: torch.Tensor, probes: int | None = None) -> torch.Tensor:
+        """(..., d) -> (..., V) logits for ``model.generate()``: the probed clusters' tokens hold their
+        exact logits; every other token holds its cluster's estimated mean, log(mass / size) (see
+        ``_estimate``), capped at the row's lowest probed logit, so ``argmax`` equals
+        ``greedy(h, exact=False)`` and the unprobed clusters keep about their share of probability.
+        ``self.dense_logits(h)`` gives the exact (..., V) logits."""
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model)
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        real = ids < self.vocab_size
+        floor = logits.masked_fill(~real, float("inf")).min(dim=-1, keepdim=True).values
+        est = (self._estimate(z, norm) - torch.log(self._sizes.float())).minimum(floor)  # (N, K)
+        out = est[:, self._cluster_of]  # (N, V)
+        out[:, ids[real]] = logits[:, real]
+        return out.reshape(*h.shape[:-1], self.vocab_size)
+
+    def dense_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``h @ W.T``, (..., d) -> (..., V), every entry exact."""
+        check_hidden(h, self.d_model)
+        return h @ self.weight.T
+
+    def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+        """``F.cross_entropy(h @ W.T, targets)``: the dense head's loss (the index changes nothing)."""
+        check_hidden(h, self.d_model)
+        check_targets(targets, h, self.vocab_size, ignore_index, self.validate)
+        check_reduction(reduction)
+        logits = self.dense_logits(h).flatten(0, -2)
+        loss = F.cross_entropy(logits.to(VF.compute_dtype(logits.dtype)), targets.flatten(), ignore_index=ignore_index, reduction=reduction)
+        return loss.reshape(targets.shape) if reduction == "none" else loss
+
+    @torch.no_grad()
+    def greedy(self, h: torch.Tensor, exact: bool = True, probes: int | None = None) -> torch.Tensor:
+        """argmax of the logits, (..., d) -> (...).
+
+        ``exact=True``: equal to ``(h @ W.T).argmax(-1)`` on every row, ties to the smallest id.
+        After the first round, a row is certified when every unprobed cluster's bound, centroid
+        score + |h| x radius (+ fp32 rounding slack), is below its best probed logit. Rows left are
+        screened against a half-precision copy of every row: by Higham's bound, each fp32 logit
+        differs from its screen by at most |h| |w| (u16 + gamma_d (2 + u16)) + d max|h| 2^-25,
+        so only tokens whose screen plus that bound reaches the best logit can win; those are
+        read in fp32. Screening reads half the bytes of the dense head.
+
+        ``exact=False``: the best token of the probed clusters (``probes``, default
+        ``self.probes``; with a batch, every row reads the union of the rows' probes, and all
+        clusters when that union holds more than half of them).
+
+        The exact first round reads ``probes`` clusters (default K / 64: at d = 576 the cluster
+        bounds certify almost nothing, so reading more first only adds to the screen's cost).
+        ``self.last_stats`` records the rows certified and the fp32 and fp16 rows read.
+        """
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model).float()
+        default = max(1, self.clusters // 64) if exact else self.probes
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
+        answer = _argmax_smallest_id(logits, ids, self.vocab_size)
+        stats = {"rows": flat.shape[0], "probed_rows": ids.numel(), "certified": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
+        if exact and flat.shape[0]:
+            best = logits.max(dim=-1).values  # (N,), a value of the fp32 reference
+            gamma = 2 * _gamma(self.d_model)
+            slack = gamma * norm * (self.centroids.norm(dim=-1) + self.radius + self._row_norm.max())  # both roundings, generously
+            bound = (z + norm * self.radius + slack).index_fill(1, union, float("-inf"))
+            todo = torch.nonzero(~(bound < best[:, None]).all(dim=-1)).squeeze(1)
+            stats["certified"] = flat.shape[0] - todo.numel()
+            if todo.numel():
+                answer[todo] = self._screened_argmax(flat[todo], best[todo], stats)
+        self.last_stats = stats
+        return answer.reshape(h.shape[:-1])
+
+    def _screened_argmax(self, flat: torch.Tensor, best: torch.Tensor, stats: dict) -> torch.Tensor:
+        """Exact argmax of rows (n, d) whose best known logit is ``best``, through the fp16 screen."""
+        n, d = flat.shape
+        half = self.rows_fp16.reshape(-1, d)
+        screen = torch.empty(n, half.shape[0])
+        buffer = torch.empty(min(_SCREEN_CHUNK, half.shape[0]), d)
+        for start in range(0, half.shape[0], _SCREEN_CHUNK):
+            rows = buffer[: min(_SCREEN_CHUNK, half.shape[0] - start)]
+            rows.copy_(half[start : start + rows.shape[0]])
+            torch.mm(flat, rows.T, out=screen[:, start : start + rows.shape[0]])
+        gamma = _gamma(d)
+        delta = flat.norm(dim=-1, keepdim=True) * self._row_norm * (_U16 + gamma * (2 + _U16)) + d * flat.abs().amax(-1, keepdim=True) * 2.0**-25
+        screen.masked_fill_(~self._real, float("-inf"))
+        floor = torch.maximum(best, (screen - delta).max(dim=-1).values)  # the answer's logit is at least this
+        candidates = (screen + delta >= floor[:, None]) & self._real  # (n, K * L)
+        columns = torch.nonzero(candidates.any(0)).squeeze(1)
+        exact = (flat @ self.rows.reshape(-1, d)[columns].T).masked_fill(~candidates[:, columns], float("-inf"))
+        stats["screened_rows"] += n * half.shape[0]
+        stats["verified_rows"] += n * columns.numel()
+        return _argmax_smallest_id(exact, self.token_ids.reshape(-1)[columns], self.vocab_size)
+
+    @torch.no_grad()
+    def sampling_probs(self, h, temperature: float = 1.0, top_k=None, top_p=None, probes: int | None = None) -> torch.Tensor:
+        """The distribution ``sample`` draws from, (..., V).
+
+        Without top-k / top-p: P(v) = m_k / sum_j m_j * softmax over k's tokens of logit / T, for v
+        in cluster k, with m_k = sum_{v in k} exp(logit_v / T) for the probed clusters and the
+        estimate of ``_estimate`` for the others (every token keeps a non-zero probability).
+        With top-k / top-p: ``softmax(filter(logit / T))`` over the probed clusters' tokens only."""
+        check_sampling(temperature, top_k, top_p)
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model).float()
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        real = ids < self.vocab_size
+        out = torch.zeros(flat.shape[0], self.vocab_size)
+        if top_k is not None or top_p is not None:
+            out[:, ids[real]] = VF.sampling_probs(logits[:, real], temperature, top_k, top_p)
+        else:
+            log_mass = self._log_masses(z, norm, union, logits, temperature)
+            dense = self.dense_logits(flat) / temperature  # (N, V)
+            cluster = self._cluster_of
+            within = dense - torch.full_like(log_mass, float("-inf")).scatter_reduce(1, cluster.expand_as(dense), dense, "amax")[:, cluster]
+            within = within - torch.log(torch.zeros_like(log_mass).index_add_(1, cluster, within.exp()))[:, cluster]
+            out = torch.exp(torch.log_softmax(log_mass, dim=-1)[:, cluster] + within)
+        return out.reshape(*h.shape[:-1], self.vocab_size)
+
+    def _log_masses(self, z, norm, union, logits, temperature) -> torch.Tensor:
+        """log m_k, (N, K): exact for the probed clusters, estimated for the others."""
+        log_mass = self._estimate(z, norm, temperature)
+        exact = (logits / temperature).view(logits.shape[0], union.numel(), self.width).logsumexp(-1)
+        return log_mass.index_copy(1, union, exact)
+
+    @torch.no_grad()
+    def sample(self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None, probes: int | None = None) -> torch.Tensor:
+        """A draw from ``sampling_probs``: a cluster by its (exact or estimated) mass, then a token by
+        the exact softmax inside it, reading that cluster's rows if it was not probed."""
+        check_sampling(temperature, top_k, top_p)
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model).float()
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        if top_k is not None or top_p is not None:
+            real = ids < self.vocab_size
+            pick = VF.sample_logits(logits[:, real], temperature, top_k, top_p, generator)
+            return ids[real][pick].reshape(h.shape[:-1])
+        cluster = torch.multinomial(torch.softmax(self._log_masses(z, norm, union, logits, temperature), dim=-1), 1, generator=generator).squeeze(1)
+        members = self.token_ids[cluster]  # (N, L)
+        within = torch.einsum("nld,nd->nl", self.rows[cluster], flat).masked_fill(members == self.vocab_size, float("-inf"))
+        pick = torch.multinomial(torch.softmax(within / temperature, dim=-1), 1, generator=generator)
+        return members.gather(1, pick).squeeze(1).reshape(h.shape[:-1])
+
+    def decode_cost(self, probes: int | None = None) -> dict:
+        """One token, approximate greedy: the centroids and the probed clusters' rows (fp32).
+        Exact greedy adds, for a row it cannot certify, the fp16 screen of all rows (2 V d bytes)."""
+        P = self._check_probes(self.probes if probes is None else probes)
+        K, L, d = self.clusters, self.width, self.d_model
+        return {"flops": 2 * K * d + 2 * P * L * d, "bytes": 4 * K * d + 4 * P * L * d}
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, vocab_size={self.vocab_size}, clusters={self.clusters}, rows_per_cluster={self.width}, probes={self.probes}"
