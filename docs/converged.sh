@@ -34,7 +34,7 @@ V="taskset -c $CORE vqlogits"
 C="--corpus devdocs --tokenizer bpe:16384 --model tiny --block-size 128 --batch-size 16 --lr 0.002
    --warmup-steps 200 --eval-every 1000 --eval-tokens 32768 --checkpoint-every 500
    --final-eval-tokens 262144 --out $OUT"
-CHAIN="--wsd-steps 1000,2000,4000,8000,16000"
+CHAIN="--wsd-steps ${WSD_STEPS:-1000,2000,4000,8000,16000}"
 case $STAGE in
   all)
     # Dense seed 0 first (it decides whether the protocol converges), then every head, then the

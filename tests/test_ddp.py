@@ -29,19 +29,25 @@ def test_two_processes_match_one(tmp_path):
               "--cache", str(tmp_path / "cache"), "--head", "vq", "--codebook-size", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "vqlogits.cli", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert single.returncode == 0, _why(single)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
          "-m", "vqlogits.cli", *common, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, _why(ddp)
     one = json.loads((tmp_path / "one" / "results.json").read_text())["history"]["loss"]
     two = json.loads((tmp_path / "two" / "results.json").read_text())["history"]["loss"]
     assert len(one) == len(two) == 8
     for a, b in zip(one, two):
         assert abs(a - b) <= 1e-4 * abs(a), (one, two)
     assert one != [one[0]] * 8  # it trained: the losses move
+
+
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """The ranks' own error lines first: torchrun's summary at the end of stderr hides them."""
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
+    return "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-1500:]
 
 
 def _torchrun(args, env=None):
@@ -63,7 +69,7 @@ def test_learned_map_under_two_processes_matches_one(tmp_path):
     for cfg in configs(str(corpus), cache, str(tmp_path / "one")):
         train(cfg, progress=False)
     ddp = _torchrun([WORKER, str(corpus), cache, str(tmp_path / "two"), "all"])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, _why(ddp)
     for cfg in configs(str(corpus), cache, str(tmp_path / "one")):
         name = Path(cfg.out).name
         one, two = (json.loads((tmp_path / side / name / "results.json").read_text()) for side in ("one", "two"))
@@ -80,12 +86,12 @@ def test_killed_two_process_run_with_the_learned_map_resumes_exactly(tmp_path):
     corpus = write_corpus(tmp_path / "text")
     cache = str(tmp_path / "cache")
     full = _torchrun([WORKER, str(corpus), cache, str(tmp_path / "full"), "first"])
-    assert full.returncode == 0, full.stderr[-3000:]
+    assert full.returncode == 0, _why(full)
     crashed = _torchrun([WORKER, str(corpus), cache, str(tmp_path / "cut"), "crash"])
     assert crashed.returncode != 0 and (tmp_path / "cut" / "vq" / "ckpt.pt").exists()
     assert not (tmp_path / "cut" / "vq" / "results.json").exists()
     resumed = _torchrun([WORKER, str(corpus), cache, str(tmp_path / "cut"), "first"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, _why(resumed)
     a, b = (json.loads((tmp_path / side / "vq" / "results.json").read_text()) for side in ("full", "cut"))
     assert a["history"]["loss"] == b["history"]["loss"] and a["history"]["moved"] == b["history"]["moved"]
     assert a["test_ppl"] == b["test_ppl"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -215,9 +216,8 @@ def writable_folder(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # a name of its own: every DDP rank probes the same folder
+            pass
     except OSError as e:
         raise ValueError(f"out={str(path)!r}: cannot write there ({e.strerror or e})") from None
     return path
