@@ -7,7 +7,7 @@
 #   docs/converged.sh dense    # the dense baseline: SEEDS (default 0,1,2), convergence and seed spread
 #   docs/converged.sh heads    # every head, seed 0
 #   docs/converged.sh seeds    # seeds 1 and 2 of the best two heads (BEST, BEST_BUDGETS)
-#   docs/converged.sh cosine   # a separate cosine run, to check the WSD cool-downs against
+#   docs/converged.sh cosine   # a separate cosine run (COSINE_STEPS, default 8000), to check the WSD cool-downs against
 #   docs/converged.sh report   # docs/results/converged/{summary.json, report.md, PNGs}
 #
 # One job per core (taskset + one thread), so tokens_per_s means the same in every run; each
@@ -16,6 +16,7 @@
 # Protocol: model `tiny` (2 layers, d = 128) with context 128 and 16 sequences per step (2,048
 # tokens), lr 2e-3, 200 warm-up steps, WSD with the last 20% of each budget decaying to 0.1 lr.
 # Budgets: 1k, 2k, 4k, 8k, 16k steps = 2.0M, 4.1M, 8.2M, 16.4M, 32.8M tokens (train split: 25.2M).
+# WSD_STEPS=1000,2000 runs a shorter chain (its budgets are the same runs as the long chain's).
 #
 # Budget, one core (measured 1 thread: dense 3.1k tok/s, vq at 2% ~14k, hybrid-twolevel at 2% ~12k
 # before the learned map's statistics). A chain to 16k steps costs 0.8 * 16k + 0.2 * 31k = 19k
@@ -50,12 +51,13 @@ case $STAGE in
     $V sweep $C $CHAIN --heads vq,hybrid-twolevel --head-budgets 0.02,0.05 --reassign 100 --seeds 0
     # The paper's vq with fixed maps (random, frequency) at the same sizes, and its K ablation.
     $V sweep $C $CHAIN --heads vq --head-budgets 0.02 --mappings random,frequency --seeds 0
-    $V sweep $C $CHAIN --heads vq --head-budgets 0.01,0.05,0.1 --seeds 0
-    $V sweep $C $CHAIN --heads adaptive --seeds 0 ;;
+    $V sweep $C $CHAIN --heads adaptive --seeds 0
+    $V sweep $C $CHAIN --heads vq --head-budgets 0.01,0.05,0.1 --seeds 0 ;;
   seeds)
     $V sweep $C $CHAIN --heads ${BEST:-vq,hybrid-twolevel} --head-budgets ${BEST_BUDGETS:-0.02} --reassign 100 --seeds 1,2 ;;
   cosine)
-    $V train $C --head dense --steps 8000 --seed 0 --out $OUT/cosine/dense-s0-steps8000 ;;
+    S=${COSINE_STEPS:-8000}
+    $V train $C --head dense --steps $S --seed 0 --out $OUT/cosine/dense-s0-steps$S ;;
   report)
     vqlogits report $OUT --out docs/results/converged ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..heads.indexed import IndexedHead
 
+TV_ROWS = 512  # hidden states per TV distance: one softmax over V each
 
 @torch.no_grad()
 def hidden_states(model, data, tokens: int, block: int = 256, batch: int = 4) -> torch.Tensor:
@@ -78,7 +79,7 @@ def _median_s(fn, repeats: int = 7, warmup: int = 2) -> float:
 
 
 @torch.no_grad()
-def measure_index(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes: list[int], batches=(1, 16), tv_rows: int = 512, repeats: int = 7) -> list[dict]:
+def measure_index(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes: list[int], batches=(1, 16), tv_rows: int = TV_ROWS, repeats: int = 7) -> list[dict]:
     """For each probe count: top-1 agreement with ``(h @ W.T).argmax``, total-variation distance of
     the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
     each batch size (same run). One row for exact greedy, with its certified fraction and the
@@ -178,7 +179,8 @@ SPEED_SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 6
 def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048), corpus: str = "pydocs", metric_tokens: int = 16384, eval_tokens: int = 4096, decode_steps: int = 8, cache: str | Path = ".cache", parts=("index", "decode")) -> dict:
     """Agreement, certification, rows read, TV distance and speed for SmolLM2 on ``corpus``'s test
     split, and decode speed at larger published shapes; writes accelerate.json / .md / .png.
-    ``parts``: redo only some of them, keeping the others from an earlier accelerate.json."""
+    ``parts``: redo only some of them ("index", "decode", or "tv": only the index rows' TV distances),
+    keeping the others from an earlier accelerate.json."""
     from ..lm.data import tokenize_corpus
     from .pretrained import load_causal_lm
 
@@ -192,7 +194,7 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
     earlier = json.loads((Path(out) / "accelerate.json").read_text()) if (Path(out) / "accelerate.json").exists() else {}
     index_rows, heads = ([] if "index" in parts else earlier["index"]), {}
     for K, spherical in [(k, False) for k in clusters] + [(1024, True)]:
-        if "index" not in parts and not (K == 1024 and not spherical):
+        if not {"index", "tv"} & set(parts) and not (K == 1024 and not spherical):
             continue
         t0 = time.perf_counter()
         head = IndexedHead.from_weight(weight, K, hidden=fit, spherical=spherical, progress=True)
@@ -200,6 +202,9 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
         probes = sorted({max(1, round(f * K)) for f in PROBE_FRACTIONS})
         for r in measure_index(head, weight, h, probes) if "index" in parts else []:
             index_rows.append({**r, "spherical": spherical, "build_s": build_s})
+        for r in index_rows if "tv" in parts else []:
+            if (r["clusters"], r["spherical"], r["mode"]) == (K, spherical, "approximate"):
+                r["tv_distance"] = tv_distance(head, weight, h[:TV_ROWS], r["probes"])
         if not spherical:
             heads[K] = head
     decode_rows = [] if "decode" in parts else earlier["decode"]

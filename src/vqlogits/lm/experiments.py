@@ -127,8 +127,8 @@ def regime_note(dense: dict, converged_summary: Path = CONVERGED_SUMMARY) -> str
         + (f"fell by {100 * gain:.0f}% over its last {h['val_step'][-1] - h['val_step'][-2]} steps" if gain is not None else "was measured once")
         + ", and a small head with a unigram-initialised bias starts closer to a good model than a dense head does. "
         "A head that beats dense here says more about the budget than about the head.\n\n"
-        "The benchmark built to converge (devdocs, up to 32.8M training tokens, 3 seeds of dense; whether dense met its "
-        "convergence criteria is stated there) is in docs/RESULTS.md"
+        "The benchmark built to converge (devdocs, dense with 3 seeds; whether dense met its convergence criteria "
+        "is stated there) is in docs/RESULTS.md"
     )
     if converged_summary.exists():
         from .scaling import headline
