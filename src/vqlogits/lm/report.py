@@ -40,8 +40,13 @@ def family(r: dict) -> str:
     c = r["config"]
     if not c.get("head_budget"):
         return label(r)
-    fixed_map = f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
-    return f"{r['head']}{fixed_map}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
+    return f"{r['head']}{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
+
+
+def _fixed_map(r: dict) -> str:
+    """`` map=NAME`` for a vq head whose fixed map is not the default random one."""
+    c = r["config"]
+    return f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
 
 
 def _frac(c: dict) -> str:
@@ -51,8 +56,7 @@ def _frac(c: dict) -> str:
 def _label(r: dict) -> str:
     c, m = r["config"], r["model_config"]
     if c.get("head_budget"):
-        fixed_map = f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
-        return f"{r['head']} @{100 * c['head_budget']:g}%{fixed_map}{'' if c['head_bias'] else ' no-bias'}"
+        return f"{r['head']} @{100 * c['head_budget']:g}%{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}"
     if r["head"] == "hybrid":
         return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
     if r["head"] == "hybrid-twolevel":
