@@ -11,6 +11,7 @@ and plots: the gap against training tokens, and test perplexity against training
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -65,8 +66,6 @@ def dense_convergence(runs: list[dict]) -> tuple[str, dict]:
 def doublings_to(vals: list[float], gain: float) -> float | None:
     """More doublings of the budget until one improves perplexity by less than ``gain``, extrapolating
     each doubling's log-perplexity decrement geometrically (their mean ratio); None if not shrinking."""
-    import math
-
     drops = [math.log(a / b) for a, b in zip(vals, vals[1:])]
     if len(drops) < 2 or min(drops) <= 0:
         return None
