@@ -119,10 +119,14 @@ def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str
 # --- tokenizers ---------------------------------------------------------------------------------
 
 
+def _smollm2_tokenizer_path(cache: str | Path) -> Path:
+    return Path(cache) / "smollm2" / "tokenizer" / "tokenizer.json"
+
+
 def smollm2_tokenizer_file(cache: str | Path = ".cache") -> Path:
     """SmolLM2's tokenizer.json, converted once from its GGUF (fetched on first use)."""
     folder = Path(cache) / "smollm2"
-    out = folder / "tokenizer" / "tokenizer.json"
+    out = _smollm2_tokenizer_path(cache)
     if not out.exists():
         from transformers import AutoTokenizer
 
@@ -167,7 +171,7 @@ def vocab_hint(spec: str, cache: str | Path = ".cache") -> int | None:
     ``bpe:N`` (at most N), a tokenizer file, or a SmolLM2 tokenizer already converted; else None."""
     if spec.startswith("bpe:"):
         return int(spec[4:]) if spec[4:].isdigit() else None
-    path = Path(cache) / "smollm2" / "tokenizer" / "tokenizer.json" if spec == "smollm2" else Path(spec)
+    path = _smollm2_tokenizer_path(cache) if spec == "smollm2" else Path(spec)
     path = path / "tokenizer.json" if path.is_dir() else path
     if not path.is_file():
         return None
