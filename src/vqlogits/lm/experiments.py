@@ -44,6 +44,11 @@ def evaluate(run_dir: str | Path, corpus: str | None = None, max_tokens: int | N
     }
 
 
+def _dense_warmup(base: TrainConfig, mapping: str) -> int:
+    """A k-means map needs a dense head to cluster: a fifth of the steps unless set."""
+    return base.warmup_dense_steps or (base.steps // 5 if mapping.startswith("kmeans") else 0)
+
+
 def sweep(
     base: TrainConfig,
     heads: list[str],
@@ -73,16 +78,14 @@ def sweep(
             for b, mapping, every, with_bias in itertools.product(budgets, maps, reassign if head != "lowrank" else (0,), bias if head != "lowrank" else (True,)):
                 named_map = "" if mapping == "random" else f"-{mapping}"
                 name = f"{head}-b{b:g}{named_map}{'' if with_bias else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
-                warm = base.warmup_dense_steps or (base.steps // 5 if mapping.startswith("kmeans") else 0)
-                configs.append(replace(base, head=head, head_budget=b, mapping=mapping, head_bias=with_bias, reassign_every=every, warmup_dense_steps=warm, seed=seed, out=str(out / name)))
+                configs.append(replace(base, head=head, head_budget=b, mapping=mapping, head_bias=with_bias, reassign_every=every, warmup_dense_steps=_dense_warmup(base, mapping), seed=seed, out=str(out / name)))
             continue
         if head != "vq":
             configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))
             continue
         for K, mapping, b, every in itertools.product(codebook_sizes, mappings, bias, reassign):
-            warm = base.warmup_dense_steps or (base.steps // 5 if mapping.startswith("kmeans") else 0)
             name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
-            configs.append(replace(base, head="vq", codebook_size=K, mapping=mapping, head_bias=b, reassign_every=every, warmup_dense_steps=warm, seed=seed, out=str(out / name)))
+            configs.append(replace(base, head="vq", codebook_size=K, mapping=mapping, head_bias=b, reassign_every=every, warmup_dense_steps=_dense_warmup(base, mapping), seed=seed, out=str(out / name)))
     if wsd_steps:
         if list(wsd_steps) != sorted(set(wsd_steps)):
             raise ValueError(f"wsd_steps must be increasing, got {list(wsd_steps)}")
