@@ -139,7 +139,7 @@ def test_demo_report_states_its_regime(tmp_path):
     dense["history"].update(val_step=[225, 300], val_ppl=[420.0, 338.5])
     text = regime_note(dense, tmp_path / "missing.json")
     assert "300 steps, 153,600 tokens, one seed" in text and "undertrained" in text and "fell by 19% over its last 75 steps" in text
-    assert "docs/RESULTS.md (not yet measured in this checkout)" in text
+    assert "docs/RESULTS.md (not yet measured in this checkout)" in text and "(devdocs, dense with 3 seeds;" in text
     rows = [{"config": "dense", "schedule": "wsd", "train_tokens": 4_000_000, "test_ppl": 30.0, "seeds": 3, "head_params": 10},
             {"config": "vq @2% learned/100", "schedule": "wsd", "train_tokens": 4_000_000, "test_ppl": 33.0, "seeds": 1, "head_params": 1,
              "test_vs_dense_pct": 10.0, "test_vs_dense_ci": [8.0, 12.0]}]
