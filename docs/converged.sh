@@ -6,7 +6,7 @@
 #   docs/converged.sh all      # everything below, in this order, on one core
 #   docs/converged.sh dense    # the dense baseline: SEEDS (default 0,1,2), convergence and seed spread
 #   docs/converged.sh heads    # every head, seed 0
-#   docs/converged.sh seeds    # seeds 1 and 2 of two heads (BEST=vq, BEST_BUDGETS=0.02,0.05: the learned map at 2% and 5%)
+#   docs/converged.sh seeds    # seeds 1 and 2 of the best two heads and of the learned vq at 2% and 5%
 #   docs/converged.sh cosine   # a separate cosine run (COSINE_STEPS, default 8000), to check the WSD cool-downs against
 #   docs/converged.sh report   # docs/results/converged/{summary.json, report.md, PNGs}
 #
@@ -54,7 +54,11 @@ case $STAGE in
     $V sweep $C $CHAIN --heads adaptive --seeds 0
     $V sweep $C $CHAIN --heads vq --head-budgets 0.01,0.05,0.1 --seeds 0 ;;
   seeds)
-    $V sweep $C $CHAIN --heads ${BEST:-vq} --head-budgets ${BEST_BUDGETS:-0.02,0.05} --reassign 100 --seeds 1,2 ;;
+    # The best two heads at the largest budget (adaptive; hybrid-twolevel learned at 5%), then the
+    # learned vq at our goal's 2% and at 5%.
+    $V sweep $C $CHAIN --heads adaptive --seeds 1,2
+    $V sweep $C $CHAIN --heads hybrid-twolevel --head-budgets 0.05 --reassign 100 --seeds 1,2
+    $V sweep $C $CHAIN --heads vq --head-budgets 0.02,0.05 --reassign 100 --seeds 1,2 ;;
   cosine)
     S=${COSINE_STEPS:-8000}
     $V train $C --head dense --steps $S --seed 0 --out $OUT/cosine/dense-s0-steps$S ;;

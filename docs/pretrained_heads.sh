@@ -5,14 +5,18 @@
 # (stage 1: the head on cached hidden states; stage 2: the last 4 blocks + norm + head).
 # Resumable: a finished step is skipped; calibration resumes its own time budget.
 # Cost: about 35 minutes per model (compress, 3 evaluations, calibration) on one core: 18 models ~ 10.5 h.
+# One job on one core (CORE, one thread), so a CPU-minute is a minute of one core.
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-heads}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
+vqlogits() { taskset -c "${CORE:-0}" vqlogits "$@"; }  # taskset runs the installed command, not this function
 STAGE1_MIN=${STAGE1_MIN:-9}
 STAGE2_MIN=${STAGE2_MIN:-21}
 BUDGETS=${BUDGETS:-0.085 0.05 0.02}
 HEADS=${HEADS:-hybrid-twolevel hybrid vq}
+LEARNS=${LEARNS:-50 0}  # MapLearner reassignment interval in stage 1; 0 keeps the k-means map
 EVAL="--corpus pydocs --max-tokens 8192"
-for B in $BUDGETS; do for H in $HEADS; do for LEARN in 50 0; do
+for B in $BUDGETS; do for H in $HEADS; do for LEARN in $LEARNS; do
   D=$OUT/smollm2-$H-b$B-learn$LEARN
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --head $H --head-budget $B --corpus pydocs --out "$D"
   [ -s "$D/eval_kmeans.json" ] || vqlogits eval "$D" $EVAL > "$D/eval_kmeans.json"

@@ -61,3 +61,10 @@ def test_trainer_never_builds_vocab_sized_logits(model, tmp_path):
     with Largest() as control:  # the probe sees HF's own path build (N, V)
         model.get_output_embeddings()(model.base_model(input_ids=ids[None].expand(B, -1)).last_hidden_state)
     assert control.largest >= B * T * V
+
+
+def test_patch_refuses_a_model_without_a_vqlogits_head():
+    from test_hf import _tiny
+
+    with pytest.raises(ValueError, match="output layer is Linear, not a vqlogits head"):
+        patch(_tiny("llama", 300))

@@ -29,6 +29,14 @@ def check_supported(model) -> None:
         raise ValueError(f"architecture {arch!r} ({type(model).__name__}) is not supported; supported: {SUPPORTED}")
 
 
+def vqlogits_head(model, *needs: str):
+    """``model``'s output layer, checked to be a vqlogits head with the methods ``needs``."""
+    head = model.get_output_embeddings()
+    if not all(hasattr(head, name) for name in needs):
+        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head; install one first (e.g. vqlogits.hf.compress)")
+    return head
+
+
 def _smollm2_folder(cache: str | Path) -> Path:
     """SmolLM2-135M-Instruct as a plain HF folder, converted once from the GGUF (about 10 s)."""
     folder = Path(cache) / "smollm2"
@@ -177,9 +185,7 @@ def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = No
     """config.json, model.safetensors and vqlogits.json (the head's kind and shape, ``extra``)."""
     from safetensors.torch import save_file
 
-    head = model.get_output_embeddings()
-    if not (hasattr(head, "greedy") and hasattr(head, "vocab_size")):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head")
+    head = vqlogits_head(model, "greedy", "vocab_size")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
@@ -269,9 +275,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperatu
 
     from ..heads.indexed import IndexedHead
 
-    head = model.get_output_embeddings()
-    if not (hasattr(head, "greedy") and hasattr(head, "sample")):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head")
+    head = vqlogits_head(model, "greedy", "sample")
     greedy = (lambda h: head.greedy(h, exact=exact)) if isinstance(head, IndexedHead) else head.greedy
     backbone = model.base_model
     cache = DynamicCache()

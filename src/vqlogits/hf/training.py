@@ -23,9 +23,9 @@ def patch(model):
     and ``accelerate`` (it replaces the instance's ``forward``)."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    head = model.get_output_embeddings()
-    if not (hasattr(head, "loss") and hasattr(head, "greedy")):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head; install one first (e.g. vqlogits.hf.compress)")
+    from .pretrained import vqlogits_head
+
+    head = vqlogits_head(model, "loss", "greedy")
     if getattr(model, "_vqlogits_patched", False):
         return model
     original = model.forward
