@@ -18,11 +18,42 @@ def load_evals(root: str | Path) -> list[dict]:
             if f.exists():
                 r = json.loads(f.read_text())
                 calib = [c for c in meta.get("calibration", []) if key[-1] in c["stages"]]
-                r.update(model=folder.name, stage=name, stage_key=key, steps=calib[-1]["stages"][key[-1]]["steps"] if calib and key != "kmeans" else 0)
+                r.update(model=folder.name, series=_series(meta), stage=name, stage_key=key, steps=calib[-1]["stages"][key[-1]]["steps"] if calib and key != "kmeans" else 0)
                 rows.append(r)
     if not rows:
         raise ValueError(f"no compressed model with eval_*.json under {root}")
     return rows
+
+
+def _series(meta: dict) -> str:
+    """The head and its map, e.g. "hybrid-twolevel, learned map" (stage 1 ran ``MapLearner``)."""
+    stage1 = [c["stages"]["1"] for c in meta.get("calibration", []) if "1" in c["stages"]]
+    learned = bool(stage1 and stage1[-1].get("reassign_every"))
+    return f"{meta.get('head', 'vq')}, {'learned' if learned else 'k-means'} map"
+
+
+def _final(rows: list[dict]) -> list[dict]:
+    """Each model's row after its last evaluated stage."""
+    last = {}
+    for r in rows:
+        last[r["model"]] = r  # rows come stage by stage
+    return list(last.values())
+
+
+def _share(r: dict) -> float:
+    return 100 * r["head_params"] / r["dense_head_params"]
+
+
+def final_markdown(rows: list[dict]) -> str:
+    """Perplexity × original after each model's last stage: one row per head and map, one column per head size."""
+    final = _final(rows)
+    sizes = sorted({round(_share(r), 1) for r in final})
+    out = ["| head, map | " + " | ".join(f"{s:g}% of the head" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for series in sorted({r["series"] for r in final}):
+        cells = {round(_share(r), 1): r for r in final if r["series"] == series}
+        out.append(f"| {series} | " + " | ".join(
+            f"×{cells[s]['ppl_compressed'] / cells[s]['ppl_original']:.2f} ({cells[s]['ppl_compressed']:.1f}, {cells[s]['stage'].lstrip('+ ')})" if s in cells else "–" for s in sizes) + " |")
+    return "\n".join(out) + "\n"
 
 
 def pretrained_markdown(rows: list[dict]) -> str:
@@ -30,7 +61,7 @@ def pretrained_markdown(rows: list[dict]) -> str:
     for r in rows:
         out.append(
             f"| {r['model']} | {r['stage']} | {r['steps']} | {r['head_params']:,} | {100 * r['head_params'] / r['dense_head_params']:.1f}% | "
-            f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.1f} | {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
+            f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.2f} | {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
         )
     return "\n".join(out) + "\n"
 
@@ -45,16 +76,18 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, name in STAGES:
-        rs = sorted((r for r in rows if r["stage_key"] == key), key=lambda r: r["head_params"])
-        if rs:
-            ax.plot([r["head_params"] for r in rs], [r["ppl_compressed"] for r in rs], "o-", label=name)
-    ax.axhline(rows[0]["ppl_original"], color="gray", ls="--", label="original (dense head)")
-    ax.set(xscale="log", yscale="log", xlabel="head parameters", ylabel="test perplexity", title="SmolLM2 with a VQ head")
+    final = _final(rows)
+    for series in sorted({r["series"] for r in final}):
+        rs = sorted((r for r in final if r["series"] == series), key=_share)
+        ax.plot([_share(r) for r in rs], [r["ppl_compressed"] / r["ppl_original"] for r in rs], "o-", label=series)
+    ax.axhline(1.0, color="gray", ls="--", label="original (dense head)")
+    ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
+    ax.set(xscale="log", yscale="log", xlabel="head parameters, % of the dense head", ylabel="test perplexity × original", title="SmolLM2, after the last calibration stage")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
-    text = "# Compressed pretrained models\n\n" + pretrained_markdown(rows) + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n"
+    text = ("# Compressed pretrained models\n\n## After the last stage\n\n" + final_markdown(rows)
+            + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n" + pretrained_markdown(rows))
     (out / "pretrained_report.md").write_text(text)
     return out / "pretrained_report.md"

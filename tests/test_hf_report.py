@@ -1,0 +1,39 @@
+"""`vqlogits report` on compressed pretrained models: one row per head and map, one column per size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqlogits.hf.report import load_evals, pretrained_report
+
+
+def _model(root, name, head, head_params, ppls, reassign_every):
+    folder = root / name
+    folder.mkdir()
+    stages = {"1": {"steps": 100, "reassign_every": reassign_every}, "2": {"steps": 10}}
+    (folder / "vqlogits.json").write_text(json.dumps({"head": head, "calibration": [{"stages": stages}]}))
+    for key, ppl in zip(("kmeans", "stage1", "stage2"), ppls):
+        (folder / f"eval_{key}.json").write_text(json.dumps({
+            "ppl_original": 10.0, "ppl_compressed": ppl, "kl_original_to_compressed": 0.1, "top1_agreement": 0.9,
+            "head_params": head_params, "dense_head_params": 1000}))
+
+
+def test_final_table_has_one_row_per_head_and_map(tmp_path):
+    _model(tmp_path, "a", "vq", 85, (50.0, 20.0, 15.0), 50)
+    _model(tmp_path, "b", "vq", 20, (90.0, 40.0), 0)  # stage 2 not run yet: its last stage is stage 1
+    _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5), 50)
+    report = pretrained_report(tmp_path, tmp_path / "out").read_text()
+    final = report.split("## Every stage")[0]
+    assert "| head, map | 2% of the head | 8.5% of the head |" in final
+    assert "| hybrid-twolevel, learned map | – | ×1.05 (10.5, stage 2 (last layers)) |" in final
+    assert "| vq, k-means map | ×4.00 (40.0, stage 1 (head)) | – |" in final
+    assert "| vq, learned map | – | ×1.50 (15.0, stage 2 (last layers)) |" in final
+    assert (tmp_path / "out" / "pretrained_ppl_vs_params.png").stat().st_size > 0
+    assert len(load_evals(tmp_path)) == 8
+
+
+def test_no_evaluations_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no compressed model"):
+        load_evals(tmp_path)
