@@ -66,6 +66,12 @@ def pretrained_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def generations_markdown(root: str | Path) -> str:
+    """Each model's ``generation.txt`` (what `vqlogits generate` printed); empty if there is none."""
+    blocks = [f"\n**{f.parent.name}**\n\n~~~text\n{f.read_text().strip()}\n~~~\n" for f in sorted(Path(root).rglob("generation.txt"))]
+    return "\n## Greedy generations\n" + "".join(blocks) if blocks else ""
+
+
 def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib
 
@@ -88,6 +94,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
     text = ("# Compressed pretrained models\n\n## After the last stage\n\n" + final_markdown(rows)
-            + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n" + pretrained_markdown(rows))
+            + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n" + pretrained_markdown(rows)
+            + generations_markdown(root))
     (out / "pretrained_report.md").write_text(text)
     return out / "pretrained_report.md"
