@@ -1,6 +1,7 @@
 """Pretrained integration on tiny random HF models built here: compress, save/load, generate, calibrate, eval."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -105,6 +106,8 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     for r in (before, after):
         assert 0 <= r["top1_agreement"] <= 1 and r["kl_original_to_compressed"] >= 0
         assert r["head_params"] < r["dense_head_params"] and r["vq_tok_s"] > 0
+        lo, hi = r["ppl_ratio_interval95"]  # equal windows: the ratio is exp(mean window gap), inside its interval
+        assert lo < r["ppl_compressed"] / r["ppl_original"] < hi
     assert after["ppl_original"] == pytest.approx(before["ppl_original"], rel=1e-6)  # the teacher is the original model
     # the random tiny model is a poor teacher; what must improve is the compressed model's held-out fit
     assert after["ppl_compressed"] < 0.9 * before["ppl_compressed"]
@@ -165,3 +168,12 @@ def test_calibration_history_survives_later_stages(source, corpus, tmp_path):
     meta = json.loads((out / "vqlogits.json").read_text())
     assert [list(c["stages"]) for c in meta["calibration"]] == [["1"], ["2"]]
     assert meta["calibrated_backbone"] and meta["source"] == str(source)
+
+
+def test_ratio_interval_is_a_paired_t_interval_over_windows():
+    from vqlogits.hf.pretrained import ratio_interval
+
+    assert ratio_interval([0.3]) is None
+    assert ratio_interval([0.1, 0.1, 0.1]) == pytest.approx([math.exp(0.1)] * 2)
+    # mean 0.1, standard error 0.1, t(1 df) = 12.706
+    assert ratio_interval([0.0, 0.2]) == pytest.approx([math.exp(0.1 - 1.2706), math.exp(0.1 + 1.2706)])

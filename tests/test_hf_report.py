@@ -24,13 +24,15 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
     _model(tmp_path, "a", "vq", 85, (50.0, 20.0, 15.0), 50)
     _model(tmp_path, "b", "vq", 20, (90.0, 40.0), 0)  # stage 2 not run yet: its last stage is stage 1
     _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5), 50)
+    stage2 = tmp_path / "c" / "eval_stage2.json"
+    stage2.write_text(json.dumps({**json.loads(stage2.read_text()), "ppl_ratio_interval95": [1.01, 1.09]}))
     (tmp_path / "c" / "generation.txt").write_text("The os module provides a portable way\n")
     report = pretrained_report(tmp_path, tmp_path / "out").read_text()
     final = report.split("## Every stage")[0]
     assert "| head, map | 2% of the head | 8.5% of the head |" in final
-    assert "| hybrid-twolevel, learned map | – | ×1.05 (10.5, stage 2 (last layers)) |" in final
-    assert "| vq, k-means map | ×4.00 (40.0, stage 1 (head)) | – |" in final
-    assert "| vq, learned map | – | ×1.50 (15.0, stage 2 (last layers)) |" in final
+    assert "| hybrid-twolevel, learned map | – | +5.0% [+1.0, +9.0] (10.50, stage 2 (last layers)) |" in final
+    assert "| vq, k-means map | +300.0% (40.00, stage 1 (head)) | – |" in final
+    assert "| vq, learned map | – | +50.0% (15.00, stage 2 (last layers)) |" in final
     assert "## Greedy generations\n\n**c**\n\n~~~text\nThe os module provides a portable way\n~~~" in report
     assert (tmp_path / "out" / "pretrained_ppl_vs_params.png").stat().st_size > 0
     assert len(load_evals(tmp_path)) == 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -321,6 +322,7 @@ def compare_heads(backbone, vq: VQLogitsHead, dense_weight: torch.Tensor, data, 
     original_backbone = original_backbone or backbone
     nll_o = nll_c = kl = agree = 0.0
     count = 0
+    gaps = []  # per window: mean log-loss of compressed minus original
     from ..lm.data import eval_windows
 
     for w in tqdm(eval_windows(data, block, max_tokens, batch=1), desc="compare", leave=False):
@@ -329,12 +331,26 @@ def compare_heads(backbone, vq: VQLogitsHead, dense_weight: torch.Tensor, data, 
         h_o = h if original_backbone is backbone else original_backbone(input_ids=x).last_hidden_state[0]
         logp_o = torch.log_softmax(h_o @ dense_weight.T, dim=-1)  # (T, V)
         logp_c = torch.log_softmax(vq(h), dim=-1)
-        nll_o -= float(logp_o.gather(1, y[:, None]).sum())
-        nll_c -= float(logp_c.gather(1, y[:, None]).sum())
+        window_o, window_c = -float(logp_o.gather(1, y[:, None]).sum()), -float(logp_c.gather(1, y[:, None]).sum())
+        nll_o, nll_c = nll_o + window_o, nll_c + window_c
+        gaps.append((window_c - window_o) / y.numel())
         kl += float((logp_o.exp() * (logp_o - logp_c)).sum())
         agree += float((logp_o.argmax(-1) == logp_c.argmax(-1)).sum())
         count += y.numel()
-    return {"ppl_original": math.exp(nll_o / count), "ppl_compressed": math.exp(nll_c / count), "kl_original_to_compressed": kl / count, "top1_agreement": agree / count, "eval_tokens": count}
+    return {"ppl_original": math.exp(nll_o / count), "ppl_compressed": math.exp(nll_c / count), "ppl_ratio_interval95": ratio_interval(gaps),
+            "kl_original_to_compressed": kl / count, "top1_agreement": agree / count, "eval_tokens": count}
+
+
+def ratio_interval(gaps: list[float]) -> list[float] | None:
+    """95% interval of perplexity compressed / original from per-window log-loss gaps (paired t over
+    windows; adjacent windows of one document are not independent, so read it as a lower bound on
+    the uncertainty). None with fewer than 2 windows."""
+    from ..lm.report import t975
+
+    if len(gaps) < 2:
+        return None
+    mean, half = statistics.fmean(gaps), t975(len(gaps) - 1) * statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return [math.exp(mean - half), math.exp(mean + half)]
 
 
 @torch.no_grad()

@@ -44,15 +44,24 @@ def _share(r: dict) -> float:
     return 100 * r["head_params"] / r["dense_head_params"]
 
 
+def _gap(r: dict) -> str:
+    """Test perplexity against the original in %, with its 95% interval when the evaluation has one."""
+    text = f"{100 * (r['ppl_compressed'] / r['ppl_original'] - 1):+.1f}%"
+    if r.get("ppl_ratio_interval95"):
+        lo, hi = r["ppl_ratio_interval95"]
+        text += f" [{100 * (lo - 1):+.1f}, {100 * (hi - 1):+.1f}]"
+    return text
+
+
 def final_markdown(rows: list[dict]) -> str:
-    """Perplexity × original after each model's last stage: one row per head and map, one column per head size."""
+    """Perplexity against the original after each model's last stage: one row per head and map, one column per head size."""
     final = _final(rows)
     sizes = sorted({round(_share(r), 1) for r in final})
     out = ["| head, map | " + " | ".join(f"{s:g}% of the head" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for series in sorted({r["series"] for r in final}):
         cells = {round(_share(r), 1): r for r in final if r["series"] == series}
         out.append(f"| {series} | " + " | ".join(
-            f"×{cells[s]['ppl_compressed'] / cells[s]['ppl_original']:.2f} ({cells[s]['ppl_compressed']:.1f}, {cells[s]['stage'].lstrip('+ ')})" if s in cells else "–" for s in sizes) + " |")
+            f"{_gap(cells[s])} ({cells[s]['ppl_compressed']:.2f}, {cells[s]['stage'].lstrip('+ ')})" if s in cells else "–" for s in sizes) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -85,7 +85,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def _t975(df: float) -> float:
+def t975(df: float) -> float:
     return _T975[max(k for k in _T975 if k <= max(1, math.floor(df)))]
 
 
@@ -104,7 +104,7 @@ def gap_ci(head: list[float], dense: list[float]) -> tuple[float, float] | None:
         return None
     df = len(ld) - 1 if len(lh) < 2 else (a + b) ** 2 / (a * a / (len(lh) - 1) + b * b / (len(ld) - 1))
     diff = statistics.fmean(lh) - statistics.fmean(ld)
-    half = _t975(df) * se
+    half = t975(df) * se
     return 100 * (math.exp(diff - half) - 1), 100 * (math.exp(diff + half) - 1)
 
 
