@@ -12,30 +12,32 @@ from vqlogits.hf.report import load_evals, pretrained_report
 def _model(root, name, head, head_params, ppls, reassign_every):
     folder = root / name
     folder.mkdir()
-    stages = {"1": {"steps": 100, "reassign_every": reassign_every}, "2": {"steps": 10}}
-    (folder / "vqlogits.json").write_text(json.dumps({"head": head, "calibration": [{"stages": stages}]}))
-    for key, ppl in zip(("kmeans", "stage1", "stage2"), ppls):
+    calibration = [{"stages": {"1": {"steps": 100, "reassign_every": reassign_every}}}, {"stages": {"2": {"steps": 10}}}]
+    (folder / "vqlogits.json").write_text(json.dumps({"head": head, "calibration": calibration}))
+    for key, ppl in zip(("kmeans", "stage1", "stage2", "full"), ppls):
         (folder / f"eval_{key}.json").write_text(json.dumps({
             "ppl_original": 10.0, "ppl_compressed": ppl, "kl_original_to_compressed": 0.1, "top1_agreement": 0.9,
-            "head_params": head_params, "dense_head_params": 1000}))
+            "head_params": head_params, "dense_head_params": 1000, "eval_tokens": 8192 if key != "full" else 69000}))
 
 
 def test_final_table_has_one_row_per_head_and_map(tmp_path):
     _model(tmp_path, "a", "vq", 85, (50.0, 20.0, 15.0), 50)
     _model(tmp_path, "b", "vq", 20, (90.0, 40.0), 0)  # stage 2 not run yet: its last stage is stage 1
-    _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5), 50)
-    stage2 = tmp_path / "c" / "eval_stage2.json"
-    stage2.write_text(json.dumps({**json.loads(stage2.read_text()), "ppl_ratio_interval95": [1.01, 1.09]}))
+    _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5, 10.4), 50)
+    full = tmp_path / "c" / "eval_full.json"
+    full.write_text(json.dumps({**json.loads(full.read_text()), "ppl_ratio_interval95": [1.01, 1.07]}))
     (tmp_path / "c" / "generation.txt").write_text("The os module provides a portable way\n")
     report = pretrained_report(tmp_path, tmp_path / "out").read_text()
     final = report.split("## Every stage")[0]
     assert "| head, map | 2% of the head | 8.5% of the head |" in final
-    assert "| hybrid-twolevel, learned map | – | +5.0% [+1.0, +9.0] (10.50, stage 2 (last layers)) |" in final
+    assert "| hybrid-twolevel, learned map | – | +4.0% [+1.0, +7.0] (10.40, stage 2, whole test split) |" in final
     assert "| vq, k-means map | +300.0% (40.00, stage 1 (head)) | – |" in final
     assert "| vq, learned map | – | +50.0% (15.00, stage 2 (last layers)) |" in final
     assert "## Greedy generations\n\n**c**\n\n~~~text\nThe os module provides a portable way\n~~~" in report
     assert (tmp_path / "out" / "pretrained_ppl_vs_params.png").stat().st_size > 0
-    assert len(load_evals(tmp_path)) == 8
+    assert "| c | + stage 2, whole test split | 10 | 69,000 | 85 | 8.5% |" in report
+    assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% |" in report
+    assert len(load_evals(tmp_path)) == 9
 
 
 def test_no_evaluations_is_an_error(tmp_path):

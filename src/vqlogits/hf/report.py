@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STAGES = (("kmeans", "k-means only"), ("stage1", "+ stage 1 (head)"), ("stage2", "+ stage 2 (last layers)"))
+# (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
+STAGES = (("kmeans", "k-means only", None), ("stage1", "+ stage 1 (head)", "1"), ("stage2", "+ stage 2 (last layers)", "2"), ("full", "+ stage 2, whole test split", "2"))
 
 
 def load_evals(root: str | Path) -> list[dict]:
@@ -13,12 +14,12 @@ def load_evals(root: str | Path) -> list[dict]:
     for meta_path in sorted(Path(root).rglob("vqlogits.json")):
         folder = meta_path.parent
         meta = json.loads(meta_path.read_text())
-        for key, name in STAGES:
+        for key, name, stage in STAGES:
             f = folder / f"eval_{key}.json"
             if f.exists():
                 r = json.loads(f.read_text())
-                calib = [c for c in meta.get("calibration", []) if key[-1] in c["stages"]]
-                r.update(model=folder.name, series=_series(meta), stage=name, stage_key=key, steps=calib[-1]["stages"][key[-1]]["steps"] if calib and key != "kmeans" else 0)
+                calib = [c["stages"][stage] for c in meta.get("calibration", []) if stage in c["stages"]]
+                r.update(model=folder.name, series=_series(meta), stage=name, stage_key=key, steps=calib[-1]["steps"] if calib else 0)
                 rows.append(r)
     if not rows:
         raise ValueError(f"no compressed model with eval_*.json under {root}")
@@ -66,10 +67,10 @@ def final_markdown(rows: list[dict]) -> str:
 
 
 def pretrained_markdown(rows: list[dict]) -> str:
-    out = ["| model | stage | steps | head params | % of dense | ppl original | ppl compressed | × original | KL(orig‖comp) | top-1 agreement |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| model | stage | steps | eval tokens | head params | % of dense | ppl original | ppl compressed | × original | KL(orig‖comp) | top-1 agreement |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(
-            f"| {r['model']} | {r['stage']} | {r['steps']} | {r['head_params']:,} | {100 * r['head_params'] / r['dense_head_params']:.1f}% | "
+            f"| {r['model']} | {r['stage']} | {r['steps']} | {r.get('eval_tokens', 0):,} | {r['head_params']:,} | {_share(r):.1f}% | "
             f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.2f} | {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
         )
     return "\n".join(out) + "\n"
