@@ -87,18 +87,30 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = load_evals(root)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     final = _final(rows)
-    for series in sorted({r["series"] for r in final}):
-        rs = sorted((r for r in final if r["series"] == series), key=_share)
-        ax.plot([_share(r) for r in rs], [r["ppl_compressed"] / r["ppl_original"] for r in rs], "o-", label=series)
+    sizes = sorted({round(_share(r), 1) for r in final})
+    series = sorted({r["series"] for r in final})
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):  # sizes side by side, one offset per series, the 95% interval as error bars
+        rs = sorted((r for r in final if r["series"] == name), key=_share)
+        x = [sizes.index(round(_share(r), 1)) + (j - (len(series) - 1) / 2) * width for r in rs]
+        y = [r["ppl_compressed"] / r["ppl_original"] for r in rs]
+        ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y)]
+        ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]], fmt="o-", capsize=3, label=name)
     ax.axhline(1.0, color="gray", ls="--", label="original (dense head)")
     ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
-    ax.set(xscale="log", yscale="log", xlabel="head parameters, % of the dense head", ylabel="test perplexity × original", title="SmolLM2, after the last calibration stage")
+    ax.set_xticks(range(len(sizes)), [f"{s:g}%" for s in sizes])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set(xlabel="head parameters, % of the dense head", ylabel="test perplexity × original (95% interval)", title="SmolLM2, after the last calibration stage")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
