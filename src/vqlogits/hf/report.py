@@ -42,7 +42,8 @@ def _final(rows: list[dict]) -> list[dict]:
 
 
 def _share(r: dict) -> float:
-    return 100 * r["head_params"] / r["dense_head_params"]
+    """Head size in % of the dense head, to 0.1%: the column a model falls in (heads sized to one budget differ by a few parameters)."""
+    return round(100 * r["head_params"] / r["dense_head_params"], 1)
 
 
 def _gap(r: dict) -> str:
@@ -57,10 +58,10 @@ def _gap(r: dict) -> str:
 def final_markdown(rows: list[dict]) -> str:
     """Perplexity against the original after each model's last stage: one row per head and map, one column per head size."""
     final = _final(rows)
-    sizes = sorted({round(_share(r), 1) for r in final})
+    sizes = sorted({_share(r) for r in final})
     out = ["| head, map | " + " | ".join(f"{s:g}% of the head" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for series in sorted({r["series"] for r in final}):
-        cells = {round(_share(r), 1): r for r in final if r["series"] == series}
+        cells = {_share(r): r for r in final if r["series"] == series}
         out.append(f"| {series} | " + " | ".join(
             f"{_gap(cells[s])} ({cells[s]['ppl_compressed']:.2f}, {cells[s]['stage'].lstrip('+ ')})" if s in cells else "–" for s in sizes) + " |")
     return "\n".join(out) + "\n"
@@ -94,12 +95,12 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     final = _final(rows)
-    sizes = sorted({round(_share(r), 1) for r in final})
+    sizes = sorted({_share(r) for r in final})
     series = sorted({r["series"] for r in final})
     width = 0.8 / len(series)
     for j, name in enumerate(series):  # sizes side by side, one offset per series, the 95% interval as error bars
         rs = sorted((r for r in final if r["series"] == name), key=_share)
-        x = [sizes.index(round(_share(r), 1)) + (j - (len(series) - 1) / 2) * width for r in rs]
+        x = [sizes.index(_share(r)) + (j - (len(series) - 1) / 2) * width for r in rs]
         y = [r["ppl_compressed"] / r["ppl_original"] for r in rs]
         ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y)]
         ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]], fmt="o-", capsize=3, label=name)
