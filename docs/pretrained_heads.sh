@@ -17,15 +17,16 @@ BUDGETS=${BUDGETS:-0.085 0.05 0.02}
 HEADS=${HEADS:-hybrid-twolevel hybrid vq}
 LEARNS=${LEARNS:-50 0}  # MapLearner reassignment interval in stage 1; 0 keeps the k-means map
 EVAL="--corpus pydocs --max-tokens 8192"
+into() { "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }  # into FILE CMD...: FILE appears only once CMD has finished
 for B in $BUDGETS; do for H in $HEADS; do for LEARN in $LEARNS; do
   D=$OUT/smollm2-$H-b$B-learn$LEARN
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --head $H --head-budget $B --corpus pydocs --out "$D"
-  [ -s "$D/eval_kmeans.json" ] || vqlogits eval "$D" $EVAL > "$D/eval_kmeans.json"
+  [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL
   [ -s "$D/eval_stage1.json" ] || { vqlogits calibrate "$D" --corpus pydocs --stages 1 --budget-minutes $STAGE1_MIN --reassign-every $LEARN \
-                                   && vqlogits eval "$D" $EVAL > "$D/eval_stage1.json"; }
+                                   && into "$D/eval_stage1.json" vqlogits eval "$D" $EVAL; }
   [ -s "$D/eval_stage2.json" ] || { vqlogits calibrate "$D" --corpus pydocs --stages 2 --budget-minutes $STAGE2_MIN --train-layers 4 \
-                                   && vqlogits eval "$D" $EVAL > "$D/eval_stage2.json"; }
-  [ -s "$D/eval_full.json" ] || vqlogits eval "$D" --corpus pydocs --max-tokens 1000000 > "$D/eval_full.json"  # the whole test split
-  [ -s "$D/generation.txt" ] || vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"
+                                   && into "$D/eval_stage2.json" vqlogits eval "$D" $EVAL; }
+  [ -s "$D/eval_full.json" ] || into "$D/eval_full.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000  # the whole test split
+  [ -s "$D/generation.txt" ] || into "$D/generation.txt" vqlogits generate "$D" "The os module provides" --max-new-tokens 40
 done; done; done
 vqlogits report "$OUT" --out docs/pretrained/heads

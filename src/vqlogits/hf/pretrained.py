@@ -173,17 +173,16 @@ def compress(
         head = head_from_rows(head, dense, sizes, frequent, seed)
     use_head(model, head)
     out = Path(out)
-    save_pretrained(model, out, dense_head=dense, source=spec)
-    tokenizer = source / "tokenizer.json"
-    if tokenizer.exists():
+    if (source / "tokenizer.json").exists():
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (source / name).exists():
                 (out / name).write_bytes((source / name).read_bytes())
+    save_pretrained(model, out, dense_head=dense, source=spec)  # vqlogits.json last: its presence means the folder is complete
     return out
 
 
 def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = None, source: str | None = None, extra: dict | None = None) -> None:
-    """config.json, model.safetensors and vqlogits.json (the head's kind and shape, ``extra``)."""
+    """config.json, model.safetensors, dense_head.safetensors and, last, vqlogits.json (the head's kind and shape, ``extra``)."""
     from safetensors.torch import save_file
 
     head = vqlogits_head(model, "greedy", "vocab_size")
@@ -191,14 +190,14 @@ def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = No
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    if dense_head is not None:
+        save_file({"weight": dense_head.contiguous()}, out / "dense_head.safetensors")
     old = json.loads((out / "vqlogits.json").read_text()) if (out / "vqlogits.json").exists() else {}
     # Keep what earlier steps recorded (source, calibration history), update the head's shape.
     shape = head_shape(head)
     meta = {**old, **(extra or {}), "format": FORMAT, **shape, "vocab_size": head.vocab_size, "d_model": head.d_model, "architecture": model.config.model_type}
     meta["source"] = source or old.get("source")
     (out / "vqlogits.json").write_text(json.dumps(meta, indent=1))
-    if dense_head is not None:
-        save_file({"weight": dense_head.contiguous()}, out / "dense_head.safetensors")
 
 
 def head_shape(head) -> dict:
