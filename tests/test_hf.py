@@ -60,6 +60,26 @@ def test_compress_save_load_round_trip_is_exact(source, tmp_path):
     assert meta["codebook_size"] == 16 and meta["source"] == str(source)
 
 
+def test_save_killed_mid_write_leaves_the_folder_loadable(source, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    out = compress(str(source), 16, tmp_path / "vq")
+    model = load_pretrained(out)
+    ids = torch.randint(0, 300, (1, 8))
+    before = model(ids).logits
+    with torch.no_grad():
+        model.get_output_embeddings().codebook.add_(1.0)
+
+    def dies_half_way(tensors, path, *a, **k):
+        open(path, "wb").write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(model, out)
+    assert torch.equal(load_pretrained(out)(ids).logits, before)
+
+
 def test_compact_generation_equals_hf_generate(source, tmp_path):
     model = load_pretrained(compress(str(source), 16, tmp_path / "vq"))
     ids = torch.randint(1, 300, (3, 5))

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..cluster import kmeans
 from ..heads import VQLogitsHead
+from ..lm.checkpoint import write_atomic
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 FORMAT = 1
@@ -188,16 +189,18 @@ def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = No
     head = vqlogits_head(model, "greedy", "vocab_size")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(out)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    # Each file is replaced atomically: calibration rewrites a finished folder, and a kill must not damage it.
+    write_atomic(out / "config.json", model.config.to_json_file)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(out / "model.safetensors", lambda tmp: save_file(state, tmp))
     if dense_head is not None:
-        save_file({"weight": dense_head.contiguous()}, out / "dense_head.safetensors")
+        write_atomic(out / "dense_head.safetensors", lambda tmp: save_file({"weight": dense_head.contiguous()}, tmp))
     old = json.loads((out / "vqlogits.json").read_text()) if (out / "vqlogits.json").exists() else {}
     # Keep what earlier steps recorded (source, calibration history), update the head's shape.
     shape = head_shape(head)
     meta = {**old, **(extra or {}), "format": FORMAT, **shape, "vocab_size": head.vocab_size, "d_model": head.d_model, "architecture": model.config.model_type}
     meta["source"] = source or old.get("source")
-    (out / "vqlogits.json").write_text(json.dumps(meta, indent=1))
+    write_atomic(out / "vqlogits.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
 
 
 def head_shape(head) -> dict:

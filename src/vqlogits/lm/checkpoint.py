@@ -56,12 +56,17 @@ def run_lock(folder: str | Path):
         handle.close()
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` through a temporary file: a crash leaves the old file or the new one, never half."""
+def write_atomic(path: str | Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a crash leaves the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` through a temporary file (``write_atomic``)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_plain(path: str | Path) -> dict:
