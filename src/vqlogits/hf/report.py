@@ -41,6 +41,14 @@ def _final(rows: list[dict]) -> list[dict]:
     return list(last.values())
 
 
+def plotted(final: list[dict]) -> list[dict]:
+    """The final rows that reached the furthest calibration stage any model reached: a model still in
+    calibration would sit beside finished ones as if it had had the same budget (the table labels its stage)."""
+    after = {key: int(stage or 0) for key, _, stage in STAGES}
+    furthest = max(after[r["stage_key"]] for r in final)
+    return [r for r in final if after[r["stage_key"]] == furthest]
+
+
 def _share(r: dict) -> float:
     """Head size in % of the dense head, to 0.1%: the column a model falls in (heads sized to one budget differ by a few parameters)."""
     return round(100 * r["head_params"] / r["dense_head_params"], 1)
@@ -94,7 +102,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    final = _final(rows)
+    final = plotted(_final(rows))
     sizes = sorted({_share(r) for r in final})
     series = sorted({r["series"] for r in final})
     width = 0.8 / len(series)
@@ -104,14 +112,15 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
         y = [r["ppl_compressed"] / r["ppl_original"] for r in rs]
         ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y)]
         ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]], fmt="o-", capsize=3, label=name)
+    stage = next(s for key, _, s in STAGES if key == final[0]["stage_key"])
     ax.axhline(1.0, color="gray", ls="--", label="original (dense head)")
     ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
     ax.set_xticks(range(len(sizes)), [f"{s:g}%" for s in sizes])
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set(xlabel="head parameters, % of the dense head", ylabel="test perplexity × original (95% interval)", title="SmolLM2, after the last calibration stage")
+    ax.set(xlabel="head parameters, % of the dense head", ylabel="test perplexity × original (95% interval)", title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, k-means only")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
