@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def test_save_killed_mid_write_leaves_the_folder_loadable(source, tmp_path, monk
         model.get_output_embeddings().codebook.add_(1.0)
 
     def dies_half_way(tensors, path, *a, **k):
-        open(path, "wb").write(b"half a file")
+        Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vqlogits.hf.report import _final, load_evals, plotted, pretrained_report
+from vqlogits.hf.report import load_evals, plotted, pretrained_report
 
 
 def _model(root, name, head, head_params, ppls, reassign_every):
@@ -39,7 +39,7 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
     assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% |" in report
     assert len(load_evals(tmp_path)) == 9
     # the plot leaves out b, still in calibration, beside models that finished stage 2
-    assert sorted(r["model"] for r in plotted(_final(load_evals(tmp_path)))) == ["a", "c"]
+    assert sorted(r["model"] for r in plotted(load_evals(tmp_path))) == ["a", "c"]
 
 
 def test_no_evaluations_is_an_error(tmp_path):

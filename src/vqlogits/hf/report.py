@@ -41,9 +41,11 @@ def _final(rows: list[dict]) -> list[dict]:
     return list(last.values())
 
 
-def plotted(final: list[dict]) -> list[dict]:
-    """The final rows that reached the furthest calibration stage any model reached: a model still in
-    calibration would sit beside finished ones as if it had had the same budget (the table labels its stage)."""
+def plotted(rows: list[dict]) -> list[dict]:
+    """Each model's row after its last stage, for the models at the furthest calibration stage any
+    model reached: a model still calibrating would sit beside finished ones as if it had had the
+    same budget (the table labels its stage)."""
+    final = _final(rows)
     after = {key: int(stage or 0) for key, _, stage in STAGES}
     furthest = max(after[r["stage_key"]] for r in final)
     return [r for r in final if after[r["stage_key"]] == furthest]
@@ -102,7 +104,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    final = plotted(_final(rows))
+    final = plotted(rows)
     sizes = sorted({_share(r) for r in final})
     series = sorted({r["series"] for r in final})
     width = 0.8 / len(series)
