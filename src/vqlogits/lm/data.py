@@ -10,12 +10,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .checkpoint import write_atomic
 
 SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -198,10 +199,14 @@ def _docs_key(corpus: str, docs: dict[str, list[str]], tokenizer: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through ``write_atomic``; a file handle, because ``np.save`` adds ``.npy`` to a name without it."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomic(path, write)
 
 
 def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
@@ -215,8 +220,7 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
     if not (folder / "meta.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
         if not tok_path.exists():
-            load_tokenizer(tokenizer, docs, cache).save(str(tok_path) + ".tmp")
-            os.replace(str(tok_path) + ".tmp", tok_path)
+            write_atomic(tok_path, lambda tmp: load_tokenizer(tokenizer, docs, cache).save(str(tmp)))
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(tok_path))
@@ -231,11 +235,10 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
                 for e in enc:
                     ids.append(np.asarray(e.ids + [eos], dtype=dtype))
                     lengths.append(len(e.ids) + 1)
-            _save_atomic(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
-            _save_atomic(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
+            _save_npy(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
+            _save_npy(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
         meta = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": tok.get_vocab_size(), "docs": {s: len(docs[s]) for s in SPLITS}}
-        (folder / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
-        os.replace(folder / "meta.json.tmp", folder / "meta.json")
+        write_atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     from tokenizers import Tokenizer
 
     meta = json.loads((folder / "meta.json").read_text())

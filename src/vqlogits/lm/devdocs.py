@@ -30,12 +30,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .checkpoint import write_atomic
 
 # package -> (globs of the files to read, relative to the package root; substrings that exclude a path)
 PACKAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -170,9 +171,7 @@ def package_files(root: Path, package: str) -> list[Path]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def extract_package(root: Path, package: str, out: Path, progress: bool = True) -> list[dict]:
