@@ -41,14 +41,18 @@ def _final(rows: list[dict]) -> list[dict]:
     return list(last.values())
 
 
+def _after(r: dict) -> int:
+    """The calibration stage an evaluation row follows (0: k-means only)."""
+    return next(int(stage or 0) for key, _, stage in STAGES if key == r["stage_key"])
+
+
 def plotted(rows: list[dict]) -> list[dict]:
     """Each model's row after its last stage, for the models at the furthest calibration stage any
     model reached: a model still calibrating would sit beside finished ones as if it had had the
     same budget (the table labels its stage)."""
     final = _final(rows)
-    after = {key: int(stage or 0) for key, _, stage in STAGES}
-    furthest = max(after[r["stage_key"]] for r in final)
-    return [r for r in final if after[r["stage_key"]] == furthest]
+    furthest = max(_after(r) for r in final)
+    return [r for r in final if _after(r) == furthest]
 
 
 def _share(r: dict) -> float:
@@ -114,7 +118,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
         y = [r["ppl_compressed"] / r["ppl_original"] for r in rs]
         ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y)]
         ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]], fmt="o-", capsize=3, label=name)
-    stage = next(s for key, _, s in STAGES if key == final[0]["stage_key"])
+    stage = _after(final[0])
     ax.axhline(1.0, color="gray", ls="--", label="original (dense head)")
     ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
     ax.set_xticks(range(len(sizes)), [f"{s:g}%" for s in sizes])
