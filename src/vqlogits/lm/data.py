@@ -192,6 +192,11 @@ def eos_id(tok) -> int:
 
 
 def _docs_key(corpus: str, docs: dict[str, list[str]], tokenizer: str) -> str:
+    # A tokenizer file is keyed by its bytes, not its path: every compressed model folder holds a
+    # copy of the same tokenizer.json and shares one cache, and a file replaced in place is not
+    # served stale ids.
+    if Path(tokenizer).is_file():
+        tokenizer = "sha1:" + hashlib.sha1(Path(tokenizer).read_bytes()).hexdigest()
     h = hashlib.sha1(f"{corpus}|{tokenizer}".encode())
     for s in SPLITS:
         for d in docs[s]:
@@ -210,9 +215,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
-    """Token ids per split as read-only memory maps, plus the tokenizer. Cached by corpus and
-    tokenizer; each split is saved atomically, so a killed run resumes at the next split. Beside
-    the ids, ``{split}.doc_tokens.npy`` holds each document's token count (with its end-of-text)."""
+    """Token ids per split as read-only memory maps, plus the tokenizer. Cached by the corpus text
+    and the tokenizer (a tokenizer file by its contents); each split is saved atomically, so a
+    killed run resumes at the next split. Beside the ids, ``{split}.doc_tokens.npy`` holds each
+    document's token count (with its end-of-text)."""
     docs = load_corpus(corpus, cache)
     key = _docs_key(corpus, docs, tokenizer)
     folder = Path(cache) / "tokens" / key
