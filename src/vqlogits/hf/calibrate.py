@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..lm.data import tokenize_corpus
 from ..heads import VQLogitsHead
-from ..lm.checkpoint import load_checkpoint, load_plain, save_atomic, save_checkpoint
+from ..lm.checkpoint import load_checkpoint, load_plain, save_atomic, save_checkpoint, write_json
 from ..lm.learned_map import LEARNABLE, MapLearner
 from ..lm.train import get_batch
 from .pretrained import dense_head_weight, load_pretrained, save_pretrained
@@ -217,5 +217,5 @@ def calibrate(
     meta = json.loads((folder / "vqlogits.json").read_text())
     meta.setdefault("calibration", []).append({"corpus": corpus, "budget_minutes": budget_minutes, "kl_weight": kl_weight, **summary})
     meta["calibrated_backbone"] = meta.get("calibrated_backbone", False) or "2" in stages
-    (folder / "vqlogits.json").write_text(json.dumps(meta, indent=1))
+    write_json(folder / "vqlogits.json", meta)  # the folder does not load without it
     return summary

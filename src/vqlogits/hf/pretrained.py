@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..cluster import kmeans
 from ..heads import VQLogitsHead
-from ..lm.checkpoint import write_atomic
+from ..lm.checkpoint import write_atomic, write_json
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 FORMAT = 1
@@ -200,7 +200,7 @@ def save_pretrained(model, out: str | Path, dense_head: torch.Tensor | None = No
     shape = head_shape(head)
     meta = {**old, **(extra or {}), "format": FORMAT, **shape, "vocab_size": head.vocab_size, "d_model": head.d_model, "architecture": model.config.model_type}
     meta["source"] = source or old.get("source")
-    write_atomic(out / "vqlogits.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    write_json(out / "vqlogits.json", meta)
 
 
 def head_shape(head) -> dict:

@@ -15,6 +15,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
 import time
@@ -62,6 +63,11 @@ def write_atomic(path: str | Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """``json.dumps(obj, indent=1)`` to ``path`` through ``write_atomic``."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def save_atomic(obj, path: str | Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import write_atomic
+from .checkpoint import write_atomic, write_json
 
 SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -244,7 +244,7 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
             _save_npy(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
             _save_npy(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
         meta = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": tok.get_vocab_size(), "docs": {s: len(docs[s]) for s in SPLITS}}
-        write_atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        write_json(folder / "meta.json", meta)
     from tokenizers import Tokenizer
 
     meta = json.loads((folder / "meta.json").read_text())
