@@ -38,6 +38,7 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
     assert "| c | + stage 2, whole test split | 10 | 69,000 | 85 | 8.5% |" in report
     assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% |" in report
     assert len(load_evals(tmp_path)) == 9
+    assert json.loads((tmp_path / "out" / "rows.json").read_text()) == load_evals(tmp_path)  # the data outlives the runs
     # the plot leaves out b, still in calibration, beside models that finished stage 2
     assert sorted(r["model"] for r in plotted(load_evals(tmp_path))) == ["a", "c"]
 

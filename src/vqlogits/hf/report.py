@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..lm.checkpoint import write_json
+
 # (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
 STAGES = (("kmeans", "k-means only", None), ("stage1", "+ stage 1 (head)", "1"), ("stage2", "+ stage 2 (last layers)", "2"), ("full", "+ stage 2, whole test split", "2"))
 
@@ -135,4 +137,6 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
             + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n" + pretrained_markdown(rows)
             + generations_markdown(root))
     (out / "pretrained_report.md").write_text(text)
+    # The numbers behind the table, kept beside it: runs/ holds ~1 GB a model and does not outlive a machine.
+    write_json(out / "rows.json", rows)
     return out / "pretrained_report.md"
