@@ -36,4 +36,5 @@ for B in $BUDGETS; do for H in $HEADS; do for LEARN in $LEARNS; do
   [ -s "$D/generation.txt" ] || into "$D/generation.txt" vqlogits generate "$D" "The os module provides" --max-new-tokens 40
   rm -f "$D"/calib_stage*.pt.prev  # a fallback only while a stage runs; ~1 GB a model, and 18 filled this disk
 done; done; done
-vqlogits report "$OUT" --out docs/pretrained/heads
+# The report covers the models in $OUT only: a partial run on a new machine reports elsewhere (REPORT=...).
+vqlogits report "$OUT" --out "${REPORT:-docs/pretrained/heads}"
