@@ -1,5 +1,7 @@
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -17,6 +19,19 @@ def make_vq(V=1000, K=7, d=33, bias=True, dtype=torch.float64, seed=0, assignmen
             head.bias.copy_(torch.randn(V, generator=g, dtype=dtype))
     head.set_assignment(torch.randint(0, K, (V,), generator=g) if assignment is None else assignment)
     return head
+
+
+@pytest.fixture
+def json_never_in_place(monkeypatch):
+    """Fails the test if the code writes a .json file in place: a kill mid-write would leave half a
+    results.json that marks a run finished, or a vqlogits.json that no longer loads."""
+    write_text = Path.write_text
+
+    def checked(self, *a, **k):
+        assert self.suffix != ".json", f"{self.name} written in place"
+        return write_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", checked)
 
 
 class Crash(Exception):

@@ -10,7 +10,7 @@ from vqlogits.bench import suite
 from vqlogits.bench.timing import peak_bytes
 
 
-def test_bench_runs_and_writes_files(tmp_path, monkeypatch):
+def test_bench_runs_and_writes_files(tmp_path, monkeypatch, json_never_in_place):
     monkeypatch.setitem(suite.SHAPES, "toy", (3000, 32))
     cfg = suite.BenchConfig(shapes=("toy",), codebook_sizes=(16, 64), tokens=(1, 128), loss_tokens=(256,), loss_codebook_sizes=(16,),
                             decode_batches=(1, 2), decode_steps=2, decode_layers=1, repeats=2, warmup=1, out=str(tmp_path), indexed_models=())

@@ -182,15 +182,8 @@ def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
         compress(str(source), 16, tmp_path / "x", exact_tokens=16, corpus=str(corpus), cache=tmp_path / "cache")
 
 
-def test_calibration_history_survives_later_stages(source, corpus, tmp_path, monkeypatch):
+def test_calibration_history_survives_later_stages(source, corpus, tmp_path, json_never_in_place):
     out = compress(str(source), 8, tmp_path / "vq")
-    write_text = Path.write_text
-
-    def never_in_place(self, *a, **k):  # a kill mid-write of vqlogits.json would leave the folder unloadable
-        assert self.name != "vqlogits.json", "vqlogits.json written in place"
-        return write_text(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_text", never_in_place)
     for stage in ("1", "2"):
         calibrate(out, str(corpus), budget_minutes=0.02, stages=stage, train_layers=1, hidden_tokens=1024, block=64, cache=tmp_path / "cache")
     meta = json.loads((out / "vqlogits.json").read_text())

@@ -53,7 +53,7 @@ def test_split_is_deterministic_and_complete(corpus):
     assert sum(len(v) for v in a.values()) == 30
 
 
-def test_train_on_a_folder_writes_results(base):
+def test_train_on_a_folder_writes_results(base, json_never_in_place):
     results = train(base, progress=False)
     saved = json.loads((train_mod.Path(base.out) / "results.json").read_text())
     assert RESULT_KEYS <= set(saved)
@@ -120,7 +120,7 @@ def test_bad_options_raise(base):
         train(replace(base, corpus=base.cache + "/nothing-here"), progress=False)
 
 
-def test_sweep_report_and_cli(base, tmp_path, capsys):
+def test_sweep_report_and_cli(base, tmp_path, capsys, json_never_in_place):
     report = sweep(replace(base, steps=6), ["dense", "vq"], [8, 32], ["random"], [0, 1], tmp_path / "sweep")
     text = report.read_text()
     assert "| dense | 2 |" in text and "| vq K=8 map=random | 2 |" in text and "| vq K=32 map=random | 2 |" in text

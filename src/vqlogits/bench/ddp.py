@@ -11,7 +11,6 @@ adds. Medians of repeated measurements; rank 0 prints a markdown table and write
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..heads import size_for_budget
+from ..lm.checkpoint import write_json
 from ..lm.learned_map import MapLearner
 from ..lm.model import GPT, ModelConfig
 
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     if dist.get_rank() == 0:
         env = {"world": dist.get_world_size(), "threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0)), "backend": "gloo"}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+        write_json(args.out, {"environment": env, "rows": rows})
         print(f"{env}\n\n| head | budget | window | step | all_reduce | per reassignment | every 100 steps |\n|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['head']} | {100 * r['budget']:g}% | {r['window_mb']:.1f} MB | {1e3 * r['step_s']:.0f} ms | {1e3 * r['all_reduce_s']:.1f} ms | {r['per_reassignment_pct_of_step']:.1f}% of a step | {r['amortized_pct']:.2f}% |")

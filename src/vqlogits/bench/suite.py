@@ -7,7 +7,6 @@ memory-bound operation as a share of the copy bandwidth measured in the same run
 from __future__ import annotations
 
 import csv
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from ..functional import vq_cross_entropy
 from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
 from ..heads.indexed import IndexedHead
 from ..kernels import triton_usable
+from ..lm.checkpoint import write_json
 from .timing import copy_bandwidth, median_seconds, peak_bytes
 
 SHAPES = {"smollm2": (49152, 576), "llama3": (128256, 2048), "gemma": (262144, 2304)}
@@ -353,7 +353,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     results["notes"].append(f"Dense measurements above {cfg.max_tflop} TFLOP per call are skipped (--max-tflop).")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "bench.json", results)
     for part in ("logits", "loss", "decode", "indexed"):
         if results[part]:
             with open(out / f"bench_{part}.csv", "w", newline="") as f:

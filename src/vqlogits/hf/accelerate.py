@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..heads.indexed import IndexedHead
+from ..lm.checkpoint import write_json
 
 TV_ROWS = 512  # hidden states per TV distance: one softmax over V each
 
@@ -167,7 +168,7 @@ def random_index(weight: torch.Tensor, clusters: int, probes: int, seed: int = 0
 
 def write_measurements(rows: list[dict], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+    write_json(path, rows)
 
 
 # ---- the measurements behind docs/PRETRAINED.md ("accelerate or compress") --------------------------
@@ -227,7 +228,7 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
     results = {"environment": env, "index": index_rows, "decode": decode_rows}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accelerate.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "accelerate.json", results)
     (out / "accelerate.md").write_text(markdown(results))
     plot(results, out / "accelerate.png")
     return results

@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .checkpoint import write_json
 from .model import ModelConfig
 
 
@@ -300,5 +301,5 @@ def write_report(paths: list[str | Path], out: str | Path, extra: str = "", intr
     text += markdown_table(rows) + "\n" + extra
     text += "\n".join(f"![{name}]({name})" for name in images) + "\n"
     (out / "report.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(all_rows, indent=1))
+    write_json(out / "summary.json", all_rows)
     return out / "report.md"

@@ -7,7 +7,6 @@ global batch, so N processes reproduce one process's losses.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from ..cluster import kmeans
 from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
-from .checkpoint import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint
+from .checkpoint import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint, write_json
 from .data import eval_windows, token_counts, tokenize_corpus, vocab_hint
 from .learned_map import LEARNABLE, MapLearner
 from .model import GPT, PRESETS, ModelConfig
@@ -422,7 +421,7 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
     results = finish(cfg, model, splits, counts, history, train_time, wall_time, batch, flops)
     if rank == 0:
         save_atomic({"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt")
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        write_json(out / "results.json", results)  # its presence marks the run finished: never half-written
     return results
 
 
