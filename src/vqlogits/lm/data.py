@@ -181,6 +181,38 @@ def vocab_hint(spec: str, cache: str | Path = ".cache") -> int | None:
     return Tokenizer.from_file(str(path)).get_vocab_size()
 
 
+def _byte_of_symbol() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte -> printable-character table (GPT-2's): printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for chr(256 + n) in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in set(printable)]
+    table.update({chr(256 + n): b for n, b in enumerate(others)})
+    return table
+
+
+def token_byte_lengths(tok) -> np.ndarray:
+    """(V,) int64: how many UTF-8 bytes of the text each token id stands for.
+
+    For a byte-level BPE (``bpe:N``, SmolLM2's) a token's symbols are bytes, so this is exact and a
+    document's token lengths add up to its UTF-8 length (``corpus_stats`` checks it). Special tokens
+    count 0 bytes: the end-of-text that ``tokenize_corpus`` appends to each document is not text,
+    though predicting it costs nats. A ``ValueError`` for a tokenizer that is not byte-level."""
+    spec = json.loads(tok.to_str())
+    if spec.get("normalizer") or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        raise ValueError("bits per byte needs a byte-level BPE tokenizer without a normalizer (each token a string of bytes)")
+    symbols = _byte_of_symbol()
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for piece, i in tok.get_vocab().items():
+        if piece in special:
+            continue
+        if not all(c in symbols for c in piece):
+            raise ValueError(f"token {piece!r} (id {i}) is not a byte-level BPE symbol string: bits per byte needs a byte-level tokenizer")
+        out[i] = len(piece)
+    return out
+
+
 def eos_id(tok) -> int:
     for name in ("<|endoftext|>", "</s>", "<eos>"):
         if (i := tok.token_to_id(name)) is not None:
@@ -253,15 +285,27 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
 
 
 def corpus_stats(corpus: str, tokenizer: str, cache: str | Path = ".cache") -> dict:
-    """Documents, UTF-8 bytes and tokens per split, and documents and tokens per source (a devdocs
+    """Documents, UTF-8 bytes, the bytes its tokens stand for (``token_byte_lengths``; equal to
+    ``bytes`` for a byte-level tokenizer, None for another) and tokens per split, and documents and
+    tokens per source (a devdocs
     package, the first folder of a local corpus's documents, else "all"), tokenizing if needed."""
     documents = load_documents(corpus, cache)
-    _, _, meta = tokenize_corpus(corpus, tokenizer, cache)
+    _, tok, meta = tokenize_corpus(corpus, tokenizer, cache)
+    try:
+        byte_lengths = token_byte_lengths(tok)
+    except ValueError:
+        byte_lengths = None
     folder = Path(cache) / "tokens" / _docs_key(corpus, {s: [t for _, t in d] for s, d in documents.items()}, tokenizer)
     out: dict = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": meta["vocab_size"], "splits": {}, "sources": {}}
     for s in SPLITS:
         lengths = np.load(folder / f"{s}.doc_tokens.npy")
-        out["splits"][s] = {"docs": len(documents[s]), "bytes": sum(len(t.encode()) for _, t in documents[s]), "tokens": int(lengths.sum())}
+        ids = np.load(folder / f"{s}.npy", mmap_mode="r")
+        out["splits"][s] = {
+            "docs": len(documents[s]),
+            "bytes": sum(len(t.encode()) for _, t in documents[s]),
+            "token_bytes": int(byte_lengths[np.asarray(ids, dtype=np.int64)].sum()) if byte_lengths is not None else None,
+            "tokens": int(lengths.sum()),
+        }
         for (doc_id, _), n in zip(documents[s], lengths.tolist()):
             src = out["sources"].setdefault(doc_id.split("/", 1)[0] if "/" in doc_id else "all", {"docs": 0, "tokens": 0})
             src["docs"] += 1

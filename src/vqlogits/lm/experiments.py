@@ -102,6 +102,10 @@ def sweep(
         chain = Path(cfg.out).parent if wsd_steps else None
         if (Path(cfg.out) / "results.json").exists() or (chain is not None and chain in blocked):
             continue
+        if cfg.init_from and not (Path(cfg.init_from) / "stable.pt").exists():
+            # The snapshot did not survive (only results.json is kept, e.g. in git): the stable phase
+            # does not depend on steps, so training it again gives the same run.
+            cfg = replace(cfg, init_from="")
         try:
             train(cfg)
         except RunLocked as e:

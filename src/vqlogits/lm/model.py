@@ -11,6 +11,8 @@ from torch import nn
 
 from ..heads import build_head
 
+HEAD_DIM = 32  # attention head size of a width set without --n-head (tiny's 128 / 4)
+WIDTH_STEP = 32  # the grid of a width solved by size_body
 PRESETS = {
     # name: (n_layer, n_head, d_model, block_size, batch_size)
     "tiny": (2, 4, 128, 64, 8),
@@ -38,12 +40,41 @@ class ModelConfig:
         return build_head(self.head, self.d_model, self.vocab_size, self.codebook_size, self.head_bias, self.rank, self.token_dim, self.num_codebooks, self.n_frequent)
 
     @classmethod
-    def preset(cls, name: str, vocab_size: int, block_size: int = 0, **head_kw) -> "ModelConfig":
-        """The preset's shape; ``block_size`` > 0 replaces its context length."""
+    def preset(cls, name: str, vocab_size: int, block_size: int = 0, n_layer: int = 0, n_head: int = 0, d_model: int = 0, **head_kw) -> "ModelConfig":
+        """The preset's shape; a size > 0 replaces the preset's. A width given without ``n_head``
+        gets heads of ``HEAD_DIM`` dimensions."""
         if name not in PRESETS:
             raise ValueError(f"model must be one of {tuple(PRESETS)}, got {name!r}")
-        n_layer, n_head, d_model, preset_block, _ = PRESETS[name]
-        return cls(vocab_size, n_layer, n_head, d_model, block_size or preset_block, **head_kw)
+        preset_layer, preset_head, preset_d, preset_block, _ = PRESETS[name]
+        d = d_model or preset_d
+        heads = n_head or (preset_head if d == preset_d else max(1, d // HEAD_DIM))
+        if d % heads:
+            raise ValueError(f"d_model={d} must be divisible by n_head={heads}")
+        return cls(vocab_size, n_layer or preset_layer, heads, d, block_size or preset_block, **head_kw)
+
+
+def body_train_flops(n_layer: int, d_model: int, block_size: int) -> int:
+    """Matmul FLOPs per token of the blocks in one training step; see ``GPT.train_flops``."""
+    return 72 * n_layer * d_model * d_model + 12 * n_layer * block_size * d_model
+
+
+def size_body(target: float, head_flops, block_size: int, n_layer: int = 0, d_model: int = 0, tolerance: float = 0.1) -> tuple[int, int]:
+    """The body (n_layer, d_model) whose training FLOPs per token, ``body_train_flops`` plus
+    ``head_flops(d_model)`` (the head's, per token), come nearest ``target``.
+
+    Give exactly one of ``n_layer`` (d_model is solved over multiples of ``WIDTH_STEP``) or
+    ``d_model`` (n_layer is solved). A ``ValueError`` if the nearest shape is further than
+    ``tolerance`` from ``target``: the grid cannot hit it."""
+    if (n_layer > 0) == (d_model > 0):
+        raise ValueError(f"size_body needs exactly one of n_layer and d_model, got n_layer={n_layer}, d_model={d_model}")
+    widths = range(WIDTH_STEP, 2049, WIDTH_STEP) if n_layer else [d_model]
+    head = {d: head_flops(d) for d in widths}
+    shapes = [(L, d) for L in ([n_layer] if n_layer else range(1, 129)) for d in widths]
+    cost = {s: body_train_flops(*s, block_size) + head[s[1]] for s in shapes}
+    best = min(shapes, key=lambda s: abs(cost[s] - target))
+    if abs(cost[best] / target - 1) > tolerance:
+        raise ValueError(f"no body with n_layer={n_layer or 'any'}, d_model={d_model or 'any'} is within {tolerance:.0%} of {target:,.0f} training FLOPs per token (nearest: {best}, {cost[best]:,.0f})")
+    return best
 
 
 class Block(nn.Module):
@@ -110,9 +141,18 @@ class GPT(nn.Module):
         Equal to ``torch.utils.flop_counter.FlopCounterMode``'s count of the step with the math
         attention backend (tested).
         """
-        L, d = self.cfg.n_layer, self.cfg.d_model
-        T = targets.shape[-1]
-        return targets.numel() * (72 * L * d * d + 12 * L * T * d) + self.head.loss_flops(targets)
+        return targets.numel() * body_train_flops(self.cfg.n_layer, self.cfg.d_model, targets.shape[-1]) + self.head.loss_flops(targets)
+
+    def decode_flops(self) -> int:
+        """Matmul FLOPs of one decoded token with a KV cache, averaged over the positions of a full
+        context: 24 L d^2 (the blocks' weights, 2 FLOPs each) + 2 L T d (scores and values against
+        T / 2 cached positions on average, 4 FLOPs per position and dimension) + the head's
+        ``decode_cost()``."""
+        L, d, T = self.cfg.n_layer, self.cfg.d_model, self.cfg.block_size
+        return 24 * L * d * d + 2 * L * T * d + self.head.decode_cost()["flops"]
+
+    def embedding_params(self) -> int:
+        return self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
 
     def head_params(self) -> int:
         return sum(p.numel() for p in self.head.parameters())

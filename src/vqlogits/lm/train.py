@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,9 @@ from ..cluster import kmeans
 from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
 from ..heads.vq import balanced_assignment, code_means
 from .checkpoint import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint, write_json
-from .data import eval_windows, token_counts, tokenize_corpus, vocab_hint
+from .data import eval_windows, token_byte_lengths, token_counts, tokenize_corpus, vocab_hint
 from .learned_map import LEARNABLE, MapLearner
-from .model import GPT, PRESETS, ModelConfig
+from .model import GPT, PRESETS, ModelConfig, size_body
 
 MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
 
@@ -45,6 +45,10 @@ class TrainConfig:
     tokenizer: str = _opt("smollm2", "smollm2, bpe:N (byte-level BPE trained on the train split), or a tokenizer.json / folder", "data")
     model: str = _opt("tiny", "model preset (layers, heads, width, context, batch): tiny 2/4/128/64/8, small 4/4/256/128/16, base 8/8/512/256/32", "model", tuple(PRESETS))
     block_size: int = _opt(0, "context length in tokens; 0: the preset's", "model")
+    n_layer: int = _opt(0, "layers; 0: the preset's, or solved by --flops-per-token", "model")
+    d_model: int = _opt(0, "width; 0: the preset's, or solved by --flops-per-token", "model")
+    n_head: int = _opt(0, "attention heads; 0: the preset's, or d_model / 32 for another width", "model")
+    flops_per_token: float = _opt(0.0, "> 0: size the body to this many training FLOPs per token (within 10%%), solving the width for a given --n-layer or the depth for a given --d-model (model.size_body)", "model")
     head: str = _opt("dense", "output head, see the README's head table", "head", HEADS)
     codebook_size: int = _opt(1024, "K, the number of codes (vq, hybrid tail, twolevel, vq-lowrank, rvq per codebook)", "head")
     head_bias: bool = _opt(True, "a per-token bias b_v; with --head-budget: a bias when it fits (false: never)", "head")
@@ -72,7 +76,8 @@ class TrainConfig:
     seed: int = _opt(0, "initialisation, batches and maps", "optimisation")
     eval_every: int = _opt(100, "validate every N steps (0: never during training)", "checkpointing")
     eval_tokens: int = _opt(16384, "validation tokens per evaluation during training", "checkpointing")
-    final_eval_tokens: int = _opt(131072, "tokens for the final validation and test perplexity", "checkpointing")
+    final_eval_tokens: int = _opt(131072, "tokens for the final test (and validation) perplexity and bits per byte", "checkpointing")
+    final_val_tokens: int = _opt(0, "tokens for the final validation; 0: --final-eval-tokens", "checkpointing")
     checkpoint_every: int = _opt(100, "write ckpt.pt (atomically, keeping the previous one) every N steps; rerun the same command to resume", "checkpointing")
     out: str = _opt("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
     cache: str = _opt(".cache", "folder for embedded data and token caches", "data")
@@ -92,16 +97,18 @@ class TrainConfig:
             if allowed and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         positive = ("steps", "codebook_size", "rank", "token_dim", "num_codebooks", "eval_tokens", "final_eval_tokens")
-        at_least_zero = ("block_size", "batch_size", "n_frequent", "warmup_dense_steps", "reassign_every", "warmup_steps", "eval_every", "checkpoint_every")
+        at_least_zero = ("block_size", "n_layer", "d_model", "n_head", "final_val_tokens", "batch_size", "n_frequent", "warmup_dense_steps", "reassign_every", "warmup_steps", "eval_every", "checkpoint_every")
         for name in positive + at_least_zero:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
                 raise ValueError(f"{name} must be an int >= {int(name in positive)}, got {value!r}")
         inf = float("inf")
-        for name, lo, hi, open_lo in (("lr", 0, inf, True), ("head_budget", 0, 1, False), ("reassign_frac", 0, 1, True), ("min_lr_ratio", 0, 1, False), ("weight_decay", 0, inf, False), ("grad_clip", 0, inf, True)):
+        for name, lo, hi, open_lo in (("flops_per_token", 0, inf, False), ("lr", 0, inf, True), ("head_budget", 0, 1, False), ("reassign_frac", 0, 1, True), ("min_lr_ratio", 0, 1, False), ("weight_decay", 0, inf, False), ("grad_clip", 0, inf, True)):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and (value > lo if open_lo else value >= lo) and value <= hi):
                 raise ValueError(f"{name} must be a number in {'(' if open_lo else '['}{lo}, {hi}], got {value!r}")
+        if self.flops_per_token and (self.n_layer > 0) == (self.d_model > 0):
+            raise ValueError(f"flops_per_token={self.flops_per_token:g} solves one of n_layer and d_model: give exactly one, got n_layer={self.n_layer}, d_model={self.d_model}")
         needs_warmup = self.mapping.startswith("kmeans") or self.codebook_init == "centroids"
         if self.head == "vq" and needs_warmup and self.warmup_dense_steps < 1:
             raise ValueError(
@@ -153,15 +160,42 @@ def get_batch(data: np.ndarray, step: int, seed: int, batch: int, block: int, ra
 
 
 @torch.no_grad()
-def perplexity(model: GPT, data: np.ndarray, max_tokens: int, batch: int = 16, desc: str = "eval") -> float:
-    """exp(mean next-token loss) over consecutive windows of ``data`` (up to ``max_tokens`` targets)."""
+def evaluate_split(model: GPT, data: np.ndarray, max_tokens: int, byte_lengths: np.ndarray | None = None, batch: int = 16, desc: str = "eval") -> dict:
+    """Next-token loss over consecutive windows of ``data`` (up to ``max_tokens`` targets; the
+    first token of the split is never a target): its total ``nats``, ``tokens``, ``ppl`` =
+    exp(nats / tokens), and with ``byte_lengths`` (``data.token_byte_lengths``) the UTF-8
+    ``bytes`` of the target tokens' text and ``bpb`` = nats / bytes / ln 2."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    nats, tokens, n_bytes = 0.0, 0, 0
     for w in tqdm(eval_windows(data, model.cfg.block_size, max_tokens, batch), desc=desc, leave=False):
-        w = w.to(device)
-        total += float(model.head.loss(model.hidden(w[:, :-1]), w[:, 1:], reduction="sum"))
-        count += w[:, 1:].numel()
-    return math.exp(total / count)
+        targets = w[:, 1:]
+        nats += float(model.head.loss(model.hidden(w[:, :-1].to(device)), targets.to(device), reduction="sum"))
+        tokens += targets.numel()
+        if byte_lengths is not None:
+            n_bytes += int(byte_lengths[targets.numpy()].sum())
+    out = {"nats": nats, "tokens": tokens, "ppl": math.exp(nats / tokens)}
+    if byte_lengths is not None:
+        out.update(bytes=n_bytes, bpb=nats / n_bytes / math.log(2) if n_bytes else None)
+    return out
+
+
+def perplexity(model: GPT, data: np.ndarray, max_tokens: int, batch: int = 16, desc: str = "eval") -> float:
+    """exp(mean next-token loss) over consecutive windows of ``data`` (``evaluate_split``)."""
+    return evaluate_split(model, data, max_tokens, batch=batch, desc=desc)["ppl"]
+
+
+def split_scores(model: GPT, splits: dict, tok, test_tokens: int, val_tokens: int = 0) -> dict:
+    """``val_ppl`` / ``test_ppl``, ``val_bpb`` / ``test_bpb`` (None for a tokenizer that is not
+    byte-level) and each split's ``evaluate_split`` under ``eval``."""
+    try:
+        byte_lengths = token_byte_lengths(tok)
+    except ValueError:
+        byte_lengths = None
+    out = {"eval": {}}
+    for s, n in (("val", val_tokens or test_tokens), ("test", test_tokens)):
+        r = out["eval"][s] = evaluate_split(model, splits[s], n, byte_lengths, desc=s)
+        out[f"{s}_ppl"], out[f"{s}_bpb"] = r["ppl"], r.get("bpb")
+    return out
 
 
 def build_vq_head(cfg: TrainConfig, model: GPT, counts: torch.Tensor) -> VQLogitsHead:
@@ -222,14 +256,35 @@ def writable_folder(path: str | Path) -> Path:
     return path
 
 
-def check_head_fits(cfg: TrainConfig, vocab_size: int) -> None:
+def check_head_fits(cfg: TrainConfig, vocab_size: int, d_model: int = 0) -> None:
     """The head's sizes against the vocabulary: a budget too small for the head, or K > V."""
-    d_model = PRESETS[cfg.model][2]
+    d_model = d_model or cfg.d_model or PRESETS[cfg.model][2]
     sizes = cfg.head_sizes(d_model, vocab_size)  # raises for a budget that cannot hold the head
     uses_codes = cfg.head in ("vq", "vq-lowrank", "twolevel", "rvq", "hybrid", "hybrid-twolevel")
     codes = sizes["codebook_size"] + (sizes["n_frequent"] if cfg.head.startswith("hybrid") else 0)
     if uses_codes and codes > vocab_size:
         raise ValueError(f"codebook_size={sizes['codebook_size']}" + (f" + n_frequent={sizes['n_frequent']}" if cfg.head.startswith("hybrid") else "") + f" exceeds the vocabulary size {vocab_size} of tokenizer {cfg.tokenizer!r}")
+
+
+def model_config(cfg: TrainConfig, vocab_size: int, counts: torch.Tensor, targets: torch.Tensor) -> ModelConfig:
+    """The model: the preset's shape with the sizes given replacing it, and the head sized for its
+    width. With ``flops_per_token``, the one of n_layer / d_model not given is solved by
+    ``size_body``, the head's FLOPs counted by its ``loss_flops`` on ``targets`` (a train batch)."""
+    block = cfg.block_size or PRESETS[cfg.model][3]
+
+    def build(n_layer: int, d_model: int) -> ModelConfig:
+        sizes = cfg.head_sizes(d_model or PRESETS[cfg.model][2], vocab_size)
+        return ModelConfig.preset(cfg.model, vocab_size, block, n_layer, cfg.n_head, d_model, head=cfg.head, **sizes)
+
+    def head_flops(d_model: int) -> float:
+        head = ModelConfig(vocab_size, 1, 1, d_model, block, head=cfg.head, **cfg.head_sizes(d_model, vocab_size)).build_head()
+        if hasattr(head, "set_frequencies"):  # adaptive, hybrids: their cost depends on the targets' frequencies
+            head.set_frequencies(counts)
+        return head.loss_flops(targets) / targets.numel()
+
+    if not cfg.flops_per_token:
+        return build(cfg.n_layer, cfg.d_model)
+    return build(*size_body(cfg.flops_per_token, head_flops, block, cfg.n_layer, cfg.d_model))
 
 
 def check_same_config(cfg: TrainConfig, saved: dict, path: Path, ignore: tuple[str, ...] = ()) -> None:
@@ -300,30 +355,30 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
     ckpt_path = out / "ckpt.pt"
     state = load_checkpoint(ckpt_path)  # the newest readable of ckpt.pt and ckpt.pt.prev
-    if state is not None:
-        check_same_config(cfg, state["config"], ckpt_path)
+    if state is not None:  # init_from only decides where a run starts
+        check_same_config(cfg, state["config"], ckpt_path, ignore=("init_from",))
     elif cfg.init_from:
         state = stable_snapshot(cfg)
     if (V := vocab_hint(cfg.tokenizer, cfg.cache)) is not None:  # head sizes, before the corpus is read
         check_head_fits(cfg, V)
     if rank != 0:
         dist.barrier()  # rank 0 fills the token cache first
-    splits, _, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache)
+    splits, tok, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache)
     if world > 1 and rank == 0:
         dist.barrier()
     V = meta["vocab_size"]
     counts = token_counts(splits["train"], V)
-    check_head_fits(cfg, V)
     batch = cfg.batch_size or PRESETS[cfg.model][4]
     if batch % world:
         raise ValueError(f"batch_size={batch} must be divisible by the number of processes {world}")
+    block = cfg.block_size or PRESETS[cfg.model][3]
+    target_mcfg = model_config(cfg, V, counts, get_batch(splits["train"], 0, cfg.seed, batch, block)[1])
+    check_head_fits(cfg, V, target_mcfg.d_model)
 
     torch.manual_seed(cfg.seed)
     start_vq = cfg.head == "vq" and cfg.warmup_dense_steps == 0
     first_head = cfg.head if start_vq or cfg.head != "vq" else "dense"
-    d_model = PRESETS[cfg.model][2]
-    sizes = cfg.head_sizes(d_model, V)
-    mcfg = ModelConfig.preset(cfg.model, V, cfg.block_size, head=first_head, **sizes)
+    mcfg = replace(target_mcfg, head=first_head)
     model = GPT(mcfg)
     if hasattr(model.head, "set_frequencies"):  # adaptive, hybrids
         model.head.set_frequencies(counts)
@@ -418,16 +473,18 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
         if rank == 0 and ckpt_now:
             save_checkpoint(snapshot(), ckpt_path)
     bar.close()
-    results = finish(cfg, model, splits, counts, history, train_time, wall_time, batch, flops)
+    results = finish(cfg, model, splits, tok, counts, history, train_time, wall_time, batch, flops)
     if rank == 0:
         save_atomic({"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt")
         write_json(out / "results.json", results)  # its presence marks the run finished: never half-written
     return results
 
 
-def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: float, wall_time: float, batch: int, flops: int) -> dict:
+def finish(cfg: TrainConfig, model: GPT, splits, tok, counts, history, train_time: float, wall_time: float, batch: int, flops: int) -> dict:
     model.eval()
     V, d = model.cfg.vocab_size, model.cfg.d_model
+    tokens = cfg.steps * batch * model.cfg.block_size
+    scores = split_scores(model, splits, tok, cfg.final_eval_tokens, cfg.final_val_tokens)
     result = {
         "head": cfg.head,
         "codebook_size": model.cfg.codebook_size if cfg.head not in ("dense", "adaptive", "lowrank") else None,
@@ -435,16 +492,18 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
         "head_params": model.head_params(),
         "dense_head_params": V * d,
         "total_params": model.head_params() + model.backbone_params(),
-        "val_ppl": perplexity(model, splits["val"], cfg.final_eval_tokens, desc="val"),
-        "test_ppl": perplexity(model, splits["test"], cfg.final_eval_tokens, desc="test"),
-        "train_tokens": cfg.steps * batch * model.cfg.block_size,
+        "embedding_params": model.embedding_params(),
+        **scores,
+        "train_tokens": tokens,
         "train_flops": flops,
-        "tokens_per_s": cfg.steps * batch * model.cfg.block_size / max(train_time, 1e-9),
+        "train_flops_per_token": flops / tokens,
+        "tokens_per_s": tokens / max(train_time, 1e-9),
         # Where tokens_per_s was measured: this process's cores and threads, and the machine's load.
         "host": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "loadavg": os.getloadavg()},
         "wall_s": wall_time,
         "decode_flops": model.head.decode_cost()["flops"],
         "decode_bytes": model.head.decode_cost()["bytes"],
+        "model_decode_flops": model.decode_flops(),
         "config": asdict(cfg),
         "model_config": asdict(model.cfg),
         "history": history,
@@ -455,11 +514,3 @@ def finish(cfg: TrainConfig, model: GPT, splits, counts, history, train_time: fl
         code_mass = torch.zeros(K).index_add_(0, model.head.assignment.cpu(), counts.float())
         result["code_usage"] = (code_mass / code_mass.sum()).tolist()  # share of train targets per code
     return result
-
-
-def config_from_args(**kw) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = set(kw) - names
-    if unknown:
-        raise ValueError(f"unknown training options: {sorted(unknown)}")
-    return TrainConfig(**kw)
