@@ -38,7 +38,7 @@ def test_indexed_decode_rows(tmp_path, monkeypatch):
     """The bench's IndexedHead section, on a tiny stand-in for the published shapes."""
     import transformers as T
 
-    from vqlogits.hf import accelerate
+    from vqlogits.bench import accelerate
 
     tiny = lambda shape: T.LlamaForCausalLM(T.LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)).eval()  # noqa: E731
     monkeypatch.setattr(accelerate, "random_model", tiny)

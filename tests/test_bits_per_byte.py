@@ -13,7 +13,8 @@ from test_train import write_corpus
 from vqlogits.lm.data import load_tokenizer, token_byte_lengths
 from vqlogits.lm.experiments import sweep
 from vqlogits.lm.model import GPT, ModelConfig, body_train_flops, size_body
-from vqlogits.lm.train import TrainConfig, evaluate_split, train
+from vqlogits.lm.evaluate import evaluate_split
+from vqlogits.lm.train import TrainConfig, train
 
 TEXTS = ["naïve café — 東京 ok", "plain ascii text, with punctuation!", "tabs\tand\nnewlines \u00a0 nbsp"]
 

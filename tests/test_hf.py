@@ -10,7 +10,8 @@ from test_train import write_corpus
 
 from vqlogits import VQLogitsHead, load_pretrained
 from vqlogits.cli import main
-from vqlogits.hf import compress, evaluate_pretrained, generate, save_pretrained
+from vqlogits.bench.eval import evaluate_folder as evaluate_pretrained
+from vqlogits.hf import compress, generate, save_pretrained
 from vqlogits.hf.calibrate import calibrate
 from vqlogits.lm.data import load_corpus, load_tokenizer
 
@@ -192,7 +193,7 @@ def test_calibration_history_survives_later_stages(source, corpus, tmp_path, jso
 
 
 def test_ratio_interval_is_a_paired_t_interval_over_windows():
-    from vqlogits.hf.pretrained import ratio_interval
+    from vqlogits.stats import ratio_interval
 
     assert ratio_interval([0.3]) is None
     assert ratio_interval([0.1, 0.1, 0.1]) == pytest.approx([math.exp(0.1)] * 2)

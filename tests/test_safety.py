@@ -14,7 +14,7 @@ import torch
 from vqlogits.cli import main
 from conftest import train_until_crash
 
-from vqlogits.lm.checkpoint import UnsafeFileError, load_checkpoint, save_checkpoint
+from vqlogits.files import UnsafeFileError, load_checkpoint, save_checkpoint
 from vqlogits.lm.train import train
 
 from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
@@ -136,7 +136,7 @@ def test_both_checkpoints_damaged_is_a_clear_error(base):  # noqa: F811
 
 
 def test_a_run_in_progress_is_locked(base, tmp_path):  # noqa: F811
-    from vqlogits.lm.checkpoint import RunLocked, run_lock
+    from vqlogits.files import RunLocked, run_lock
     from vqlogits.lm.experiments import sweep
 
     Path(base.out).mkdir(parents=True)

@@ -99,7 +99,8 @@ def _result(head, tokens, ppl, seed=0, schedule="wsd", budget=None, mapping="ran
 
 
 def test_gap_interval_and_scaling_report(tmp_path):
-    from vqlogits.lm.report import gap_ci, write_report
+    from vqlogits.lm.report import write_report
+    from vqlogits.stats import gap_ci
     from vqlogits.lm.scaling import dense_convergence, headline
 
     lo, hi = gap_ci([110.0, 112.0, 111.0], [100.0, 101.0, 99.0])
@@ -132,7 +133,7 @@ def test_gap_interval_and_scaling_report(tmp_path):
 
 
 def test_demo_report_states_its_regime(tmp_path):
-    from vqlogits.lm.experiments import regime_note
+    from vqlogits.demo import regime_note
 
     dense = _result("dense", 300 * 8 * 64, 338.5)
     dense["config"].update(steps=300)

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The HF integration stays out of the core import (no transformers at `import vqlogits`).
     if name == "load_pretrained":
-        from .hf.pretrained import load_pretrained
+        from .hf.folder import load_pretrained
 
         return load_pretrained
     raise AttributeError(f"module 'vqlogits' has no attribute {name!r}")

@@ -37,7 +37,7 @@ def _bool(s: str) -> bool:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """One option per ``TrainConfig`` field, grouped, with its help, default and allowed values.
     Defaults stay None in the namespace, so only the options given override the config."""
-    from .lm.train import TrainConfig
+    from .lm.config import TrainConfig
 
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
     for f in fields(TrainConfig):
@@ -55,7 +55,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from .lm.train import TrainConfig
+    from .lm.config import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return TrainConfig(**given)
@@ -178,15 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             _print(train(_train_config(args)))
         elif args.command == "eval":
             if (Path(args.run_dir) / "vqlogits.json").exists():
-                from .hf.pretrained import evaluate_pretrained
+                from .bench.eval import evaluate_folder
 
-                _print(evaluate_pretrained(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+                _print(evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
             else:
                 from .lm.experiments import evaluate
 
                 _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
         elif args.command == "compress":
-            from .hf.pretrained import compress
+            from .hf.compress import compress
 
             print(compress(args.model, args.codebook_size, args.out, args.init, args.seed, args.cache, exact_tokens=args.exact_tokens, corpus=args.corpus, head=args.head, head_budget=args.head_budget, token_dim=args.token_dim))
         elif args.command == "calibrate":
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _print(calibrate(args.folder, args.corpus, args.budget_minutes, args.stages, args.kl_weight, args.train_layers, cache=args.cache, reassign_every=args.reassign_every, reassign_frac=args.reassign_frac))
         elif args.command == "generate":
-            from .hf.pretrained import generate_text
+            from .hf.generate import generate_text
 
             print(generate_text(args.folder, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.sample, args.seed, exact=not args.approximate))
         elif args.command == "accelerate":
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(corpus_stats(args.name, args.tokenizer, args.cache), indent=1))
         elif args.command == "fetch":
-            from .lm.embedded import fetch
+            from .lm.data import fetch
 
             print(json.dumps(fetch(args.names, args.cache), indent=1))
         elif args.command == "analyze":
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             kw.update({k: v for k, v in (("out", args.out), ("device", args.device), ("max_tflop", args.max_tflop), ("repeats", args.repeats)) if v is not None})
             print(markdown(run_bench(BenchConfig(**kw))))
         elif args.command == "demo":
-            from .lm.experiments import demo
+            from .demo import demo
 
             demo(args.cache, args.out, args.steps)
     except ValueError as e:

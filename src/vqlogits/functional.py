@@ -111,6 +111,26 @@ def vq_cross_entropy(
     return reduce_loss(loss, valid, reduction, targets.shape)
 
 
+def vq_soft_cross_entropy(
+    h: torch.Tensor, target_probs: torch.Tensor, codebook: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against a distribution over tokens, per row, without the head's (N, V) logits.
+
+    Same as ``-(target_probs * F.log_softmax(vq_logits(h, codebook, assignment, bias), -1)).sum(-1)``,
+    (..., V) probabilities -> (...): with P(k) the target's mass on code k,
+    ``sum_v p(v) log p_s(v) = sum_k P(k) z_k + p . b - log Z``. Each row of ``target_probs`` must sum
+    to 1 (the identity needs it); it carries no gradient (a teacher's distribution, as in distillation).
+    """
+    flat_h = h.reshape(-1, h.shape[-1])
+    z = code_logits(flat_h, codebook)
+    z = z.to(compute_dtype(z.dtype))  # (N, K)
+    log_z = torch.logsumexp(z + log_code_mass(assignment, codebook.shape[0], bias, z.dtype), dim=-1)  # (N,)
+    p = target_probs.reshape(-1, assignment.numel()).to(z.dtype)  # (N, V)
+    code_mass = torch.zeros_like(z).index_add_(1, assignment, p)  # (N, K)
+    cross = (code_mass * z).sum(-1) - log_z + (0 if bias is None else p @ bias.to(z.dtype))
+    return (-cross).reshape(target_probs.shape[:-1])
+
+
 def reduce_loss(loss: torch.Tensor, valid: torch.Tensor, reduction: str, shape: torch.Size) -> torch.Tensor:
     """Reduce per-token losses as ``F.cross_entropy`` does (mean over non-ignored tokens)."""
     if reduction == "none":

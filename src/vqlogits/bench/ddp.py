@@ -19,22 +19,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..heads import size_for_budget
-from ..lm.checkpoint import write_json
+from ..heads import WITH_MAP, size_for_budget
+from ..files import write_json
 from ..lm.learned_map import MapLearner
 from ..lm.model import GPT, ModelConfig
+from .timing import median_seconds
 
-HEADS = ("vq", "hybrid", "twolevel", "hybrid-twolevel", "vq-lowrank", "rvq")
-
-
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+HEADS = WITH_MAP  # every head whose map the learned map moves
 
 
 def measure(vocab_size: int = 16384, budgets=(0.02, 0.05), batch: int = 16, block: int = 128, repeats: int = 10, reassign_every: int = 100) -> list[dict]:
@@ -60,9 +51,9 @@ def measure(vocab_size: int = 16384, budgets=(0.02, 0.05), batch: int = 16, bloc
                 learner.observe(model.head, h, y)
 
             step()
-            step_s = _median_s(step, repeats)
+            step_s, _ = median_seconds(step, repeats, warmup=0, setup=dist.barrier)
             window = learner._windows()
-            reduce_s = _median_s(lambda: [dist.all_reduce(t.clone()) for t in window], repeats)
+            reduce_s, _ = median_seconds(lambda: [dist.all_reduce(t.clone()) for t in window], repeats, warmup=0, setup=dist.barrier)
             rows.append(
                 {
                     "head": head, "budget": budget, "window_mb": sum(t.numel() * t.element_size() for t in window) / 2**20, "step_s": step_s,

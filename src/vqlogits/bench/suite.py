@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..files import write_json
 from ..functional import vq_cross_entropy
-from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
-from ..heads.indexed import IndexedHead
+from ..heads import AdaptiveHead, DenseHead, IndexedHead, VQLogitsHead
 from ..kernels import triton_usable
-from ..lm.checkpoint import write_json
-from .timing import copy_bandwidth, median_seconds, peak_bytes
+from . import accelerate
+from .timing import copy_bandwidth, decode_tokens_per_s, median_seconds, peak_bytes
 
 SHAPES = {"smollm2": (49152, 576), "llama3": (128256, 2048), "gemma": (262144, 2304)}
 
@@ -183,31 +183,6 @@ def smollm2_shaped(num_layers: int = 30):
     return LlamaForCausalLM(config).eval()
 
 
-@torch.no_grad()
-def decode_tokens_per_s(model, head, batch: int, steps: int, prompt: int = 16, device="cpu") -> float:
-    """Greedy decoding with a KV cache: backbone step, then ``head.greedy`` on the last hidden state."""
-    from transformers import DynamicCache
-
-    ids = torch.randint(0, 49152, (batch, prompt), device=device)
-    cache = DynamicCache()
-    hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-    tok = head.greedy(hidden)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        hidden = model.model(input_ids=tok[:, None], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-        tok = head.greedy(hidden)
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t0)
-
-
-class _Greedy:
-    """A head's decoding entry point with other arguments, under the ``.greedy`` name the timers call."""
-
-    def __init__(self, greedy):
-        self.greedy = greedy
-
-
 def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
     device = torch.device(cfg.device)
     model = smollm2_shaped(cfg.decode_layers).to(device)
@@ -220,16 +195,15 @@ def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
         indexed = IndexedHead(576, 49152, K).to(device)  # random balanced clusters: right for timing only
         indexed.set_clusters(model.lm_head.weight.detach().cpu(), torch.randperm(49152, generator=torch.Generator().manual_seed(0)) % K)
         indexed.to(device)
-        approximate = _Greedy(lambda h: indexed.greedy(h, exact=False))
+        picks = {"dense": dense.greedy, "vq": vq.greedy, "indexed": lambda h: indexed.greedy(h, exact=False)}
         for batch in cfg.decode_batches:
             bar.set_description(f"decode batch={batch}")
             row = {"model": "SmolLM2-135M shape, random weights", "K": K, "batch": batch, "indexed_probes": indexed.probes}
-            for name, head in (("dense", dense), ("vq", vq), ("indexed", approximate)):
-                decode_tokens_per_s(model, head, batch, 2, device=device)  # warm-up
-                runs = [decode_tokens_per_s(model, head, batch, cfg.decode_steps, device=device) for _ in range(max(1, cfg.repeats // 3))]
-                row[f"{name}_tok_s"] = sorted(runs)[len(runs) // 2]
-                h = torch.randn(batch, 576, device=device)
-                row[f"{name}_head_s"], _ = median_seconds(lambda: head.greedy(h), cfg.repeats, cfg.warmup, device)
+            speeds = decode_tokens_per_s(model, picks, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
+            h = torch.randn(batch, 576, device=device)
+            for name, pick in picks.items():
+                row[f"{name}_tok_s"] = speeds[name]
+                row[f"{name}_head_s"], _ = median_seconds(lambda: pick(h), cfg.repeats, cfg.warmup, device)
             row["speedup"] = row["vq_tok_s"] / row["dense_tok_s"]
             row["head_speedup"] = row["dense_head_s"] / row["vq_head_s"]
             row["indexed_speedup"] = row["indexed_tok_s"] / row["dense_tok_s"]
@@ -242,21 +216,19 @@ def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
 def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
     """IndexedHead (approximate, K / 8 and K / 32 probes of about 64-row clusters) against the dense
     head at larger published shapes: head time and greedy tokens/s, random weights and clusters."""
-    from ..hf.accelerate import SPEED_SHAPES, decode_speed, random_index, random_model
-
     rows, device = [], torch.device(cfg.device)
     for shape in cfg.indexed_models:
-        model = random_model(shape).to(device)
+        model = accelerate.random_model(shape).to(device)
         w = model.get_output_embeddings().weight.detach()
-        K = SPEED_SHAPES[shape]
+        K = accelerate.SPEED_SHAPES[shape]
         for probes in (K // 8, K // 32):
-            head = random_index(w.cpu(), K, probes).to(device)
+            head = accelerate.random_index(w.cpu(), K, probes).to(device)
             for batch in cfg.decode_batches:
                 bar.set_description(f"indexed {shape} batch={batch}")
                 x = torch.randn(batch, w.shape[1], device=device)
                 dense_s, _ = median_seconds(lambda: (x @ w.T).argmax(-1), cfg.repeats, cfg.warmup, device)
                 head_s, _ = median_seconds(lambda: head.greedy(x, exact=False), cfg.repeats, cfg.warmup, device)
-                speeds = decode_speed(model, {"dense": lambda h: (h @ w.T).argmax(-1), "indexed": lambda h: head.greedy(h, exact=False)}, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
+                speeds = decode_tokens_per_s(model, {"dense": lambda h: (h @ w.T).argmax(-1), "indexed": lambda h: head.greedy(h, exact=False)}, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
                 rows.append({"model": shape, "K": K, "probes": probes, "batch": batch, "dense_head_s": dense_s, "indexed_head_s": head_s,
                              "dense_tok_s": speeds["dense"], "indexed_tok_s": speeds["indexed"], "head_speedup": dense_s / head_s, "speedup": speeds["indexed"] / speeds["dense"]})
         del model

@@ -1,4 +1,5 @@
-"""Measurement helpers: median wall time after warm-up, peak memory, and copy bandwidth."""
+"""Measurement helpers, the only timers in vqlogits: median wall time after warm-up, end-to-end decode
+speed, peak memory, and copy bandwidth."""
 
 from __future__ import annotations
 
@@ -13,19 +14,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, repeats: int = 20, warmup: int = 3, device=torch.device("cpu")) -> tuple[float, float]:
-    """(median, interquartile range) of ``fn()`` wall time in seconds."""
+def median_seconds(fn, repeats: int = 20, warmup: int = 3, device=torch.device("cpu"), setup=None) -> tuple[float, float]:
+    """(median, interquartile range) of ``fn()`` wall time in seconds; ``setup()``, untimed, before
+    each timed call (e.g. a barrier between processes)."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return statistics.median(times), q[2] - q[0]
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, heads: dict, batch: int, steps: int = 16, prompt: int = 16, repeats: int = 5) -> dict:
+    """End-to-end greedy tokens/s of an HF causal LM with a KV cache, for each ``name:
+    pick(hidden (B, d)) -> ids (B,)``, in one run: the heads take turns within every repeat (so
+    drift in the machine's speed hits them alike), median over repeats after one warm-up round.
+    The prompt is random ids, the same for every head in a round."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    runs = {name: [] for name in heads}
+    for r in range(repeats + 1):
+        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(r)).to(device)
+        for name, pick in heads.items():
+            cache = DynamicCache()
+            hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                tok = pick(hidden)
+                hidden = model.base_model(input_ids=tok[:, None], cache=cache, use_cache=True).last_hidden_state[:, -1]
+            _sync(device)
+            if r:
+                runs[name].append(batch * steps / (time.perf_counter() - t0))
+    return {name: statistics.median(v) for name, v in runs.items()}
 
 
 def peak_bytes(fn, device=torch.device("cpu")) -> int:

@@ -1,6 +1,7 @@
 """Heads built from a pretrained model's output rows, for ``compress --head NAME``.
 
-* ``vq``: k-means of the rows; the codebook is the centroids.
+* ``vq``: k-means of the rows; the codebook is the centroids. With ``n_frequent`` > 0, the first
+  codes are the exact rows of the most frequent tokens (singleton codes), as in ``hybrid``.
 * ``hybrid``: the ``n_frequent`` most frequent tokens keep their exact rows as singleton codes;
   k-means of the other rows gives the tail codes.
 * ``twolevel``: a balanced k-means of the rows (equal code sizes, because P(code | h) =
@@ -17,9 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..cluster import balanced_kmeans, kmeans
-from ..heads import HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead
-
-BUILDABLE = ("vq", "hybrid", "twolevel", "hybrid-twolevel")
+from ..heads import FROM_ROWS, KINDS, HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead
 
 
 def _low_rank_offsets(rows: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,13 +31,15 @@ def _low_rank_offsets(rows: torch.Tensor, centroids: torch.Tensor, assignment: t
 @torch.no_grad()
 def head_from_rows(name: str, dense: torch.Tensor, sizes: dict, frequent: torch.Tensor | None = None, seed: int = 0, progress: bool = True):
     """A ``name`` head of ``sizes`` (``size_for_budget``'s keys) approximating ``dense`` (V, d).
-    ``frequent``: token ids by decreasing train frequency (hybrids)."""
-    if name not in BUILDABLE:
-        raise ValueError(f"head must be one of {BUILDABLE}, got {name!r}")
+    ``frequent``: token ids by decreasing train frequency (hybrids, and vq with ``n_frequent``).
+    ``codebook_size`` counts the codes shared by the other tokens; a vq head has
+    ``n_frequent + codebook_size`` codes in all."""
+    if name not in FROM_ROWS:
+        raise ValueError(f"head must be one of {FROM_ROWS}, got {name!r}")
     dense = dense.float()
     V, d = dense.shape
     K, bias = sizes["codebook_size"], sizes.get("bias", True)
-    n_freq = sizes.get("n_frequent", 0) if name.startswith("hybrid") else 0
+    n_freq = sizes.get("n_frequent", 0) if KINDS[name].frequent or name == "vq" else 0
     if n_freq and (frequent is None or frequent.numel() < n_freq):
         raise ValueError(f"head {name!r} needs the {n_freq} most frequent tokens (a corpus to count them on)")
     tail = torch.ones(V, dtype=torch.bool)
@@ -50,7 +51,7 @@ def head_from_rows(name: str, dense: torch.Tensor, sizes: dict, frequent: torch.
         assignment[frequent[:n_freq]] = torch.arange(n_freq)
     if name in ("vq", "hybrid"):
         result = kmeans(rows, K, seed=seed, progress=progress)
-        head = VQLogitsHead(d, V, K, bias=bias) if name == "vq" else HybridHead(d, V, n_freq, K, bias=bias)
+        head = VQLogitsHead(d, V, n_freq + K, bias=bias) if name == "vq" else HybridHead(d, V, n_freq, K, bias=bias)
         assignment[tail] = n_freq + result.assignment
         head.codebook.copy_(torch.cat([dense[frequent[:n_freq]], result.centroids]) if n_freq else result.centroids)
         head.set_assignment(assignment)

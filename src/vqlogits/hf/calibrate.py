@@ -22,41 +22,31 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..lm.data import tokenize_corpus
+from ..files import load_checkpoint, load_plain, save_atomic, save_checkpoint, write_json
+from ..functional import compute_dtype, vq_soft_cross_entropy
 from ..heads import VQLogitsHead
-from ..lm.checkpoint import load_checkpoint, load_plain, save_atomic, save_checkpoint, write_json
+from ..lm.data import get_batch, tokenize_corpus
 from ..lm.learned_map import LEARNABLE, MapLearner
-from ..lm.train import get_batch
-from .pretrained import dense_head_weight, load_pretrained, save_pretrained
+from .folder import dense_head_weight, load_pretrained, save_pretrained
 
 
 def distill_loss(h: torch.Tensor, head, teacher_logits: torch.Tensor | None, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
     """CE(targets) + kl_weight * KL(teacher || student), means over tokens; h (N, d).
 
-    VQ heads (vq, hybrid): exact without the student's (N, V) logits: with P_t(k) the teacher's
-    mass on code k, ``sum_v p_t(v) log p_s(v) = sum_k P_t(k) z_k + p_t . b - log Z_s``. The
-    teacher's (N, V) probabilities are needed anyway, but carry no gradient. Other heads: the
-    student's log-probabilities from ``head(h)``.
+    VQ heads (vq, hybrid): the KL without the student's (N, V) logits, through
+    ``functional.vq_soft_cross_entropy`` (the teacher's (N, V) probabilities are needed anyway, but
+    carry no gradient). Other heads: the student's log-probabilities from ``head(h)``.
     """
-    if not isinstance(head, VQLogitsHead):
-        loss = head.loss(h, targets)
-        if kl_weight:
-            logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
-            logp_s = torch.log_softmax(head(h).float(), dim=-1)
-            loss = loss + kl_weight * (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+    loss = head.loss(h, targets)
+    if not kl_weight:
         return loss
-    z = head.code_logits(h).to(torch.promote_types(h.dtype, torch.float32))  # (N, K)
-    log_z = torch.logsumexp(z + head.log_code_mass(), dim=-1)  # (N,)
-    bias = head.bias
-    target_logit = z.gather(1, head.assignment[targets][:, None]).squeeze(1) + (0 if bias is None else bias[targets])
-    loss = (log_z - target_logit).mean()
-    if kl_weight:
-        logp_t = torch.log_softmax(teacher_logits.to(z.dtype), dim=-1)  # (N, V), no grad
-        p_t = logp_t.exp()
-        code_mass = torch.zeros_like(z).index_add_(1, head.assignment, p_t)  # (N, K)
-        cross = (code_mass * z).sum(-1) - log_z + (0 if bias is None else p_t @ bias.to(z.dtype))
-        loss = loss + kl_weight * ((p_t * logp_t).sum(-1) - cross).mean()
-    return loss
+    if isinstance(head, VQLogitsHead):
+        logp_t = torch.log_softmax(teacher_logits.to(compute_dtype(h.dtype)), dim=-1)  # (N, V), no grad
+        cross = vq_soft_cross_entropy(h, logp_t.exp(), head.codebook, head.assignment, head.bias)
+        return loss + kl_weight * ((logp_t.exp() * logp_t).sum(-1) + cross).mean()
+    logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    logp_s = torch.log_softmax(head(h).float(), dim=-1)
+    return loss + kl_weight * (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
 
 
 def _blocks(model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..lm.checkpoint import write_json
+from ..files import write_json
 
 # (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
 STAGES = (("kmeans", "k-means only", None), ("stage1", "+ stage 1 (head)", "1"), ("stage2", "+ stage 2 (last layers)", "2"), ("full", "+ stage 2, whole test split", "2"))

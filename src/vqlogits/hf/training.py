@@ -11,6 +11,9 @@ Without labels (generation) the model's own forward runs unchanged.
 from __future__ import annotations
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .load import vqlogits_head
 
 IGNORE_INDEX = -100
 
@@ -21,21 +24,19 @@ def patch(model):
     Same as HF's ``ForCausalLMLoss`` on ``lm_head(hidden_states)``: mean over the non-ignored
     shifted labels, or their sum over ``num_items_in_batch`` when given. Works under ``Trainer``
     and ``accelerate`` (it replaces the instance's ``forward``)."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    from .pretrained import vqlogits_head
-
     head = vqlogits_head(model, "loss", "greedy")
     if getattr(model, "_vqlogits_patched", False):
         return model
     original = model.forward
 
-    def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        # HF's own signature; other keywords pass through under the caller's names.
         shift_labels = kwargs.pop("shift_labels", None)
         num_items = kwargs.pop("num_items_in_batch", None)
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         if labels is None and shift_labels is None:
-            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+            return original(**given, logits_to_keep=logits_to_keep)
+        out = model.base_model(**given)
         h = out.last_hidden_state  # (B, T, d)
         if shift_labels is None:  # position t predicts labels[t + 1]; the last position predicts nothing
             shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import write_atomic, write_json
+from ..files import write_atomic, write_json
+from .devdocs import build_devdocs, load_devdocs
+from .embedded import pydocs_root, smollm2_gguf
 
 SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -97,12 +99,8 @@ def load_documents(corpus: str, cache: str | Path = ".cache") -> dict[str, list[
     if name in ("wikitext-103", "c4"):
         return _hf_splits(name, location or None)
     if corpus == "devdocs":
-        from .devdocs import load_devdocs
-
         return split_documents(load_devdocs(cache))
     if corpus == "pydocs":
-        from .embedded import pydocs_root
-
         corpus = str(pydocs_root(cache))
     files = _local_files(corpus)
     if len(files) == 1:
@@ -115,6 +113,15 @@ def load_documents(corpus: str, cache: str | Path = ".cache") -> dict[str, list[
 def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str]]:
     """The texts of ``load_documents``."""
     return {s: [text for _, text in docs] for s, docs in load_documents(corpus, cache).items()}
+
+
+def fetch(names: list[str], cache: str | Path = ".cache") -> dict[str, str]:
+    """Fetch the named embedded data (``pydocs``, ``devdocs``, ``smollm2``); returns where each lies."""
+    known = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": smollm2_gguf}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown embedded data {unknown}; choose from {sorted(known)}")
+    return {n: str(known[n](cache)) for n in names}
 
 
 # --- tokenizers ---------------------------------------------------------------------------------
@@ -130,8 +137,6 @@ def smollm2_tokenizer_file(cache: str | Path = ".cache") -> Path:
     out = _smollm2_tokenizer_path(cache)
     if not out.exists():
         from transformers import AutoTokenizer
-
-        from .embedded import smollm2_gguf
 
         tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=smollm2_gguf(cache).name)
         tok.save_pretrained(str(out.parent))
@@ -324,6 +329,15 @@ def _batched(texts, n, tok):
 def token_counts(tokens, vocab_size: int) -> torch.Tensor:
     """How often each token id occurs in ``tokens``, (V,) int64."""
     return torch.from_numpy(np.bincount(np.asarray(tokens), minlength=vocab_size)[:vocab_size].astype(np.int64))
+
+
+def get_batch(data: np.ndarray, step: int, seed: int, batch: int, block: int, rank: int = 0, world: int = 1):
+    """Random windows of the train split; a pure function of (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g)[rank::world].tolist()
+    window = np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in starts])
+    window = torch.from_numpy(window)
+    return window[:, :-1], window[:, 1:]  # (B, T) inputs, (B, T) targets
 
 
 def eval_windows(data, block: int, max_tokens: int, batch: int = 16) -> list[torch.Tensor]:

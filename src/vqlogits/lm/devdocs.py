@@ -36,7 +36,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import write_atomic
+from ..files import write_atomic
+from . import embedded
 
 # package -> (globs of the files to read, relative to the package root; substrings that exclude a path)
 PACKAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -256,8 +257,6 @@ def build_devdocs(cache: str | Path = ".cache", packages: list[str] | None = Non
     if final.exists():
         return final
     docs = []
-    from . import embedded
-
     for package in tqdm(packages, desc="devdocs", disable=not progress):
         root = embedded.fetch_debian(package, folder / "pkg" / package, Path(cache) / "deb")
         docs.extend(extract_package(root, package, folder / "text", progress))
@@ -272,9 +271,3 @@ def load_devdocs(cache: str | Path = ".cache") -> list[tuple[str, str]]:
     """(id, text) of every kept document, building the corpus on first use."""
     path = build_devdocs(cache)
     return [(r["id"], r["text"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
-
-
-def source_of(doc_id: str) -> str:
-    """The package a devdocs document came from."""
-    return doc_id.split("/", 1)[0]
-

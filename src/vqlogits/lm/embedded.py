@@ -82,14 +82,3 @@ def smollm2_gguf(cache: str | Path = ".cache") -> Path:
             bar.update(len(chunk))
     tmp.replace(out)
     return out
-
-
-def fetch(names: list[str], cache: str | Path = ".cache") -> dict[str, str]:
-    """Fetch the named embedded data (``pydocs``, ``devdocs``, ``smollm2``); returns where each lies."""
-    from .devdocs import build_devdocs
-
-    known = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": smollm2_gguf}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown embedded data {unknown}; choose from {sorted(known)}")
-    return {n: str(known[n](cache)) for n in names}

@@ -41,9 +41,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..heads import RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
+from ..heads import KINDS, RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
 
-LEARNABLE = (VQLogitsHead, VQLowRankHead, RVQHead, TwoLevelHead)  # and their hybrid subclasses
+LEARNABLE = tuple(k.cls for k in KINDS.values() if k.has_map)
 
 
 class MapLearner:

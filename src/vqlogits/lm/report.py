@@ -8,8 +8,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .checkpoint import write_json
+from ..files import write_json
+from ..stats import gap_ci, mean_std
+from .labels import family, label
 from .model import ModelConfig
+from .scaling import scaling_report
 
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
@@ -28,87 +31,6 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
     return runs
 
 
-def label(r: dict) -> str:
-    c = r["config"]
-    learned = f" learned/{c['reassign_every']}{_frac(c)}" if c.get("reassign_every") else ""
-    if r["head"] == "vq" and not c.get("head_budget"):
-        return _label(r)  # the map is part of the vq label
-    return _label(r) + learned
-
-
-def family(r: dict) -> str:
-    """The series a run belongs to in the plots: one head (and map rule) across budgets."""
-    c = r["config"]
-    if not c.get("head_budget"):
-        return label(r)
-    return f"{r['head']}{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
-
-
-def _fixed_map(r: dict) -> str:
-    """`` map=NAME`` for a vq head whose fixed map is not the default random one."""
-    c = r["config"]
-    return f" map={c['mapping']}" if r["head"] == "vq" and c.get("mapping", "random") != "random" else ""
-
-
-def _frac(c: dict) -> str:
-    return f" frac={c['reassign_frac']:g}" if c.get("reassign_frac", 0.05) != 0.05 else ""
-
-
-def _label(r: dict) -> str:
-    c, m = r["config"], r["model_config"]
-    if c.get("head_budget"):
-        return f"{r['head']} @{100 * c['head_budget']:g}%{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}"
-    if r["head"] == "hybrid":
-        return f"hybrid {m['n_frequent']}+{m['codebook_size']}"
-    if r["head"] == "hybrid-twolevel":
-        return f"hybrid-twolevel {m['n_frequent']}+{m['codebook_size']} e={m['token_dim']}"
-    if r["head"] == "twolevel":
-        return f"twolevel K={m['codebook_size']} e={m['token_dim']}"
-    if r["head"] == "vq-lowrank":
-        return f"vq-lowrank K={m['codebook_size']} r={m['rank']}"
-    if r["head"] == "rvq":
-        return f"rvq {m['num_codebooks']}x{m['codebook_size']}"
-    if r["head"] == "vq":
-        extra = f" map={c['mapping']}" + (f" learned/{c['reassign_every']}{_frac(c)}" if c["reassign_every"] else "")
-        extra += "" if c["head_bias"] else " no-bias"
-        extra += f" cb={c['codebook_init']}" if c["codebook_init"] != "random" else ""
-        return f"vq K={r['codebook_size']}{extra}"
-    if r["head"] == "lowrank":
-        return f"lowrank r={c['rank']}"
-    return r["head"]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (rounded down: conservative).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t975(df: float) -> float:
-    return _T975[max(k for k in _T975 if k <= max(1, math.floor(df)))]
-
-
-def gap_ci(head: list[float], dense: list[float]) -> tuple[float, float] | None:
-    """95% confidence interval of ``mean ppl ratio - 1`` (in %) between a head's seeds and dense's,
-    Welch's t on log perplexity. A head with one seed borrows dense's seed variance (the runs
-    differ only in the head); with one dense seed too there is no interval."""
-    lh, ld = [math.log(x) for x in head], [math.log(x) for x in dense]
-    if len(ld) < 2:
-        return None
-    var_d = statistics.variance(ld)
-    var_h = statistics.variance(lh) if len(lh) > 1 else var_d
-    a, b = var_h / len(lh), var_d / len(ld)
-    se = math.sqrt(a + b)
-    if se == 0:
-        return None
-    df = len(ld) - 1 if len(lh) < 2 else (a + b) ** 2 / (a * a / (len(lh) - 1) + b * b / (len(ld) - 1))
-    diff = statistics.fmean(lh) - statistics.fmean(ld)
-    half = t975(df) * se
-    return 100 * (math.exp(diff - half) - 1), 100 * (math.exp(diff + half) - 1)
-
-
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per configuration and token budget (seeds pooled): mean and std of val / test
     perplexity, and the gap to dense at the same budget with its 95% interval (``gap_ci``)."""
@@ -121,8 +43,8 @@ def summarize(runs: list[dict]) -> list[dict]:
             dense[r["train_tokens"], r["config"].get("schedule", "cosine")].append(r["test_ppl"])
     rows = []
     for (name, tokens, schedule), rs in groups.items():
-        val, val_sd = _mean_std([r["val_ppl"] for r in rs])
-        test, test_sd = _mean_std([r["test_ppl"] for r in rs])
+        val, val_sd = mean_std([r["val_ppl"] for r in rs])
+        test, test_sd = mean_std([r["test_ppl"] for r in rs])
         ref = dense.get((tokens, schedule))
         dense_test = statistics.fmean(ref) if ref else None
         ci = gap_ci([r["test_ppl"] for r in rs], ref) if ref and name != "dense" else None
@@ -290,8 +212,6 @@ def write_report(paths: list[str | Path], out: str | Path, extra: str = "", intr
     chain = [r for r in rows if r["schedule"] == schedule]
     budgets = sorted({r["train_tokens"] for r in chain})
     if len(budgets) > 1:  # several token budgets: quality against tokens and compute, then the largest budget
-        from .scaling import scaling_report
-
         text += scaling_report(runs, chain, out) + f"## At the largest budget ({budgets[-1]:,} tokens)\n\n"
         rows = [r for r in chain if r["train_tokens"] == budgets[-1]]
         runs = [r for r in runs if r["train_tokens"] == budgets[-1] and r["config"].get("schedule", "cosine") == schedule]

@@ -16,6 +16,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .labels import label
+
 
 def _fmt_tokens(n: float) -> str:
     return f"{n / 1e6:.1f}M"
@@ -107,8 +109,6 @@ def equal_compute(rows: list[dict]) -> str:
 
 def wsd_vs_cosine(runs: list[dict]) -> str:
     """Each cosine run beside the WSD cool-down of the same configuration, seed and budget."""
-    from .report import label
-
     wsd = {(label(r), r["config"]["seed"], r["train_tokens"]): r for r in runs if r["config"].get("schedule") == "wsd"}
     lines = []
     for r in runs:

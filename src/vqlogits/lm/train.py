@@ -9,128 +9,26 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..cluster import kmeans
-from ..heads import HEADS, DenseHead, VQLogitsHead, size_for_budget
+from ..files import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint, writable_folder, write_json
+from ..heads import KINDS, DenseHead, VQLogitsHead
 from ..heads.vq import balanced_assignment, code_means
-from .checkpoint import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint, write_json
-from .data import eval_windows, token_byte_lengths, token_counts, tokenize_corpus, vocab_hint
+from .config import TrainConfig, check_head_fits, check_same_config, decay_start, model_config
+from .data import get_batch, token_counts, tokenize_corpus, vocab_hint
+from .evaluate import perplexity, split_scores
 from .learned_map import LEARNABLE, MapLearner
-from .model import GPT, PRESETS, ModelConfig, size_body
-
-MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
-
-
-def _opt(default, help: str, group: str, choices=None):
-    """A TrainConfig field with its CLI help, option group and allowed values."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved in every checkpoint, and a resume with a different
-    config is refused. The CLI's ``train`` / ``sweep`` options are these fields."""
-
-    corpus: str = _opt("pydocs", "pydocs, devdocs (embedded, fetched on first use), wikitext-103[:DIR], c4[:DIR], or a file / folder / glob of .txt/.md/.rst", "data")
-    tokenizer: str = _opt("smollm2", "smollm2, bpe:N (byte-level BPE trained on the train split), or a tokenizer.json / folder", "data")
-    model: str = _opt("tiny", "model preset (layers, heads, width, context, batch): tiny 2/4/128/64/8, small 4/4/256/128/16, base 8/8/512/256/32", "model", tuple(PRESETS))
-    block_size: int = _opt(0, "context length in tokens; 0: the preset's", "model")
-    n_layer: int = _opt(0, "layers; 0: the preset's, or solved by --flops-per-token", "model")
-    d_model: int = _opt(0, "width; 0: the preset's, or solved by --flops-per-token", "model")
-    n_head: int = _opt(0, "attention heads; 0: the preset's, or d_model / 32 for another width", "model")
-    flops_per_token: float = _opt(0.0, "> 0: size the body to this many training FLOPs per token (within 10%%), solving the width for a given --n-layer or the depth for a given --d-model (model.size_body)", "model")
-    head: str = _opt("dense", "output head, see the README's head table", "head", HEADS)
-    codebook_size: int = _opt(1024, "K, the number of codes (vq, hybrid tail, twolevel, vq-lowrank, rvq per codebook)", "head")
-    head_bias: bool = _opt(True, "a per-token bias b_v; with --head-budget: a bias when it fits (false: never)", "head")
-    rank: int = _opt(64, "rank r of lowrank and of vq-lowrank's residual", "head")
-    token_dim: int = _opt(8, "e, the per-token vector size of twolevel and hybrid-twolevel", "head")
-    num_codebooks: int = _opt(2, "codebooks of rvq", "head")
-    n_frequent: int = _opt(256, "tokens with exact rows (singleton codes) in hybrid and hybrid-twolevel", "head")
-    head_budget: float = _opt(0.0, "> 0: size the head to this fraction of the dense head's parameters (heads.size_for_budget), replacing the sizes above", "head")
-    mapping: str = _opt("random", "vq token -> code map: round, random (balanced), frequency (interleaved by train counts), kmeans (of a dense head after the warm-up), kmeans-embed (of the input embedding)", "map", MAPPINGS)
-    codebook_init: str = _opt("random", "vq codebook start: random, or centroids (each code's mean dense-head row; needs --warmup-dense-steps)", "map", ("random", "centroids"))
-    bias_init: str = _opt("unigram", "vq bias start: unigram (log train frequency) or zeros", "map", ("unigram", "zeros"))
-    warmup_dense_steps: int = _opt(0, "vq: train a dense head this many steps, then build the VQ head from it (kmeans maps, centroids)", "map")
-    reassign_every: int = _opt(0, "learned map: move tokens between codes every N steps (0: a fixed map); see lm/learned_map.py", "map")
-    reassign_frac: float = _opt(0.05, "learned map: at most this fraction of the seen tokens move per reassignment", "map")
-    steps: int = _opt(500, "optimizer steps", "optimisation")
-    batch_size: int = _opt(0, "sequences per step; 0: the preset's", "optimisation")
-    lr: float = _opt(2e-3, "peak learning rate (AdamW, betas 0.9 / 0.95)", "optimisation")
-    warmup_steps: int = _opt(50, "linear learning-rate warm-up steps", "optimisation")
-    min_lr_ratio: float = _opt(0.1, "final learning rate as a fraction of --lr", "optimisation")
-    schedule: str = _opt("cosine", "cosine, or wsd: warm-up, constant, then a linear decay over the last --decay-frac of the steps", "optimisation", ("cosine", "wsd"))
-    decay_frac: float = _opt(0.2, "wsd: the fraction of the steps spent decaying", "optimisation")
-    init_from: str = _opt("", "wsd: start from the stable-phase snapshot (stable.pt) of a run folder whose config differs only in steps", "optimisation")
-    weight_decay: float = _opt(0.1, "AdamW weight decay of the body's matrices", "optimisation")
-    grad_clip: float = _opt(1.0, "gradient norm clipping", "optimisation")
-    seed: int = _opt(0, "initialisation, batches and maps", "optimisation")
-    eval_every: int = _opt(100, "validate every N steps (0: never during training)", "checkpointing")
-    eval_tokens: int = _opt(16384, "validation tokens per evaluation during training", "checkpointing")
-    final_eval_tokens: int = _opt(131072, "tokens for the final test (and validation) perplexity and bits per byte", "checkpointing")
-    final_val_tokens: int = _opt(0, "tokens for the final validation; 0: --final-eval-tokens", "checkpointing")
-    checkpoint_every: int = _opt(100, "write ckpt.pt (atomically, keeping the previous one) every N steps; rerun the same command to resume", "checkpointing")
-    out: str = _opt("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
-    cache: str = _opt(".cache", "folder for embedded data and token caches", "data")
-
-    def head_sizes(self, d_model: int, vocab_size: int) -> dict:
-        """Head size options, from ``head_budget`` when set (see ``heads.size_for_budget``)."""
-        sizes = dict(codebook_size=self.codebook_size, head_bias=self.head_bias, rank=self.rank, token_dim=self.token_dim, num_codebooks=self.num_codebooks, n_frequent=self.n_frequent)
-        if self.head_budget and self.head not in ("dense", "adaptive"):
-            budget = size_for_budget(self.head, self.head_budget, d_model, vocab_size, bias=self.head_bias)
-            sizes.update({("head_bias" if k == "bias" else k): v for k, v in budget.items()})
-        return sizes
-
-    def check(self) -> None:
-        """Every check that needs no data, so a bad option fails before any tokenizing or loading."""
-        for name, f in self.__dataclass_fields__.items():
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        positive = ("steps", "codebook_size", "rank", "token_dim", "num_codebooks", "eval_tokens", "final_eval_tokens")
-        at_least_zero = ("block_size", "n_layer", "d_model", "n_head", "final_val_tokens", "batch_size", "n_frequent", "warmup_dense_steps", "reassign_every", "warmup_steps", "eval_every", "checkpoint_every")
-        for name in positive + at_least_zero:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
-                raise ValueError(f"{name} must be an int >= {int(name in positive)}, got {value!r}")
-        inf = float("inf")
-        for name, lo, hi, open_lo in (("flops_per_token", 0, inf, False), ("lr", 0, inf, True), ("head_budget", 0, 1, False), ("reassign_frac", 0, 1, True), ("min_lr_ratio", 0, 1, False), ("weight_decay", 0, inf, False), ("grad_clip", 0, inf, True)):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and (value > lo if open_lo else value >= lo) and value <= hi):
-                raise ValueError(f"{name} must be a number in {'(' if open_lo else '['}{lo}, {hi}], got {value!r}")
-        if self.flops_per_token and (self.n_layer > 0) == (self.d_model > 0):
-            raise ValueError(f"flops_per_token={self.flops_per_token:g} solves one of n_layer and d_model: give exactly one, got n_layer={self.n_layer}, d_model={self.d_model}")
-        needs_warmup = self.mapping.startswith("kmeans") or self.codebook_init == "centroids"
-        if self.head == "vq" and needs_warmup and self.warmup_dense_steps < 1:
-            raise ValueError(
-                f"mapping={self.mapping!r} / codebook_init={self.codebook_init!r} build on a trained "
-                f"dense head: set warmup_dense_steps >= 1, got {self.warmup_dense_steps}"
-            )
-        if self.reassign_every and self.head in ("dense", "adaptive", "lowrank"):
-            raise ValueError(f"reassign_every={self.reassign_every} needs a head with a token -> code map, got head={self.head!r}")
-        if self.warmup_dense_steps >= self.steps and self.head == "vq":
-            raise ValueError(f"warmup_dense_steps={self.warmup_dense_steps} must be < steps={self.steps}")
-        if self.schedule == "wsd" and not (0 < self.decay_frac < 1 and self.warmup_steps <= decay_start(self)):
-            raise ValueError(f"decay_frac must be in (0, 1) and leave the warm-up ({self.warmup_steps} steps) before the decay, got {self.decay_frac!r} with steps={self.steps}")
-        if self.init_from and self.schedule != "wsd":
-            raise ValueError(f"init_from={self.init_from!r} needs schedule='wsd' (only its stable phase is shared between budgets)")
-
+from .model import GPT, PRESETS
 
 # ---- pieces -----------------------------------------------------------------------------------
-
-
-def decay_start(cfg: TrainConfig) -> int:
-    """First step of the WSD decay. Before it the learning rate does not depend on ``steps``."""
-    return cfg.steps - round(cfg.decay_frac * cfg.steps)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -148,54 +46,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr if step < start else cfg.lr - (cfg.lr - floor) * (step - start) / (cfg.steps - start)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def get_batch(data: np.ndarray, step: int, seed: int, batch: int, block: int, rank: int = 0, world: int = 1):
-    """Random windows of the train split; a pure function of (seed, step)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g)[rank::world].tolist()
-    window = np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in starts])
-    window = torch.from_numpy(window)
-    return window[:, :-1], window[:, 1:]  # (B, T) inputs, (B, T) targets
-
-
-@torch.no_grad()
-def evaluate_split(model: GPT, data: np.ndarray, max_tokens: int, byte_lengths: np.ndarray | None = None, batch: int = 16, desc: str = "eval") -> dict:
-    """Next-token loss over consecutive windows of ``data`` (up to ``max_tokens`` targets; the
-    first token of the split is never a target): its total ``nats``, ``tokens``, ``ppl`` =
-    exp(nats / tokens), and with ``byte_lengths`` (``data.token_byte_lengths``) the UTF-8
-    ``bytes`` of the target tokens' text and ``bpb`` = nats / bytes / ln 2."""
-    device = next(model.parameters()).device
-    nats, tokens, n_bytes = 0.0, 0, 0
-    for w in tqdm(eval_windows(data, model.cfg.block_size, max_tokens, batch), desc=desc, leave=False):
-        targets = w[:, 1:]
-        nats += float(model.head.loss(model.hidden(w[:, :-1].to(device)), targets.to(device), reduction="sum"))
-        tokens += targets.numel()
-        if byte_lengths is not None:
-            n_bytes += int(byte_lengths[targets.numpy()].sum())
-    out = {"nats": nats, "tokens": tokens, "ppl": math.exp(nats / tokens)}
-    if byte_lengths is not None:
-        out.update(bytes=n_bytes, bpb=nats / n_bytes / math.log(2) if n_bytes else None)
-    return out
-
-
-def perplexity(model: GPT, data: np.ndarray, max_tokens: int, batch: int = 16, desc: str = "eval") -> float:
-    """exp(mean next-token loss) over consecutive windows of ``data`` (``evaluate_split``)."""
-    return evaluate_split(model, data, max_tokens, batch=batch, desc=desc)["ppl"]
-
-
-def split_scores(model: GPT, splits: dict, tok, test_tokens: int, val_tokens: int = 0) -> dict:
-    """``val_ppl`` / ``test_ppl``, ``val_bpb`` / ``test_bpb`` (None for a tokenizer that is not
-    byte-level) and each split's ``evaluate_split`` under ``eval``."""
-    try:
-        byte_lengths = token_byte_lengths(tok)
-    except ValueError:
-        byte_lengths = None
-    out = {"eval": {}}
-    for s, n in (("val", val_tokens or test_tokens), ("test", test_tokens)):
-        r = out["eval"][s] = evaluate_split(model, splits[s], n, byte_lengths, desc=s)
-        out[f"{s}_ppl"], out[f"{s}_bpb"] = r["ppl"], r.get("bpb")
-    return out
 
 
 def build_vq_head(cfg: TrainConfig, model: GPT, counts: torch.Tensor) -> VQLogitsHead:
@@ -242,66 +92,6 @@ def swap_head(model: GPT, opt: torch.optim.Optimizer, head) -> None:
     model.head = head
     model.cfg.head = "vq"
     opt.param_groups[2]["params"] = list(head.parameters())
-
-
-def writable_folder(path: str | Path) -> Path:
-    """``path`` created if needed; a ``ValueError`` naming it if it cannot be written."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):  # a name of its own: every DDP rank probes the same folder
-            pass
-    except OSError as e:
-        raise ValueError(f"out={str(path)!r}: cannot write there ({e.strerror or e})") from None
-    return path
-
-
-def check_head_fits(cfg: TrainConfig, vocab_size: int, d_model: int = 0) -> None:
-    """The head's sizes against the vocabulary: a budget too small for the head, or K > V."""
-    d_model = d_model or cfg.d_model or PRESETS[cfg.model][2]
-    sizes = cfg.head_sizes(d_model, vocab_size)  # raises for a budget that cannot hold the head
-    uses_codes = cfg.head in ("vq", "vq-lowrank", "twolevel", "rvq", "hybrid", "hybrid-twolevel")
-    codes = sizes["codebook_size"] + (sizes["n_frequent"] if cfg.head.startswith("hybrid") else 0)
-    if uses_codes and codes > vocab_size:
-        raise ValueError(f"codebook_size={sizes['codebook_size']}" + (f" + n_frequent={sizes['n_frequent']}" if cfg.head.startswith("hybrid") else "") + f" exceeds the vocabulary size {vocab_size} of tokenizer {cfg.tokenizer!r}")
-
-
-def model_config(cfg: TrainConfig, vocab_size: int, counts: torch.Tensor, targets: torch.Tensor) -> ModelConfig:
-    """The model: the preset's shape with the sizes given replacing it, and the head sized for its
-    width. With ``flops_per_token``, the one of n_layer / d_model not given is solved by
-    ``size_body``, the head's FLOPs counted by its ``loss_flops`` on ``targets`` (a train batch)."""
-    block = cfg.block_size or PRESETS[cfg.model][3]
-
-    def build(n_layer: int, d_model: int) -> ModelConfig:
-        sizes = cfg.head_sizes(d_model or PRESETS[cfg.model][2], vocab_size)
-        return ModelConfig.preset(cfg.model, vocab_size, block, n_layer, cfg.n_head, d_model, head=cfg.head, **sizes)
-
-    def head_flops(d_model: int) -> float:
-        head = ModelConfig(vocab_size, 1, 1, d_model, block, head=cfg.head, **cfg.head_sizes(d_model, vocab_size)).build_head()
-        if hasattr(head, "set_frequencies"):  # adaptive, hybrids: their cost depends on the targets' frequencies
-            head.set_frequencies(counts)
-        return head.loss_flops(targets) / targets.numel()
-
-    if not cfg.flops_per_token:
-        return build(cfg.n_layer, cfg.d_model)
-    return build(*size_body(cfg.flops_per_token, head_flops, block, cfg.n_layer, cfg.d_model))
-
-
-def check_same_config(cfg: TrainConfig, saved: dict, path: Path, ignore: tuple[str, ...] = ()) -> None:
-    # A field added after the checkpoint was written counts as its default (same behaviour).
-    saved = {**asdict(TrainConfig()), **saved}
-    diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if saved[k] != v and k not in ignore}
-    if set(diff) == {"steps"}:
-        how = (
-            f"start a new --out with --init-from {path.parent} and --steps {cfg.steps}: it continues from that run's "
-            "stable-phase snapshot (stable.pt) and redoes only the decay"
-            if cfg.schedule == "wsd" and saved["steps"] < cfg.steps
-            else "use a new --out (a cosine schedule depends on steps, so a run cannot be extended; a --schedule wsd run can, "
-            "with --init-from)"
-        )
-        raise ValueError(f"{path} was written for steps={saved['steps']}, not {cfg.steps}. To train for {cfg.steps} steps, {how}")
-    if diff:
-        raise ValueError(f"{path} was written with a different config (saved, given): {diff}")
 
 
 def stable_snapshot(cfg: TrainConfig) -> dict:
@@ -487,7 +277,7 @@ def finish(cfg: TrainConfig, model: GPT, splits, tok, counts, history, train_tim
     scores = split_scores(model, splits, tok, cfg.final_eval_tokens, cfg.final_val_tokens)
     result = {
         "head": cfg.head,
-        "codebook_size": model.cfg.codebook_size if cfg.head not in ("dense", "adaptive", "lowrank") else None,
+        "codebook_size": model.cfg.codebook_size if KINDS[cfg.head].uses_codes else None,
         "head_budget": cfg.head_budget or None,
         "head_params": model.head_params(),
         "dense_head_params": V * d,

@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically, read without running code, kept two deep.
+"""Safe files, for every layer: atomic writes, output folders, run locks, and checkpoints that are
+read without running code and kept two deep.
 
 Every ``.pt`` file vqlogits writes (training checkpoints, ``model.pt``, calibration checkpoints and
 cached hidden states) holds only plain data: dicts, lists, tuples, numbers, strings, None and
@@ -18,6 +19,7 @@ import fcntl
 import json
 import os
 import pickle
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -55,6 +57,18 @@ def run_lock(folder: str | Path):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def writable_folder(path: str | Path) -> Path:
+    """``path`` created if needed; a ``ValueError`` naming it if it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a name of its own: every DDP rank probes the same folder
+            pass
+    except OSError as e:
+        raise ValueError(f"out={str(path)!r}: cannot write there ({e.strerror or e})") from None
+    return path
 
 
 def write_atomic(path: str | Path, write) -> None:

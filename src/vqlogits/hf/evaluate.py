@@ -1,0 +1,66 @@
+"""Quality of a compressed model against its original: perplexity, KL and top-1 agreement."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..lm.data import eval_windows, tokenize_corpus
+from ..stats import ratio_interval
+from .folder import dense_head_weight, load_pretrained
+from .load import load_causal_lm
+
+
+@torch.no_grad()
+def compare_heads(backbone, vq, dense_weight: torch.Tensor, data, block: int = 256, max_tokens: int = 16384, original_backbone=None) -> dict:
+    """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens.
+
+    The original model is ``original_backbone`` (default: the same backbone) with the dense head.
+    """
+    original_backbone = original_backbone or backbone
+    nll_o = nll_c = kl = agree = 0.0
+    count = 0
+    gaps = []  # per window: mean log-loss of compressed minus original
+    for w in tqdm(eval_windows(data, block, max_tokens, batch=1), desc="compare", leave=False):
+        x, y = w[:, :-1], w[0, 1:]
+        h = backbone(input_ids=x).last_hidden_state[0]  # (T, d)
+        h_o = h if original_backbone is backbone else original_backbone(input_ids=x).last_hidden_state[0]
+        logp_o = torch.log_softmax(h_o @ dense_weight.T, dim=-1)  # (T, V)
+        logp_c = torch.log_softmax(vq(h), dim=-1)
+        window_o, window_c = -float(logp_o.gather(1, y[:, None]).sum()), -float(logp_c.gather(1, y[:, None]).sum())
+        nll_o, nll_c = nll_o + window_o, nll_c + window_c
+        gaps.append((window_c - window_o) / y.numel())
+        kl += float((logp_o.exp() * (logp_o - logp_c)).sum())
+        agree += float((logp_o.argmax(-1) == logp_c.argmax(-1)).sum())
+        count += y.numel()
+    return {"ppl_original": math.exp(nll_o / count), "ppl_compressed": math.exp(nll_c / count), "ppl_ratio_interval95": ratio_interval(gaps),
+            "kl_original_to_compressed": kl / count, "top1_agreement": agree / count, "eval_tokens": count}
+
+
+def evaluate_pretrained(folder: str | Path, corpus: str = "pydocs", max_tokens: int = 16384, cache: str | Path = ".cache", split: str = "test") -> dict:
+    """Original vs compressed on ``corpus``'s ``split``: perplexity, KL, top-1 agreement, head size.
+    The original is the calibrated backbone with the dense head, or the source model when
+    calibration changed the backbone. (``vqlogits eval`` adds decode speed, see bench/eval.py.)"""
+    folder = Path(folder)
+    model = load_pretrained(folder)
+    meta = json.loads((folder / "vqlogits.json").read_text())
+    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
+    dense = dense_head_weight(folder)
+    original = None
+    if meta.get("source") and (meta.get("calibrated_backbone")):
+        original, _ = load_causal_lm(meta["source"], cache)
+    vq = model.get_output_embeddings()
+    result = {"folder": str(folder), "corpus": corpus, "split": split, "codebook_size": vq.codebook_size}
+    result.update(compare_heads(model.base_model, vq, dense, splits[split], max_tokens=max_tokens, original_backbone=None if original is None else original.base_model))
+    head_params = sum(p.numel() for p in vq.parameters())
+    result.update(
+        head_params=head_params,
+        dense_head_params=dense.numel(),
+        head_bytes=head_params * 4 + vq.assignment.numel() * vq.assignment.element_size(),
+        dense_head_bytes=dense.numel() * 4,
+    )
+    return result
