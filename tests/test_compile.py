@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo as dynamo
+
 from conftest import make_vq
 
 

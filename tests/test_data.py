@@ -13,7 +13,10 @@ from vqlogits.lm.train import TrainConfig, train
 
 
 def _lines(n, tag):
-    return [f" = {tag} article {i} = \n" if i % 10 == 0 else f" the {tag} text number {i} has some words in it . \n" for i in range(n)]
+    return [
+        f" = {tag} article {i} = \n" if i % 10 == 0 else f" the {tag} text number {i} has some words in it . \n"
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -32,13 +35,26 @@ def c4_dir(tmp_path):
     for split, n in (("train", 50), ("validation", 10)):
         with gzip.open(root / f"c4-{split}.00000-of-00001.json.gz", "wt") as f:
             for i in range(n):
-                f.write(json.dumps({"text": f"{split} document {i}. " * 20, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.com/{i}"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "text": f"{split} document {i}. " * 20,
+                            "timestamp": "2019-04-25T12:57:54Z",
+                            "url": f"https://example.com/{i}",
+                        }
+                    )
+                    + "\n"
+                )
     return tmp_path / "c4"
 
 
 def test_wikitext_keeps_published_splits(wikitext_dir):
     docs = load_corpus(f"wikitext-103:{wikitext_dir}")
-    assert "train text number 1 " in docs["train"][0] and "validation" in docs["val"][0] and "test article" in docs["test"][0]
+    assert (
+        "train text number 1 " in docs["train"][0]
+        and "validation" in docs["val"][0]
+        and "test article" in docs["test"][0]
+    )
 
 
 def test_c4_streams_and_splits_validation(c4_dir):
@@ -48,15 +64,38 @@ def test_c4_streams_and_splits_validation(c4_dir):
 
 
 def test_train_on_wikitext_and_token_cache_is_reused(wikitext_dir, tmp_path):
-    cfg = TrainConfig(corpus=f"wikitext-103:{wikitext_dir}", tokenizer="bpe:300", steps=3, eval_every=0, checkpoint_every=0,
-                      final_eval_tokens=512, cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), head="vq", codebook_size=8)
+    cfg = TrainConfig(
+        corpus=f"wikitext-103:{wikitext_dir}",
+        tokenizer="bpe:300",
+        steps=3,
+        eval_every=0,
+        checkpoint_every=0,
+        final_eval_tokens=512,
+        cache=str(tmp_path / "cache"),
+        out=str(tmp_path / "run"),
+        head="vq",
+        codebook_size=8,
+    )
     r = train(cfg, progress=False)
     assert r["test_ppl"] > 1
     arrays, tok, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache)
     assert meta["vocab_size"] == tok.get_vocab_size() <= 300
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1  # one cache entry, reused
     assert arrays["train"].dtype.itemsize == 2  # uint16 for V < 65536
-    train(replace(cfg, out=str(tmp_path / "run2"), tokenizer=str(tmp_path / "cache" / "tokens" / next(iter((tmp_path / "cache" / "tokens").iterdir())).name / "tokenizer.json")), progress=False)
+    train(
+        replace(
+            cfg,
+            out=str(tmp_path / "run2"),
+            tokenizer=str(
+                tmp_path
+                / "cache"
+                / "tokens"
+                / next(iter((tmp_path / "cache" / "tokens").iterdir())).name
+                / "tokenizer.json"
+            ),
+        ),
+        progress=False,
+    )
 
 
 def test_single_file_corpus_and_glob(tmp_path):

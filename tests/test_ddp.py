@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
+
 from ddp_worker import configs
 from test_train import write_corpus
-
 from vqlogits.lm.train import train
 
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
@@ -24,22 +24,62 @@ def _free_port() -> int:
 
 def test_two_processes_match_one(tmp_path):
     corpus = write_corpus(tmp_path / "text")
-    common = ["train", "--corpus", str(corpus), "--tokenizer", "bpe:300", "--steps", "8", "--batch-size", "8",
-              "--eval-every", "0", "--checkpoint-every", "4", "--final-eval-tokens", "1024", "--warmup-steps", "2",
-              "--cache", str(tmp_path / "cache"), "--head", "vq", "--codebook-size", "16"]
+    common = [
+        "train",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        "bpe:300",
+        "--steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "4",
+        "--final-eval-tokens",
+        "1024",
+        "--warmup-steps",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--head",
+        "vq",
+        "--codebook-size",
+        "16",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "vqlogits.cli", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    single = subprocess.run(
+        [sys.executable, "-m", "vqlogits.cli", *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, _why(single)
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "-m", "vqlogits.cli", *common, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "-m",
+            "vqlogits.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, _why(ddp)
     one = json.loads((tmp_path / "one" / "results.json").read_text())["history"]["loss"]
     two = json.loads((tmp_path / "two" / "results.json").read_text())["history"]["loss"]
     assert len(one) == len(two) == 8
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert abs(a - b) <= 1e-4 * abs(a), (one, two)
     assert one != [one[0]] * 8  # it trained: the losses move
 
@@ -73,7 +113,9 @@ def test_learned_map_under_two_processes_matches_one(tmp_path):
     for cfg in configs(str(corpus), cache, str(tmp_path / "one")):
         name = Path(cfg.out).name
         one, two = (json.loads((tmp_path / side / name / "results.json").read_text()) for side in ("one", "two"))
-        assert len(one["history"]["moved"]) == (3 if name == "vq-warm" else 4) and any(m > 0 for _, m in one["history"]["moved"]), name  # the map moved
+        assert len(one["history"]["moved"]) == (3 if name == "vq-warm" else 4) and any(
+            m > 0 for _, m in one["history"]["moved"]
+        ), name  # the map moved
         for a, b in zip(one["history"]["loss"], two["history"]["loss"], strict=True):
             assert abs(a - b) <= 1e-4 * abs(a), (name, one["history"]["loss"], two["history"]["loss"])
         maps_one, maps_two = _maps(tmp_path / "one" / name), _maps(tmp_path / "two" / name)

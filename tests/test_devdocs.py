@@ -73,7 +73,9 @@ def test_clean_drops_near_empty_and_duplicates_and_caps_shares():
     def doc(pkg, i, words=60):
         return {"id": f"{pkg}/f{i}", "package": pkg, "text": " ".join(f"{pkg}{i}w{j}" for j in range(words))}
 
-    docs = [doc("big", i) for i in range(40)] + [doc("small", i) for i in range(10)] + [doc("other", i) for i in range(10)]
+    docs = (
+        [doc("big", i) for i in range(40)] + [doc("small", i) for i in range(10)] + [doc("other", i) for i in range(10)]
+    )
     docs += [{"id": "small/copy", "package": "small", "text": docs[40]["text"]}, doc("other", 99, words=5)]
     kept, dropped = clean(docs, min_words=50, max_share=0.4)
     assert dropped["near_empty"] == 1 and dropped["duplicate"] == 1

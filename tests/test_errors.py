@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_vq
 
+from conftest import make_vq
 from vqlogits import DenseHead, VQLogitsHead, kmeans
 
 

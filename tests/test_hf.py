@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import write_corpus
 
+from test_train import write_corpus
 from vqlogits import VQLogitsHead, load_pretrained
-from vqlogits.cli import main
 from vqlogits.bench.eval import evaluate_folder as evaluate_pretrained
+from vqlogits.cli import main
 from vqlogits.hf import compress, generate, save_pretrained
 from vqlogits.hf.calibrate import calibrate
 from vqlogits.lm.data import load_corpus, load_tokenizer
@@ -26,11 +26,31 @@ def _tiny(arch: str, vocab: int):
 
     torch.manual_seed(0)
     if arch == "llama":
-        cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=0)
+        cfg = T.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            eos_token_id=0,
+        )
         return T.LlamaForCausalLM(cfg)
     if arch == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, eos_token_id=0))
-    return T.OPTForCausalLM(T.OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32))
+        return T.GPT2LMHeadModel(
+            T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, eos_token_id=0)
+        )
+    return T.OPTForCausalLM(
+        T.OPTConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        )
+    )
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -88,7 +108,9 @@ def test_compact_generation_equals_hf_generate(source, tmp_path):
     ours = generate(model, ids, max_new_tokens=10, eos_token_id=0)
     theirs = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=0, pad_token_id=0)
     assert torch.equal(ours, theirs)
-    sampled = generate(model, ids, 10, temperature=0.8, top_k=20, top_p=0.9, do_sample=True, generator=torch.Generator().manual_seed(0))
+    sampled = generate(
+        model, ids, 10, temperature=0.8, top_k=20, top_p=0.9, do_sample=True, generator=torch.Generator().manual_seed(0)
+    )
     assert sampled.shape == (3, 15) and torch.equal(sampled[:, :5], ids)
     hf_sampled = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=20, top_p=0.9, pad_token_id=0)
     assert hf_sampled.shape[1] <= 9  # model.generate() works with the VQ head too
@@ -121,7 +143,9 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     out = compress(str(source), 8, tmp_path / "vq")
     cache = tmp_path / "cache"
     before = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
-    summary = calibrate(out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache)
+    summary = calibrate(
+        out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache
+    )
     assert summary["stages"]["1"]["steps"] > 5 and summary["stages"]["2"]["steps"] > 0
     assert (out / "calib_stage1.pt").exists() and (out / "calib_stage2.pt").exists()
     after = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
@@ -134,7 +158,9 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     # the random tiny model is a poor teacher; what must improve is the compressed model's held-out fit
     assert after["ppl_compressed"] < 0.9 * before["ppl_compressed"]
     # resuming a finished budget does no further steps
-    again = calibrate(out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache)
+    again = calibrate(
+        out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache
+    )
     assert again["stages"]["1"]["steps"] == summary["stages"]["1"]["steps"]
 
 
@@ -162,9 +188,11 @@ def test_compact_distillation_loss_equals_full_logit_form():
     params = [h, head.codebook, head.bias]
     fast = distill_loss(h, head, teacher, y, kl_weight=0.7)
     logp_s = torch.log_softmax(head(h), -1)
-    ref = F.nll_loss(logp_s, y) + 0.7 * F.kl_div(logp_s, torch.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+    ref = F.nll_loss(logp_s, y) + 0.7 * F.kl_div(
+        logp_s, torch.log_softmax(teacher, -1), log_target=True, reduction="batchmean"
+    )
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -186,7 +214,16 @@ def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
 def test_calibration_history_survives_later_stages(source, corpus, tmp_path, json_never_in_place):
     out = compress(str(source), 8, tmp_path / "vq")
     for stage in ("1", "2"):
-        calibrate(out, str(corpus), budget_minutes=0.02, stages=stage, train_layers=1, hidden_tokens=1024, block=64, cache=tmp_path / "cache")
+        calibrate(
+            out,
+            str(corpus),
+            budget_minutes=0.02,
+            stages=stage,
+            train_layers=1,
+            hidden_tokens=1024,
+            block=64,
+            cache=tmp_path / "cache",
+        )
     meta = json.loads((out / "vqlogits.json").read_text())
     assert [list(c["stages"]) for c in meta["calibration"]] == [["1"], ["2"]]
     assert meta["calibrated_backbone"] and meta["source"] == str(source)

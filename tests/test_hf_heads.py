@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+
 from test_hf import _tiny
 from test_train import write_corpus
-
 from vqlogits import load_pretrained
 from vqlogits.heads import HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead, size_for_budget
 from vqlogits.hf import compress
@@ -27,7 +27,10 @@ def setup(tmp_path_factory):
     return source, corpus, root / "cache"
 
 
-@pytest.mark.parametrize("name,kind", [("vq", VQLogitsHead), ("hybrid", HybridHead), ("twolevel", TwoLevelHead), ("hybrid-twolevel", HybridTwoLevelHead)])
+@pytest.mark.parametrize(
+    "name,kind",
+    [("vq", VQLogitsHead), ("hybrid", HybridHead), ("twolevel", TwoLevelHead), ("hybrid-twolevel", HybridTwoLevelHead)],
+)
 def test_compress_any_head_at_a_budget_round_trips(setup, tmp_path, name, kind):
     source, corpus, cache = setup
     out = compress(str(source), 8, tmp_path / name, head=name, head_budget=0.5, corpus=str(corpus), cache=cache)
@@ -36,7 +39,9 @@ def test_compress_any_head_at_a_budget_round_trips(setup, tmp_path, name, kind):
     assert type(head) is kind
     V, d = head.vocab_size, head.d_model
     expected = {("head_bias" if k == "bias" else k): v for k, v in size_for_budget(name, 0.5, d, V).items()}
-    assert sum(p.numel() for p in head.parameters()) <= 0.5 * V * d and head.codebook_size == expected["codebook_size"] + expected.get("n_frequent", 0)
+    assert sum(p.numel() for p in head.parameters()) <= 0.5 * V * d and head.codebook_size == expected[
+        "codebook_size"
+    ] + expected.get("n_frequent", 0)
     meta = json.loads((out / "vqlogits.json").read_text())
     assert meta["head"] == name
     ids = torch.randint(0, V, (2, 7))
@@ -72,7 +77,9 @@ def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
     source, corpus, cache = setup
     out = compress(str(source), 8, tmp_path / name, head=name, head_budget=0.3, corpus=str(corpus), cache=cache)
     before = load_pretrained(out).get_output_embeddings().assignment.clone()
-    kw = dict(budget_minutes=0.05, stages="1", hidden_tokens=2048, block=32, cache=cache, reassign_every=5, reassign_frac=0.2)
+    kw = dict(
+        budget_minutes=0.05, stages="1", hidden_tokens=2048, block=32, cache=cache, reassign_every=5, reassign_frac=0.2
+    )
     summary = calibrate(out, str(corpus), **kw)
     stage = summary["stages"]["1"]
     assert stage["reassign_every"] == 5 and len(stage["moved"]) >= 1 and any(m > 0 for m in stage["moved"])

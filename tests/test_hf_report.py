@@ -12,12 +12,25 @@ from vqlogits.hf.report import load_evals, plotted, pretrained_report
 def _model(root, name, head, head_params, ppls, reassign_every):
     folder = root / name
     folder.mkdir()
-    calibration = [{"stages": {"1": {"steps": 100, "reassign_every": reassign_every}}}, {"stages": {"2": {"steps": 10}}}]
+    calibration = [
+        {"stages": {"1": {"steps": 100, "reassign_every": reassign_every}}},
+        {"stages": {"2": {"steps": 10}}},
+    ]
     (folder / "vqlogits.json").write_text(json.dumps({"head": head, "calibration": calibration}))
-    for key, ppl in zip(("kmeans", "stage1", "stage2", "full"), ppls):
-        (folder / f"eval_{key}.json").write_text(json.dumps({
-            "ppl_original": 10.0, "ppl_compressed": ppl, "kl_original_to_compressed": 0.1, "top1_agreement": 0.9,
-            "head_params": head_params, "dense_head_params": 1000, "eval_tokens": 8192 if key != "full" else 69000}))
+    for key, ppl in zip(("kmeans", "stage1", "stage2", "full"), ppls, strict=False):  # the stages it reached
+        (folder / f"eval_{key}.json").write_text(
+            json.dumps(
+                {
+                    "ppl_original": 10.0,
+                    "ppl_compressed": ppl,
+                    "kl_original_to_compressed": 0.1,
+                    "top1_agreement": 0.9,
+                    "head_params": head_params,
+                    "dense_head_params": 1000,
+                    "eval_tokens": 8192 if key != "full" else 69000,
+                }
+            )
+        )
 
 
 def test_final_table_has_one_row_per_head_and_map(tmp_path):
@@ -38,7 +51,9 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
     assert "| c | + stage 2, whole test split | 10 | 69,000 | 85 | 8.5% |" in report
     assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% |" in report
     assert len(load_evals(tmp_path)) == 9
-    assert json.loads((tmp_path / "out" / "rows.json").read_text()) == load_evals(tmp_path)  # the data outlives the runs
+    assert json.loads((tmp_path / "out" / "rows.json").read_text()) == load_evals(
+        tmp_path
+    )  # the data outlives the runs
     # the plot leaves out b, still in calibration, beside models that finished stage 2
     assert sorted(r["model"] for r in plotted(load_evals(tmp_path))) == ["a", "c"]
 

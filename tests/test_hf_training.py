@@ -4,8 +4,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Largest
 
+from conftest import Largest
 from vqlogits import load_pretrained
 from vqlogits.hf import compress, patch
 
@@ -49,8 +49,17 @@ def test_trainer_never_builds_vocab_sized_logits(model, tmp_path):
     data = [{"input_ids": ids, "labels": ids} for _ in range(16)]  # every batch the same
     with torch.no_grad():
         expected = float(_naive(model, ids[None].expand(B, -1), ids[None].expand(B, -1)))
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=B, learning_rate=1e-3, logging_steps=1,
-                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=B,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     with Largest() as probe:
         trainer.train()

@@ -72,7 +72,9 @@ def test_approximate_greedy(heads):
     ref = (h @ W.T).argmax(-1)
     full = head.greedy(h, exact=False, probes=head.clusters)
     assert torch.equal(full, ref)
-    agree = [float((head.greedy(h[i : i + 1], exact=False, probes=p) == ref[i]).float()) for p in (1, 8) for i in range(50)]
+    agree = [
+        float((head.greedy(h[i : i + 1], exact=False, probes=p) == ref[i]).float()) for p in (1, 8) for i in range(50)
+    ]
     assert sum(agree[:50]) <= sum(agree[50:])  # more probes, no fewer agreements
     logits = head(h[:4], probes=3)
     assert torch.equal(logits.argmax(-1), head.greedy(h[:4], exact=False, probes=3))
@@ -156,7 +158,6 @@ def test_state_round_trip_and_errors(heads):
 def test_accelerate_round_trip_and_generation(tmp_path):
     from test_hf import _tiny
     from test_train import write_corpus
-
     from vqlogits import load_pretrained
     from vqlogits.cli import main
     from vqlogits.hf import generate
@@ -170,7 +171,9 @@ def test_accelerate_round_trip_and_generation(tmp_path):
     tok.save(str(source / "tokenizer.json"))
     original = _tiny("llama", tok.get_vocab_size())
     original.save_pretrained(source)
-    out = accelerate(str(source), 16, tmp_path / "fast", probes=4, corpus=str(corpus), hidden_tokens=1024, cache=tmp_path / "cache")
+    out = accelerate(
+        str(source), 16, tmp_path / "fast", probes=4, corpus=str(corpus), hidden_tokens=1024, cache=tmp_path / "cache"
+    )
     model = load_pretrained(out)
     head = model.get_output_embeddings()
     assert isinstance(head, IndexedHead) and head.probes == 4

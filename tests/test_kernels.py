@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_vq
 
+from conftest import make_vq
 from vqlogits import functional as VF
 from vqlogits import kernels
 
@@ -28,7 +28,7 @@ def test_fused_torch_path_matches_composite(bias, layout, monkeypatch):
         loss = VF.vq_cross_entropy(h, y, head.codebook, head.assignment, head.bias, fused=fused)
         out[fused] = (loss, torch.autograd.grad(loss, params))
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-13, atol=1e-13)
-    for a, b in zip(out[True][1], out[False][1]):
+    for a, b in zip(out[True][1], out[False][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
@@ -83,4 +83,6 @@ def test_triton_kernel_under_interpreter():
 def test_use_triton_without_triton_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(kernels, "HAS_TRITON", False)
     with pytest.raises(ValueError, match="Triton is not installed"):
-        kernels.lse_and_target(torch.randn(2, 3), torch.randn(4, 3), torch.zeros(4), torch.zeros(2, dtype=torch.long), use_triton=True)
+        kernels.lse_and_target(
+            torch.randn(2, 3), torch.randn(4, 3), torch.zeros(4), torch.zeros(2, dtype=torch.long), use_triton=True
+        )

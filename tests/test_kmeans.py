@@ -1,3 +1,5 @@
+import itertools
+
 import torch
 
 import vqlogits.cluster as km
@@ -17,7 +19,7 @@ def _inertia(x, centroids, labels):
 def test_objective_never_increases_and_matches_assignment():
     x = _blobs()
     res = kmeans(x, 8, iters=30, seed=0)
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(res.inertia, res.inertia[1:])), res.inertia
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(res.inertia)), res.inertia
     assert res.inertia[-1] < res.inertia[0] or len(res.inertia) <= 2
     assert abs(_inertia(x, res.centroids, res.assignment) - res.inertia[-1]) <= 1e-4 * res.inertia[-1]
     # every point sits with its nearest centroid

@@ -60,7 +60,9 @@ def test_gain_is_the_first_order_change_of_the_log_likelihood(kind):
     g = torch.Generator().manual_seed(2)
     for m, (assignment, set_map) in enumerate(maps(head)):
         predicted, own_only, exact = [], [], []
-        movable = [v for v in y.unique().tolist() if not (kind.startswith("hybrid") and int(assignment[v]) < head.n_frequent)]
+        movable = [
+            v for v in y.unique().tolist() if not (kind.startswith("hybrid") and int(assignment[v]) < head.n_frequent)
+        ]
         for v in torch.tensor(movable)[torch.randperm(len(movable), generator=g)[:12]].tolist():
             old = int(assignment[v])
             for c in range(head.n_frequent if kind.startswith("hybrid") else 0, learner.own.shape[2]):
@@ -80,7 +82,9 @@ def test_gain_is_the_first_order_change_of_the_log_likelihood(kind):
             torch.testing.assert_close(predicted, exact, rtol=1e-4, atol=1e-4)
         else:  # first order in the probability a token takes from each row: small next to the gains
             assert float((predicted - exact).abs().max()) < budget
-        assert float((own_only - exact).abs().max()) > 2 * budget, float((own_only - exact).abs().max()) / budget  # control: the bound catches a rule without the taken term
+        assert float((own_only - exact).abs().max()) > 2 * budget, (
+            float((own_only - exact).abs().max()) / budget
+        )  # control: the bound catches a rule without the taken term
 
 
 @pytest.mark.parametrize("kind", ["vq", "hybrid", "vq-lowrank", "rvq", "twolevel", "hybrid-twolevel"])
@@ -95,7 +99,7 @@ def test_reassign_raises_the_window_likelihood(kind):
     assert moved > 0
     assert float(head.loss(h, y, reduction="sum").detach()) < loss
     n_seen = len(y.unique())
-    changed = sum(int((a != b).sum()) for (a, _), b in zip(maps(head), before))
+    changed = sum(int((a != b).sum()) for (a, _), b in zip(maps(head), before, strict=True))
     assert changed == round(moved * len(before) * V) and changed <= len(before) * 0.2 * n_seen
     assert float(learner.own.abs().sum()) == 0 and float(learner.seen.sum()) == 0  # window cleared
     if kind.startswith("hybrid"):  # frequent tokens keep their own codes; no tail token joins them
@@ -103,7 +107,7 @@ def test_reassign_raises_the_window_likelihood(kind):
         assert torch.equal(a[b < head.n_frequent], b[b < head.n_frequent])
         assert bool((a[b >= head.n_frequent] >= head.n_frequent).all())
     if kind == "rvq":
-        assert all(not torch.equal(a, b) for (a, _), b in zip(maps(head), before))
+        assert all(not torch.equal(a, b) for (a, _), b in zip(maps(head), before, strict=True))
 
 
 def test_sampled_rows_estimate_matches_the_exact_factorised_rule():

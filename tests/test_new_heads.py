@@ -39,10 +39,14 @@ def test_loss_and_gradients_match_naive(name, bias, reduction):
     fast = head.loss(h, y, reduction=reduction)
     params = [h] + [p for p in head.parameters()]
     g_fast = torch.autograd.grad(fast.sum(), params, allow_unused=True)
-    ref = naive_loss(head, h, y, reduction) if reduction == "none" else F.cross_entropy(head(h).flatten(0, 1), y.flatten())
+    ref = (
+        naive_loss(head, h, y, reduction)
+        if reduction == "none"
+        else F.cross_entropy(head(h).flatten(0, 1), y.flatten())
+    )
     g_ref = torch.autograd.grad(ref.sum(), params, allow_unused=True)
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
-    for a, b in zip(g_fast, g_ref):
+    for a, b in zip(g_fast, g_ref, strict=True):
         if a is None or b is None:
             assert (a is None or a.abs().max() == 0) and (b is None or b.abs().max() == 0)
         else:
@@ -101,16 +105,28 @@ def test_head_budget_is_respected(name, budget):
     try:
         kw = size_for_budget(name, budget, d_, V_)
     except ValueError as e:  # only when even the smallest head of that kind is over budget
-        assert budget == 0.005 and name in ("twolevel", "hybrid-twolevel", "vq-lowrank", "lowrank") and "smallest" in str(e)
+        assert (
+            budget == 0.005
+            and name in ("twolevel", "hybrid-twolevel", "vq-lowrank", "lowrank")
+            and "smallest" in str(e)
+        )
         return
     n = sum(p.numel() for p in build_head(name, d_, V_, **kw).parameters())
     assert 0.5 * budget * V_ * d_ <= n <= budget * V_ * d_, (kw, n)
 
 
 def test_head_budget_without_bias_spends_it_on_codes():
-    with_bias, without = size_for_budget("hybrid", 0.02, 128, 16384), size_for_budget("hybrid", 0.02, 128, 16384, bias=False)
+    with_bias, without = (
+        size_for_budget("hybrid", 0.02, 128, 16384),
+        size_for_budget("hybrid", 0.02, 128, 16384, bias=False),
+    )
     assert with_bias["bias"] and not without["bias"]
-    assert without["n_frequent"] + without["codebook_size"] == 327 > with_bias["n_frequent"] + with_bias["codebook_size"] == 199
+    assert (
+        without["n_frequent"] + without["codebook_size"]
+        == 327
+        > with_bias["n_frequent"] + with_bias["codebook_size"]
+        == 199
+    )
 
 
 def test_every_head_name_builds():
@@ -124,7 +140,10 @@ def test_every_head_name_builds():
 
 
 def test_decode_cost_ranks_heads_sensibly():
-    costs = {name: build_head(name, 128, 16384, codebook_size=256, rank=8, token_dim=4, n_frequent=64).decode_cost() for name in HEADS}
+    costs = {
+        name: build_head(name, 128, 16384, codebook_size=256, rank=8, token_dim=4, n_frequent=64).decode_cost()
+        for name in HEADS
+    }
     assert all(c["flops"] > 0 and c["bytes"] > 0 for c in costs.values())
     assert costs["vq"]["bytes"] < costs["dense"]["bytes"] / 30  # K d + tables vs V d
     assert costs["twolevel"]["flops"] < costs["dense"]["flops"] / 10

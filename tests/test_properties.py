@@ -2,10 +2,10 @@
 
 import torch
 import torch.nn.functional as F
-from conftest import make_vq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_vq
 from vqlogits import functional as VF
 
 layouts = st.fixed_dictionaries(

@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqlogits.cli import main
 from conftest import train_until_crash
-
+from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
+from vqlogits.cli import main
 from vqlogits.files import UnsafeFileError, load_checkpoint, save_checkpoint
 from vqlogits.lm.train import train
-
-from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
 
 
 class Payload:
@@ -36,9 +34,17 @@ def plant(path: Path, marker: Path) -> None:
 
 def test_source_has_no_unsafe_loads():
     src = Path(__file__).parents[1] / "src"
-    calls = [(p.name, m.group(0)) for p in src.rglob("*.py") for m in re.finditer(r"(torch\.load|pickle\.loads?|np\.load)\([^)]*\)", p.read_text())]
+    calls = [
+        (p.name, m.group(0))
+        for p in src.rglob("*.py")
+        for m in re.finditer(r"(torch\.load|pickle\.loads?|np\.load)\([^)]*\)", p.read_text())
+    ]
     assert len(calls) >= 3
-    unsafe = [c for c in calls if not ("weights_only=True" in c[1] or (c[1].startswith("np.load") and "allow_pickle" not in c[1]))]
+    unsafe = [
+        c
+        for c in calls
+        if not ("weights_only=True" in c[1] or (c[1].startswith("np.load") and "allow_pickle" not in c[1]))
+    ]
     assert unsafe == []
 
 
@@ -74,7 +80,6 @@ def test_eval_and_analyze_refuse_crafted_models(base, tmp_path, capsys):  # noqa
 
 def test_calibration_refuses_crafted_checkpoints_and_hidden_cache(tmp_path, corpus):  # noqa: F811
     from test_hf import _tiny
-
     from vqlogits.hf import compress
     from vqlogits.hf.calibrate import calibrate
     from vqlogits.lm.data import load_corpus, load_tokenizer
@@ -118,7 +123,10 @@ def test_truncated_newest_falls_back_to_the_previous_and_ends_exactly(base):  # 
     full = train(replace(cfg, out=cfg.out + "-full"), progress=False)
     train_until_crash(cfg, 10)  # after the checkpoints at 4 and 8
     _truncate(Path(cfg.out) / "ckpt.pt")  # the step-8 checkpoint, cut short
-    with pytest.warns(UserWarning, match=r"resuming from the previous checkpoint .*ckpt\.pt\.prev: .*damaged or truncated.*moved aside"):
+    with pytest.warns(
+        UserWarning,
+        match=r"resuming from the previous checkpoint .*ckpt\.pt\.prev: .*damaged or truncated.*moved aside",
+    ):
         resumed = train(cfg, progress=False)
     assert resumed["history"]["loss"] == full["history"]["loss"] and resumed["test_ppl"] == full["test_ppl"]
     assert len(list(Path(cfg.out).glob("ckpt.pt.damaged-*"))) == 1  # kept for inspection, not overwritten
@@ -130,7 +138,10 @@ def test_both_checkpoints_damaged_is_a_clear_error(base):  # noqa: F811
     (Path(cfg.out) / "results.json").unlink()
     for name in ("ckpt.pt", "ckpt.pt.prev"):
         _truncate(Path(cfg.out) / name)
-    with pytest.raises(ValueError, match=r"no readable checkpoint: .*ckpt\.pt is damaged.*ckpt\.pt\.prev is damaged.*To start over, delete"):
+    with pytest.raises(
+        ValueError,
+        match=r"no readable checkpoint: .*ckpt\.pt is damaged.*ckpt\.pt\.prev is damaged.*To start over, delete",
+    ):
         train(cfg, progress=False)
     assert (Path(cfg.out) / "ckpt.pt").stat().st_size > 0  # nothing was overwritten
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_vq
 
+from conftest import make_vq
 from vqlogits import DenseHead
 from vqlogits import functional as VF
 
@@ -57,7 +57,9 @@ def _assert_within_ci(freq, probs, n_draws, z=5.0):
     assert not bad.any(), (freq[bad], probs[bad])
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.7, top_k=8), dict(top_p=0.6), dict(top_k=20, top_p=0.9)], ids=str)
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(temperature=0.7, top_k=8), dict(top_p=0.6), dict(top_k=20, top_p=0.9)], ids=str
+)
 @pytest.mark.parametrize("bias", [True, False])
 def test_sampled_frequencies_match_exact_probabilities(kw, bias):
     V, n_draws = 80, 20000

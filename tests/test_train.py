@@ -7,15 +7,26 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import train_until_crash
 
+from conftest import train_until_crash
 from vqlogits.cli import main
 from vqlogits.lm import train as train_mod
 from vqlogits.lm.data import load_corpus
 from vqlogits.lm.experiments import evaluate, sweep
 from vqlogits.lm.train import TrainConfig, train
 
-RESULT_KEYS = {"head", "codebook_size", "head_params", "dense_head_params", "total_params", "val_ppl", "test_ppl", "train_tokens", "tokens_per_s", "wall_s"}
+RESULT_KEYS = {
+    "head",
+    "codebook_size",
+    "head_params",
+    "dense_head_params",
+    "total_params",
+    "val_ppl",
+    "test_ppl",
+    "train_tokens",
+    "tokens_per_s",
+    "wall_s",
+}
 
 
 def write_corpus(folder, n_docs=30, words=400, seed=0):
@@ -41,8 +52,16 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def base(corpus, tmp_path):
     return TrainConfig(
-        corpus=str(corpus), tokenizer="bpe:300", steps=12, eval_every=6, eval_tokens=2048,
-        final_eval_tokens=2048, checkpoint_every=4, cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), warmup_steps=2,
+        corpus=str(corpus),
+        tokenizer="bpe:300",
+        steps=12,
+        eval_every=6,
+        eval_tokens=2048,
+        final_eval_tokens=2048,
+        checkpoint_every=4,
+        cache=str(tmp_path / "cache"),
+        out=str(tmp_path / "run"),
+        warmup_steps=2,
     )
 
 
@@ -64,7 +83,11 @@ def test_train_on_a_folder_writes_results(base, json_never_in_place):
 
 @pytest.mark.parametrize(
     "head,extra",
-    [("dense", {}), ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3)), ("rvq", dict(codebook_size=16, reassign_every=3))],
+    [
+        ("dense", {}),
+        ("vq", dict(codebook_size=16, mapping="kmeans", warmup_dense_steps=5, reassign_every=3)),
+        ("rvq", dict(codebook_size=16, reassign_every=3)),
+    ],
 )
 def test_killed_run_resumes_exactly(base, monkeypatch, head, extra):
     cfg = replace(base, head=head, **extra)
@@ -104,7 +127,10 @@ def test_every_head_and_map_trains(base, kw):
 
 @pytest.mark.parametrize("head", ["vq", "hybrid", "twolevel", "hybrid-twolevel", "vq-lowrank", "rvq"])
 def test_learned_map_moves_tokens(base, head):
-    r = train(replace(base, head=head, codebook_size=8, n_frequent=4, rank=4, steps=12, reassign_every=4, reassign_frac=0.2), progress=False)
+    r = train(
+        replace(base, head=head, codebook_size=8, n_frequent=4, rank=4, steps=12, reassign_every=4, reassign_frac=0.2),
+        progress=False,
+    )
     moved = [m for _, m in r["history"]["moved"]]
     assert len(moved) == 3 and max(moved) > 0
 
@@ -131,7 +157,26 @@ def test_sweep_report_and_cli(base, tmp_path, capsys, json_never_in_place):
     r = evaluate(tmp_path / "sweep" / "vq32-random-s0")
     assert r["val_ppl"] == json.loads((tmp_path / "sweep" / "vq32-random-s0" / "results.json").read_text())["val_ppl"]
     assert main(["eval", str(tmp_path / "sweep" / "dense-s0")]) == 0
-    assert main(["train", "--corpus", base.corpus, "--tokenizer", "bpe:300", "--head", "vq", "--mapping", "kmeans", "--cache", base.cache, "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                base.corpus,
+                "--tokenizer",
+                "bpe:300",
+                "--head",
+                "vq",
+                "--mapping",
+                "kmeans",
+                "--cache",
+                base.cache,
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "warmup_dense_steps" in capsys.readouterr().err
 
 
@@ -151,7 +196,16 @@ def test_crossing_interpolates_in_log_log():
 
 
 def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
-    report = sweep(replace(base, steps=3), ["dense", "vq", "twolevel"], [], ["random"], [0], tmp_path / "b", reassign=[0, 2], budgets=[0.02, 0.3])
+    report = sweep(
+        replace(base, steps=3),
+        ["dense", "vq", "twolevel"],
+        [],
+        ["random"],
+        [0],
+        tmp_path / "b",
+        reassign=[0, 2],
+        budgets=[0.02, 0.3],
+    )
     text = report.read_text()
     # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
     assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text and "vq @2% learned/2" in text
@@ -159,8 +213,20 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
     assert rows["| twolevel learned"].startswith("| twolevel learned | – | ")  # no 2% cell
     assert rows["| twolevel learned"].split(" | ")[-1] in ("> 30% |", "≤ 30% |")  # where +5% of dense is reached
     assert rows["| vq"].count(", n=1)") == 2  # a cell per budget
-    report = sweep(replace(base, steps=3, reassign_frac=0.2), ["vq"], [], ["random"], [0], tmp_path / "b", reassign=[2], budgets=[0.3])
-    assert "vq @30% learned/2 frac=0.2 |" in report.read_text() and (tmp_path / "b" / "vq-b0.3-learn2-f0.2-s0" / "results.json").exists()
+    report = sweep(
+        replace(base, steps=3, reassign_frac=0.2),
+        ["vq"],
+        [],
+        ["random"],
+        [0],
+        tmp_path / "b",
+        reassign=[2],
+        budgets=[0.3],
+    )
+    assert (
+        "vq @30% learned/2 frac=0.2 |" in report.read_text()
+        and (tmp_path / "b" / "vq-b0.3-learn2-f0.2-s0" / "results.json").exists()
+    )
     assert (tmp_path / "b" / "ppl_vs_decode_cost.png").exists()
 
 

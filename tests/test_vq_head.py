@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_vq
 
+from conftest import make_vq
 from vqlogits import DenseHead, VQLogitsHead
 
 
@@ -49,7 +49,7 @@ def test_loss_and_gradients_match_naive(reduction, bias, ignore, layout):
     ref = ref.reshape(y.shape) if reduction == "none" else ref
     grads_ref = torch.autograd.grad(ref.sum(), params)
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-    for gf, gr in zip(grads_fast, grads_ref):
+    for gf, gr in zip(grads_fast, grads_ref, strict=True):
         torch.testing.assert_close(gf, gr, rtol=1e-10, atol=1e-12)
 
 
@@ -107,7 +107,7 @@ def _errors(head, h, y, dtype):
         loss = fn()
         grads = torch.autograd.grad(loss, [h_lo, head_lo.codebook, head_lo.bias])
         errs = [abs(loss.item() - truth.item())]
-        errs += [float((g.double() - t).norm() / t.norm()) for g, t in zip(grads, truth_grads)]
+        errs += [float((g.double() - t).norm() / t.norm()) for g, t in zip(grads, truth_grads, strict=True)]
         out[name] = errs
     return out
 
@@ -119,7 +119,7 @@ def test_low_precision_no_worse_than_naive(dtype, slack):
     h = torch.randn(256, 64, dtype=torch.float64)
     y = torch.randint(0, 2000, (256,))
     errs = _errors(head, h, y, dtype)
-    for fast, naive in zip(errs["fast"], errs["naive"]):
+    for fast, naive in zip(errs["fast"], errs["naive"], strict=True):
         assert fast <= naive + slack, errs
 
 

@@ -13,12 +13,8 @@ def check_dims(d_model: int, vocab_size: int, codebook_size: int | None = None) 
     for name, value in (("d_model", d_model), ("vocab_size", vocab_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if codebook_size is not None and (
-        not isinstance(codebook_size, int) or not 1 <= codebook_size <= vocab_size
-    ):
-        raise ValueError(
-            f"codebook_size must be an int in [1, vocab_size={vocab_size}], got {codebook_size!r}"
-        )
+    if codebook_size is not None and (not isinstance(codebook_size, int) or not 1 <= codebook_size <= vocab_size):
+        raise ValueError(f"codebook_size must be an int in [1, vocab_size={vocab_size}], got {codebook_size!r}")
 
 
 def check_hidden(h: torch.Tensor, d_model: int) -> None:
@@ -27,22 +23,16 @@ def check_hidden(h: torch.Tensor, d_model: int) -> None:
         raise ValueError(f"h must have last dimension d_model={d_model}, got shape {shape}")
 
 
-def check_targets(
-    targets: torch.Tensor, h: torch.Tensor, vocab_size: int, ignore_index: int, validate: bool
-) -> None:
+def check_targets(targets: torch.Tensor, h: torch.Tensor, vocab_size: int, ignore_index: int, validate: bool) -> None:
     if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be an integer tensor, got {getattr(targets, 'dtype', type(targets))}")
     if targets.shape != h.shape[:-1]:
-        raise ValueError(
-            f"targets must have shape h.shape[:-1]={tuple(h.shape[:-1])}, got {tuple(targets.shape)}"
-        )
+        raise ValueError(f"targets must have shape h.shape[:-1]={tuple(h.shape[:-1])}, got {tuple(targets.shape)}")
     if validate and targets.numel():
         bad = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)
         if bool(bad.any()):  # one host sync; validate=False skips it
             value = int(targets[bad][0])
-            raise ValueError(
-                f"targets contains {value}, outside [0, {vocab_size}) and not ignore_index={ignore_index}"
-            )
+            raise ValueError(f"targets contains {value}, outside [0, {vocab_size}) and not ignore_index={ignore_index}")
 
 
 def check_reduction(reduction: str) -> None:
@@ -77,6 +67,5 @@ def check_state_shapes(state_dict: dict, prefix: str, expected: dict[str, tuple]
         key = prefix + name
         if key in state_dict and tuple(state_dict[key].shape) != tuple(shape):
             raise ValueError(
-                f"state_dict[{key!r}] has shape {tuple(state_dict[key].shape)}, "
-                f"but this head expects {tuple(shape)}"
+                f"state_dict[{key!r}] has shape {tuple(state_dict[key].shape)}, but this head expects {tuple(shape)}"
             )

@@ -110,7 +110,9 @@ def kmeans(
     return KMeansResult(centroids, labels, inertia)
 
 
-def balanced_assignment_to(x: torch.Tensor, centroids: torch.Tensor, capacity: int, candidates: int = 16, max_chunk_elems: int = 1 << 24) -> torch.Tensor:
+def balanced_assignment_to(
+    x: torch.Tensor, centroids: torch.Tensor, capacity: int, candidates: int = 16, max_chunk_elems: int = 1 << 24
+) -> torch.Tensor:
     """Each row of x to a centroid, at most ``capacity`` rows per centroid, greedily: rows that
     would lose most by missing their nearest centroid choose first, each taking its nearest
     centroid among its ``candidates`` nearest with room left; the few left over take the nearest
@@ -152,7 +154,15 @@ def balanced_assignment_to(x: torch.Tensor, centroids: torch.Tensor, capacity: i
     return torch.tensor(out, dtype=torch.long)
 
 
-def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 8, seed: int = 0, metric: torch.Tensor | None = None, spherical: bool = False, progress: bool = False) -> torch.Tensor:
+def balanced_kmeans(
+    x: torch.Tensor,
+    k: int,
+    iters: int = 8,
+    seed: int = 0,
+    metric: torch.Tensor | None = None,
+    spherical: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
     """k-means whose clusters hold at most ceil(n / k) rows each (equal sizes when k divides n).
 
     ``metric`` (d, d) M clusters in the metric (x - c)^T M M^T (x - c), i.e. plain k-means of x @ M;

@@ -101,7 +101,9 @@ def load_plain(path: str | Path) -> dict:
             f"them could run code (files written by vqlogits never need that). Details: {str(e).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is damaged or truncated and cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(
+            f"{path} is damaged or truncated and cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 def previous(path: Path) -> Path:
@@ -146,5 +148,7 @@ def load_checkpoint(path: str | Path) -> dict | None:
             warnings.warn(f"resuming from the previous checkpoint {p}: {reason}", stacklevel=2)
         return state
     raise ValueError(
-        "no readable checkpoint: " + "; ".join(errors) + f". To start over, delete {path}* (or use a new output folder)."
+        "no readable checkpoint: "
+        + "; ".join(errors)
+        + f". To start over, delete {path}* (or use a new output folder)."
     )

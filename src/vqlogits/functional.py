@@ -112,7 +112,11 @@ def vq_cross_entropy(
 
 
 def vq_soft_cross_entropy(
-    h: torch.Tensor, target_probs: torch.Tensor, codebook: torch.Tensor, assignment: torch.Tensor, bias: torch.Tensor | None = None
+    h: torch.Tensor,
+    target_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    assignment: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy against a distribution over tokens, per row, without the head's (N, V) logits.
 

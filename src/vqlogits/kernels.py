@@ -34,8 +34,21 @@ if HAS_TRITON:
 
     @triton.jit
     def _lse_target_kernel(
-        h_ptr, c_ptr, lm_ptr, t_ptr, lse_ptr, zt_ptr, N, K, D, stride_h, stride_c,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+        h_ptr,
+        c_ptr,
+        lm_ptr,
+        t_ptr,
+        lse_ptr,
+        zt_ptr,
+        N,
+        K,
+        D,
+        stride_h,
+        stride_c,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        IEEE: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
@@ -50,8 +63,14 @@ if HAS_TRITON:
             for d0 in range(0, D, BLOCK_D):
                 dims = d0 + tl.arange(0, BLOCK_D)
                 dim_ok = dims < D
-                hb = tl.load(h_ptr + rows[:, None] * stride_h + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-                cb = tl.load(c_ptr + codes[:, None] * stride_c + dims[None, :], mask=code_ok[:, None] & dim_ok[None, :], other=0.0)
+                hb = tl.load(
+                    h_ptr + rows[:, None] * stride_h + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0
+                )
+                cb = tl.load(
+                    c_ptr + codes[:, None] * stride_c + dims[None, :],
+                    mask=code_ok[:, None] & dim_ok[None, :],
+                    other=0.0,
+                )
                 if IEEE:
                     z += tl.dot(hb, tl.trans(cb), input_precision="ieee")
                 else:
@@ -69,7 +88,9 @@ if HAS_TRITON:
 if HAS_TRITON:
 
     @triton.jit
-    def _scatter_kernel(z_ptr, m_ptr, b_ptr, out_ptr, V, K, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_V: tl.constexpr):
+    def _scatter_kernel(
+        z_ptr, m_ptr, b_ptr, out_ptr, V, K, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_V: tl.constexpr
+    ):
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = cols < V
@@ -93,7 +114,9 @@ def scatter_logits_triton(z: torch.Tensor, assignment: torch.Tensor, bias: torch
     out = torch.empty(N, V, device=z.device, dtype=z.dtype)
     block = 1024
     b = bias.contiguous() if bias is not None else z  # z is a dummy pointer when there is no bias
-    _scatter_kernel[(N, triton.cdiv(V, block))](z, assignment, b, out, V, K, HAS_BIAS=bias is not None, ROUND_BF16=z.dtype == torch.bfloat16, BLOCK_V=block)
+    _scatter_kernel[(N, triton.cdiv(V, block))](
+        z, assignment, b, out, V, K, HAS_BIAS=bias is not None, ROUND_BF16=z.dtype == torch.bfloat16, BLOCK_V=block
+    )
     return out
 
 
@@ -104,8 +127,21 @@ def _forward_triton(h, codebook, log_mass, target_code):
     zt = torch.empty_like(lse)
     block_n, block_k, block_d = 32, 64, 32
     _lse_target_kernel[(triton.cdiv(N, block_n),)](
-        h, codebook, log_mass.float().contiguous(), target_code, lse, zt, N, K, D, h.stride(0), codebook.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, IEEE=h.dtype == torch.float32,
+        h,
+        codebook,
+        log_mass.float().contiguous(),
+        target_code,
+        lse,
+        zt,
+        N,
+        K,
+        D,
+        h.stride(0),
+        codebook.stride(0),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        IEEE=h.dtype == torch.float32,
     )
     return lse, zt
 

@@ -24,7 +24,15 @@ def _median(fn, repeats: int = 7) -> float:
 
 
 @torch.no_grad()
-def measure_index(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes: list[int], batches=(1, 16), tv_rows: int = TV_ROWS, repeats: int = 7) -> list[dict]:
+def measure_index(
+    head: IndexedHead,
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    probes: list[int],
+    batches=(1, 16),
+    tv_rows: int = TV_ROWS,
+    repeats: int = 7,
+) -> list[dict]:
     """For each probe count: top-1 agreement with ``(h @ W.T).argmax``, total-variation distance of
     the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
     each batch size (same run). One row for exact greedy, with its certified fraction and the
@@ -43,7 +51,14 @@ def measure_index(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, prob
             fp16_rows += s["screened_rows"]
         agree = float((torch.cat(picks) == dense_top).float().mean())
         first_round = max(1, head.clusters // 64) if exact else P  # greedy's default first round when exact
-        row = {"clusters": head.clusters, "probes": first_round, "mode": "exact" if exact else "approximate", "agreement": agree, "fp32_rows_per_token": fp32_rows / h.shape[0], "fp16_rows_per_token": fp16_rows / h.shape[0]}
+        row = {
+            "clusters": head.clusters,
+            "probes": first_round,
+            "mode": "exact" if exact else "approximate",
+            "agreement": agree,
+            "fp32_rows_per_token": fp32_rows / h.shape[0],
+            "fp16_rows_per_token": fp16_rows / h.shape[0],
+        }
         if exact:
             row["certified"] = certified / h.shape[0]
         else:
@@ -61,7 +76,9 @@ def tv_distance(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes
     one row at a time as in batch-1 decoding (a batch reads the union of its rows' probes)."""
     total = 0.0
     for row in h.split(1):
-        total += float(0.5 * (head.sampling_probs(row, probes=probes) - torch.softmax(row @ weight.T, dim=-1)).abs().sum())
+        total += float(
+            0.5 * (head.sampling_probs(row, probes=probes) - torch.softmax(row @ weight.T, dim=-1)).abs().sum()
+        )
     return total / h.shape[0]
 
 
@@ -71,10 +88,29 @@ def random_model(shape: str):
 
     torch.manual_seed(0)
     if shape == "gemma-3-270m":  # Gemma 3 270M: V = 262,144, d = 640, 18 layers
-        config = T.Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=4096, sliding_window=512)
+        config = T.Gemma3TextConfig(
+            vocab_size=262144,
+            hidden_size=640,
+            intermediate_size=2048,
+            num_hidden_layers=18,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            max_position_embeddings=4096,
+            sliding_window=512,
+        )
         return T.Gemma3ForCausalLM(config).eval()
     if shape == "llama-3.2-1b":  # Llama 3.2 1B: V = 128,256, d = 2,048, 16 layers
-        config = T.LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True)
+        config = T.LlamaConfig(
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+        )
         return T.LlamaForCausalLM(config).eval()
     raise ValueError(f"shape must be 'gemma-3-270m' or 'llama-3.2-1b', got {shape!r}")
 
@@ -94,7 +130,16 @@ PROBE_FRACTIONS = (1 / 32, 1 / 16, 3 / 32, 1 / 8, 3 / 16, 1 / 4)
 SPEED_SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 64 rows each
 
 
-def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048), corpus: str = "pydocs", metric_tokens: int = 16384, eval_tokens: int = 4096, decode_steps: int = 8, cache: str | Path = ".cache", parts=("index", "decode")) -> dict:
+def measure_all(
+    out: str | Path = "docs/pretrained",
+    clusters=(512, 1024, 2048),
+    corpus: str = "pydocs",
+    metric_tokens: int = 16384,
+    eval_tokens: int = 4096,
+    decode_steps: int = 8,
+    cache: str | Path = ".cache",
+    parts=("index", "decode"),
+) -> dict:
     """Agreement, certification, rows read, TV distance and speed for SmolLM2 on ``corpus``'s test
     split, and decode speed at larger published shapes; writes accelerate.json / .md / .png.
     ``parts``: redo only some of them ("index", "decode", or "tv": only the index rows' TV distances),
@@ -105,8 +150,16 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
     splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
     fit = hidden_states(model, splits["train"], metric_tokens)
     h = hidden_states(model, splits["test"], eval_tokens)
-    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "metric_tokens": fit.shape[0], "eval_tokens": h.shape[0], "corpus": corpus}
-    earlier = json.loads((Path(out) / "accelerate.json").read_text()) if (Path(out) / "accelerate.json").exists() else {}
+    env = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "metric_tokens": fit.shape[0],
+        "eval_tokens": h.shape[0],
+        "corpus": corpus,
+    }
+    earlier = (
+        json.loads((Path(out) / "accelerate.json").read_text()) if (Path(out) / "accelerate.json").exists() else {}
+    )
     index_rows, heads = ([] if "index" in parts else earlier["index"]), {}
     for K, spherical in [(k, False) for k in clusters] + [(1024, True)]:
         if not {"index", "tv"} & set(parts) and not (K == 1024 and not spherical):
@@ -125,8 +178,25 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
     decode_rows = [] if "decode" in parts else earlier["decode"]
     default = heads[1024]
     for batch in (1, 16) if "decode" in parts else ():
-        speeds = decode_tokens_per_s(model, {"dense": lambda x: (x @ weight.T).argmax(-1), "indexed approximate": lambda x: default.greedy(x, exact=False), "indexed exact": default.greedy}, batch, decode_steps)
-        decode_rows.append({"model": "SmolLM2-135M (real weights)", "clusters": 1024, "probes": default.probes, "batch": batch, **{f"{k} tok/s": v for k, v in speeds.items()}})
+        speeds = decode_tokens_per_s(
+            model,
+            {
+                "dense": lambda x: (x @ weight.T).argmax(-1),
+                "indexed approximate": lambda x: default.greedy(x, exact=False),
+                "indexed exact": default.greedy,
+            },
+            batch,
+            decode_steps,
+        )
+        decode_rows.append(
+            {
+                "model": "SmolLM2-135M (real weights)",
+                "clusters": 1024,
+                "probes": default.probes,
+                "batch": batch,
+                **{f"{k} tok/s": v for k, v in speeds.items()},
+            }
+        )
     for shape, K in SPEED_SHAPES.items() if "decode" in parts else ():
         big = random_model(shape)
         w = big.get_output_embeddings().weight.detach()
@@ -136,8 +206,25 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
                 x = torch.randn(batch, w.shape[1])
                 dense_s = _median(lambda: (x @ w.T).argmax(-1))
                 head_s = _median(lambda: head.greedy(x, exact=False))
-                speeds = decode_tokens_per_s(big, {"dense": lambda x: (x @ w.T).argmax(-1), "indexed approximate": lambda x: head.greedy(x, exact=False)}, batch, decode_steps)
-                decode_rows.append({"model": f"{shape} shape (random weights, random clusters)", "clusters": K, "probes": probes, "batch": batch, "head speed-up": dense_s / head_s, **{f"{k} tok/s": v for k, v in speeds.items()}})
+                speeds = decode_tokens_per_s(
+                    big,
+                    {
+                        "dense": lambda x: (x @ w.T).argmax(-1),
+                        "indexed approximate": lambda x: head.greedy(x, exact=False),
+                    },
+                    batch,
+                    decode_steps,
+                )
+                decode_rows.append(
+                    {
+                        "model": f"{shape} shape (random weights, random clusters)",
+                        "clusters": K,
+                        "probes": probes,
+                        "batch": batch,
+                        "head speed-up": dense_s / head_s,
+                        **{f"{k} tok/s": v for k, v in speeds.items()},
+                    }
+                )
         del big
     results = {"environment": env, "index": index_rows, "decode": decode_rows}
     out = Path(out)
@@ -150,15 +237,23 @@ def measure_all(out: str | Path = "docs/pretrained", clusters=(512, 1024, 2048),
 
 def markdown(results: dict) -> str:
     env = results["environment"]
-    lines = [f"SmolLM2-135M-Instruct, {env['eval_tokens']:,} hidden states of the {env['corpus']} test split (metric from {env['metric_tokens']:,} of the train split); {env['threads']} threads.\n"]
-    lines.append("| K | spherical | mode | probes | top-1 agreement | certified | fp32 rows / token | fp16 rows / token | TV to dense | head × dense, batch 1 | batch 16 |")
+    lines = [
+        f"SmolLM2-135M-Instruct, {env['eval_tokens']:,} hidden states of the {env['corpus']} test split (metric from"
+        f" {env['metric_tokens']:,} of the train split); {env['threads']} threads.\n"
+    ]
+    lines.append(
+        "| K | spherical | mode | probes | top-1 agreement | certified | fp32 rows / token | fp16 rows / token |"
+        " TV to dense | head × dense, batch 1 | batch 16 |"
+    )
     lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["index"]:
         certified = "" if r.get("certified") is None else f"{100 * r['certified']:.1f}%"
         tv = "" if r.get("tv_distance") is None else f"{r['tv_distance']:.4f}"
         lines.append(
-            f"| {r['clusters']} | {'yes' if r['spherical'] else 'no'} | {r['mode']} | {r['probes']} | {100 * r['agreement']:.2f}% | {certified} | "
-            f"{r['fp32_rows_per_token']:,.0f} | {r['fp16_rows_per_token']:,.0f} | {tv} | {r['speedup_b1']:.2f} | {r['speedup_b16']:.2f} |"
+            f"| {r['clusters']} | {'yes' if r['spherical'] else 'no'} | {r['mode']} | {r['probes']} |"
+            f" {100 * r['agreement']:.2f}% | {certified} | "
+            f"{r['fp32_rows_per_token']:,.0f} | {r['fp16_rows_per_token']:,.0f} | {tv} | {r['speedup_b1']:.2f} |"
+            f" {r['speedup_b16']:.2f} |"
         )
     lines.append("\nGreedy decode with a KV cache, tokens/s (one run per row):\n")
     lines.append("| model | K | probes | batch | dense | indexed approximate | × | indexed exact | × | head × dense |")
@@ -167,7 +262,10 @@ def markdown(results: dict) -> str:
         d, a, e = r["dense tok/s"], r["indexed approximate tok/s"], r.get("indexed exact tok/s")
         exact = "| |" if e is None else f"| {e:.1f} | {e / d:.2f} |"
         head = f"{r['head speed-up']:.1f}" if "head speed-up" in r else ""
-        lines.append(f"| {r['model']} | {r['clusters']} | {r['probes']} | {r['batch']} | {d:.1f} | {a:.1f} | {a / d:.2f} {exact} {head} |")
+        lines.append(
+            f"| {r['model']} | {r['clusters']} | {r['probes']} | {r['batch']} | {d:.1f} | {a:.1f} |"
+            f" {a / d:.2f} {exact} {head} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,14 +277,28 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in sorted({(r["clusters"], r["spherical"]) for r in results["index"]}):
-        rs = sorted((r for r in results["index"] if (r["clusters"], r["spherical"]) == key and r["mode"] == "approximate"), key=lambda r: r["probes"])
-        ax.plot([r["speedup_b1"] for r in rs], [100 * (1 - r["agreement"]) for r in rs], "o-", label=f"K={key[0]}{' spherical' if key[1] else ''}")
+        rs = sorted(
+            (r for r in results["index"] if (r["clusters"], r["spherical"]) == key and r["mode"] == "approximate"),
+            key=lambda r: r["probes"],
+        )
+        ax.plot(
+            [r["speedup_b1"] for r in rs],
+            [100 * (1 - r["agreement"]) for r in rs],
+            "o-",
+            label=f"K={key[0]}{' spherical' if key[1] else ''}",
+        )
         exact = [r for r in results["index"] if (r["clusters"], r["spherical"]) == key and r["mode"] == "exact"]
         for r in exact:
             ax.plot([r["speedup_b1"]], [1e-3], "k*", ms=9)
     ax.axhline(0.1, color="gray", ls=":", lw=0.8, label="99.9% agreement")
     ax.axvline(10, color="gray", ls="--", lw=0.8, label="10x")
-    ax.set(xscale="log", yscale="log", xlabel="head speed-up over dense, batch 1", ylabel="top-1 disagreement with dense (%)", title="SmolLM2: agreement against speed (stars: exact mode, 0%)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="head speed-up over dense, batch 1",
+        ylabel="top-1 disagreement with dense (%)",
+        title="SmolLM2: agreement against speed (stars: exact mode, 0%)",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,4 +308,7 @@ def plot(results: dict, path: Path) -> None:
 if __name__ == "__main__":
     import sys
 
-    measure_all(*(sys.argv[1:2] or ["docs/pretrained"]), parts=tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("index", "decode"))
+    measure_all(
+        *(sys.argv[1:2] or ["docs/pretrained"]),
+        parts=tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("index", "decode"),
+    )

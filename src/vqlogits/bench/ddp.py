@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..heads import WITH_MAP, size_for_budget
 from ..files import write_json
+from ..heads import WITH_MAP, size_for_budget
 from ..lm.learned_map import MapLearner
 from ..lm.model import GPT, ModelConfig
 from .timing import median_seconds
@@ -28,14 +27,22 @@ from .timing import median_seconds
 HEADS = WITH_MAP  # every head whose map the learned map moves
 
 
-def measure(vocab_size: int = 16384, budgets=(0.02, 0.05), batch: int = 16, block: int = 128, repeats: int = 10, reassign_every: int = 100) -> list[dict]:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+def measure(
+    vocab_size: int = 16384,
+    budgets=(0.02, 0.05),
+    batch: int = 16,
+    block: int = 128,
+    repeats: int = 10,
+    reassign_every: int = 100,
+) -> list[dict]:
     world = dist.get_world_size()
     rows = []
     for head in HEADS:
         for budget in budgets:
-            sizes = {("head_bias" if k == "bias" else k): v for k, v in size_for_budget(head, budget, 128, vocab_size).items()}
+            sizes = {
+                ("head_bias" if k == "bias" else k): v
+                for k, v in size_for_budget(head, budget, 128, vocab_size).items()
+            }
             model = GPT(ModelConfig(vocab_size, 2, 4, 128, block, head=head, **sizes))
             ddp = DDP(model)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -53,11 +60,17 @@ def measure(vocab_size: int = 16384, budgets=(0.02, 0.05), batch: int = 16, bloc
             step()
             step_s, _ = median_seconds(step, repeats, warmup=0, setup=dist.barrier)
             window = learner._windows()
-            reduce_s, _ = median_seconds(lambda: [dist.all_reduce(t.clone()) for t in window], repeats, warmup=0, setup=dist.barrier)
+            reduce_s, _ = median_seconds(
+                lambda: [dist.all_reduce(t.clone()) for t in window], repeats, warmup=0, setup=dist.barrier
+            )
             rows.append(
                 {
-                    "head": head, "budget": budget, "window_mb": sum(t.numel() * t.element_size() for t in window) / 2**20, "step_s": step_s,
-                    "all_reduce_s": reduce_s, "per_reassignment_pct_of_step": 100 * reduce_s / step_s,
+                    "head": head,
+                    "budget": budget,
+                    "window_mb": sum(t.numel() * t.element_size() for t in window) / 2**20,
+                    "step_s": step_s,
+                    "all_reduce_s": reduce_s,
+                    "per_reassignment_pct_of_step": 100 * reduce_s / step_s,
                     "amortized_pct": 100 * reduce_s / (reassign_every * step_s),
                 }
             )
@@ -73,12 +86,24 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     rows = measure(repeats=args.repeats)
     if dist.get_rank() == 0:
-        env = {"world": dist.get_world_size(), "threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0)), "backend": "gloo"}
+        env = {
+            "world": dist.get_world_size(),
+            "threads": torch.get_num_threads(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "backend": "gloo",
+        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, {"environment": env, "rows": rows})
-        print(f"{env}\n\n| head | budget | window | step | all_reduce | per reassignment | every 100 steps |\n|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            f"{env}\n\n| head | budget | window | step | all_reduce | per reassignment |"
+            " every 100 steps |\n|---|---:|---:|---:|---:|---:|---:|"
+        )
         for r in rows:
-            print(f"| {r['head']} | {100 * r['budget']:g}% | {r['window_mb']:.1f} MB | {1e3 * r['step_s']:.0f} ms | {1e3 * r['all_reduce_s']:.1f} ms | {r['per_reassignment_pct_of_step']:.1f}% of a step | {r['amortized_pct']:.2f}% |")
+            print(
+                f"| {r['head']} | {100 * r['budget']:g}% | {r['window_mb']:.1f} MB | {1e3 * r['step_s']:.0f} ms |"
+                f" {1e3 * r['all_reduce_s']:.1f} ms | {r['per_reassignment_pct_of_step']:.1f}% of a step |"
+                f" {r['amortized_pct']:.2f}% |"
+            )
     dist.destroy_process_group()
 
 

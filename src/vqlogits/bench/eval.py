@@ -14,7 +14,13 @@ from .accelerate import measure_index
 from .timing import decode_tokens_per_s
 
 
-def evaluate_folder(folder: str | Path, corpus: str = "pydocs", max_tokens: int = 16384, cache: str | Path = ".cache", split: str = "test") -> dict:
+def evaluate_folder(
+    folder: str | Path,
+    corpus: str = "pydocs",
+    max_tokens: int = 16384,
+    cache: str | Path = ".cache",
+    split: str = "test",
+) -> dict:
     """A compressed model: ``evaluate_pretrained`` and greedy tokens/s with its head and with the
     dense head (``dense_tok_s``, ``vq_tok_s``). An indexed model, whose logits are the original's:
     top-1 agreement, certification and head speed of each decoding mode (``measure_index``)."""
@@ -29,5 +35,11 @@ def evaluate_folder(folder: str | Path, corpus: str = "pydocs", max_tokens: int 
         return {"folder": str(folder), "corpus": corpus, "split": split, "tokens": h.shape[0], "modes": rows}
     result = evaluate_pretrained(folder, corpus, max_tokens, cache, split)
     model, dense = load_pretrained(folder), dense_head_weight(folder)
-    speeds = decode_tokens_per_s(model, {"dense": lambda h: (h @ dense.T).argmax(-1), "vq": model.get_output_embeddings().greedy}, batch=1, steps=16, repeats=2)
+    speeds = decode_tokens_per_s(
+        model,
+        {"dense": lambda h: (h @ dense.T).argmax(-1), "vq": model.get_output_embeddings().greedy},
+        batch=1,
+        steps=16,
+        repeats=2,
+    )
     return {**result, **{f"{name}_tok_s": v for name, v in speeds.items()}}

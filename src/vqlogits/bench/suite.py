@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import csv
 import platform
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,41 +17,27 @@ from tqdm.auto import tqdm
 
 from ..files import write_json
 from ..functional import vq_cross_entropy
-from ..heads import AdaptiveHead, DenseHead, IndexedHead, VQLogitsHead
+from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
 from ..kernels import triton_usable
-from . import accelerate
-from .timing import copy_bandwidth, decode_tokens_per_s, median_seconds, peak_bytes
-
-SHAPES = {"smollm2": (49152, 576), "llama3": (128256, 2048), "gemma": (262144, 2304)}
-
-
-@dataclass
-class BenchConfig:
-    shapes: tuple = tuple(SHAPES)
-    codebook_sizes: tuple = (256, 1024, 4096)
-    tokens: tuple = (1, 64, 4096)
-    loss_tokens: tuple = (4096, 8192)
-    loss_codebook_sizes: tuple = (1024,)
-    decode_batches: tuple = (1, 16)
-    decode_steps: int = 16
-    decode_layers: int = 30
-    indexed_models: tuple = ("gemma-3-270m", "llama-3.2-1b")  # IndexedHead decode at published shapes (random weights)
-    repeats: int = 10
-    warmup: int = 2
-    max_tflop: float = 3.0  # skip a dense measurement above this many TFLOP per call (CPU time)
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    out: str = "runs/bench"
-    extras: list = field(default_factory=list)  # notes on optional baselines
-
-
-QUICK = dict(shapes=("smollm2",), loss_tokens=(8192,), decode_steps=8, repeats=2, warmup=1, indexed_models=())
-
+from .config import QUICK, SHAPES, BenchConfig  # noqa: F401 (QUICK: the CLI's --quick)
+from .decode import bench_decode, bench_indexed_decode
+from .timing import copy_bandwidth, median_seconds, peak_bytes
 
 # ---- logits ------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def logit_speed(d_model: int, vocab_size: int, codebook_size: int, tokens: int, repeats: int = 10, warmup: int = 2, device="cpu", seed: int = 0, dense_s: float | None = None) -> dict:
+def logit_speed(
+    d_model: int,
+    vocab_size: int,
+    codebook_size: int,
+    tokens: int,
+    repeats: int = 10,
+    warmup: int = 2,
+    device="cpu",
+    seed: int = 0,
+    dense_s: float | None = None,
+) -> dict:
     """Seconds for dense ``h @ W.T``, VQ code logits ``h @ C.T`` and VQ full logits, and ratios.
 
     ``dense_s`` reuses a dense time measured earlier in the same run (it does not depend on K).
@@ -94,7 +79,12 @@ def bench_logits(cfg: BenchConfig, bandwidth: float, bar) -> list[dict]:
                 bar.set_description(f"logits {shape} K={K} N={N}")
                 if 2 * N * V * d / 1e12 > cfg.max_tflop:
                     continue
-                row = {"shape": shape, "V": V, "d": d, **logit_speed(d, V, K, N, cfg.repeats, cfg.warmup, cfg.device, dense_s=dense_s)}
+                row = {
+                    "shape": shape,
+                    "V": V,
+                    "d": d,
+                    **logit_speed(d, V, K, N, cfg.repeats, cfg.warmup, cfg.device, dense_s=dense_s),
+                }
                 dense_s = row["dense_s"]
                 for name, nbytes in _logit_bytes(V, d, K, N).items():
                     row[f"{name}_bytes"] = nbytes
@@ -115,14 +105,19 @@ def _loss_methods(V: int, d: int, K: int, device) -> dict:
     def chunked(h, y, rows=1024):
         # Logits for `rows` tokens at a time, backward right away: peak memory rows x V.
         for s in range(0, h.shape[0], rows):
-            (F.cross_entropy(h[s : s + rows] @ dense.weight.T, y[s : s + rows], reduction="sum") / h.shape[0]).backward()
+            (
+                F.cross_entropy(h[s : s + rows] @ dense.weight.T, y[s : s + rows], reduction="sum") / h.shape[0]
+            ).backward()
 
+    fused_by = "Triton" if triton_usable(torch.empty(0, device=device)) else "chunked PyTorch"
     methods = {
         "dense F.cross_entropy": lambda h, y: F.cross_entropy(h @ dense.weight.T, y).backward(),
         "dense chunked (1024 rows)": chunked,
         "AdaptiveLogSoftmaxWithLoss": lambda h, y: adaptive.loss(h, y).backward(),
         f"VQ compact (K={K})": lambda h, y: vq.loss(h, y).backward(),
-        f"VQ fused, {'Triton' if triton_usable(torch.empty(0, device=device)) else 'chunked PyTorch'} (K={K})": lambda h, y: vq_cross_entropy(h, y, vq.codebook, vq.assignment, vq.bias, fused=True).backward(),
+        f"VQ fused, {fused_by} (K={K})": lambda h, y: vq_cross_entropy(
+            h, y, vq.codebook, vq.assignment, vq.bias, fused=True
+        ).backward(),
     }
     if torch.device(device).type == "cuda":  # optional fused baselines, GPU only
         try:
@@ -134,7 +129,9 @@ def _loss_methods(V: int, d: int, K: int, device) -> dict:
         try:
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-            methods["Liger fused linear CE"] = lambda h, y: liger_fused_linear_cross_entropy(h, dense.weight, y).backward()
+            methods["Liger fused linear CE"] = lambda h, y: liger_fused_linear_cross_entropy(
+                h, dense.weight, y
+            ).backward()
         except ImportError:
             pass
     return methods
@@ -157,7 +154,17 @@ def bench_loss(cfg: BenchConfig, bar) -> list[dict]:
                         continue
                     peak = peak_bytes(lambda: fn(h, y), device)  # doubles as the warm-up call
                     seconds, iqr = median_seconds(lambda: fn(h, y), cfg.repeats, max(0, cfg.warmup - 1), device)
-                    row = {"shape": shape, "V": V, "d": d, "K": K, "tokens": N, "method": name, "seconds": seconds, "iqr_s": iqr, "peak_bytes": peak}
+                    row = {
+                        "shape": shape,
+                        "V": V,
+                        "d": d,
+                        "K": K,
+                        "tokens": N,
+                        "method": name,
+                        "seconds": seconds,
+                        "iqr_s": iqr,
+                        "peak_bytes": peak,
+                    }
                     if name == "dense F.cross_entropy":
                         base = row
                     # Ratios only against a dense baseline measured in this run (it is skipped above --max-tflop).
@@ -165,73 +172,6 @@ def bench_loss(cfg: BenchConfig, bar) -> list[dict]:
                     row["memory_vs_dense"] = base["peak_bytes"] / max(peak, 1) if base else None
                     rows.append(row)
                     bar.update(1)
-    return rows
-
-
-# ---- decode --------------------------------------------------------------------------------------
-
-
-def smollm2_shaped(num_layers: int = 30):
-    """A SmolLM2-135M-shaped Llama with random weights (timing only)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
-def bench_decode(cfg: BenchConfig, bar) -> list[dict]:
-    device = torch.device(cfg.device)
-    model = smollm2_shaped(cfg.decode_layers).to(device)
-    dense = DenseHead(576, 49152).to(device)
-    with torch.no_grad():
-        dense.weight.copy_(model.lm_head.weight)
-    rows = []
-    for K in cfg.loss_codebook_sizes:
-        vq = VQLogitsHead(576, 49152, K).to(device)
-        indexed = IndexedHead(576, 49152, K).to(device)  # random balanced clusters: right for timing only
-        indexed.set_clusters(model.lm_head.weight.detach().cpu(), torch.randperm(49152, generator=torch.Generator().manual_seed(0)) % K)
-        indexed.to(device)
-        picks = {"dense": dense.greedy, "vq": vq.greedy, "indexed": lambda h: indexed.greedy(h, exact=False)}
-        for batch in cfg.decode_batches:
-            bar.set_description(f"decode batch={batch}")
-            row = {"model": "SmolLM2-135M shape, random weights", "K": K, "batch": batch, "indexed_probes": indexed.probes}
-            speeds = decode_tokens_per_s(model, picks, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
-            h = torch.randn(batch, 576, device=device)
-            for name, pick in picks.items():
-                row[f"{name}_tok_s"] = speeds[name]
-                row[f"{name}_head_s"], _ = median_seconds(lambda: pick(h), cfg.repeats, cfg.warmup, device)
-            row["speedup"] = row["vq_tok_s"] / row["dense_tok_s"]
-            row["head_speedup"] = row["dense_head_s"] / row["vq_head_s"]
-            row["indexed_speedup"] = row["indexed_tok_s"] / row["dense_tok_s"]
-            row["indexed_head_speedup"] = row["dense_head_s"] / row["indexed_head_s"]
-            rows.append(row)
-            bar.update(1)
-    return rows
-
-
-def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
-    """IndexedHead (approximate, K / 8 and K / 32 probes of about 64-row clusters) against the dense
-    head at larger published shapes: head time and greedy tokens/s, random weights and clusters."""
-    rows, device = [], torch.device(cfg.device)
-    for shape in cfg.indexed_models:
-        model = accelerate.random_model(shape).to(device)
-        w = model.get_output_embeddings().weight.detach()
-        K = accelerate.SPEED_SHAPES[shape]
-        for probes in (K // 8, K // 32):
-            head = accelerate.random_index(w.cpu(), K, probes).to(device)
-            for batch in cfg.decode_batches:
-                bar.set_description(f"indexed {shape} batch={batch}")
-                x = torch.randn(batch, w.shape[1], device=device)
-                dense_s, _ = median_seconds(lambda: (x @ w.T).argmax(-1), cfg.repeats, cfg.warmup, device)
-                head_s, _ = median_seconds(lambda: head.greedy(x, exact=False), cfg.repeats, cfg.warmup, device)
-                speeds = decode_tokens_per_s(model, {"dense": lambda h: (h @ w.T).argmax(-1), "indexed": lambda h: head.greedy(h, exact=False)}, batch, cfg.decode_steps, repeats=max(1, cfg.repeats // 3))
-                rows.append({"model": shape, "K": K, "probes": probes, "batch": batch, "dense_head_s": dense_s, "indexed_head_s": head_s,
-                             "dense_tok_s": speeds["dense"], "indexed_tok_s": speeds["indexed"], "head_speedup": dense_s / head_s, "speedup": speeds["indexed"] / speeds["dense"]})
-        del model
     return rows
 
 
@@ -244,32 +184,66 @@ def _fmt_s(s: float) -> str:
 
 def markdown(results: dict) -> str:
     env = results["environment"]
-    out = [f"Device: {env['device']} · torch {env['torch']} · threads {env['threads']} · copy bandwidth {env['copy_GBps']:.1f} GB/s\n"]
+    out = [
+        f"Device: {env['device']} · torch {env['torch']} · threads {env['threads']} · copy bandwidth"
+        f" {env['copy_GBps']:.1f} GB/s\n"
+    ]
     out.append("### Logit computation (median; ratio = dense / VQ)\n")
-    out.append("| shape | K | tokens | dense h·Wᵀ | VQ code logits | VQ full logits | × code | × full | full: % of copy roofline |")
+    out.append(
+        "| shape | K | tokens | dense h·Wᵀ | VQ code logits | VQ full logits | × code | × full |"
+        " full: % of copy roofline |"
+    )
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["logits"]:
-        out.append(f"| {r['shape']} | {r['K']} | {r['tokens']} | {_fmt_s(r['dense_s'])} | {_fmt_s(r['vq_compact_s'])} | {_fmt_s(r['vq_full_s'])} | {r['speedup_compact']:.1f} | {r['speedup_full']:.1f} | {r['vq_full_roofline_pct']:.0f}% |")
+        out.append(
+            f"| {r['shape']} | {r['K']} | {r['tokens']} | {_fmt_s(r['dense_s'])} | {_fmt_s(r['vq_compact_s'])} |"
+            f" {_fmt_s(r['vq_full_s'])} | {r['speedup_compact']:.1f} | {r['speedup_full']:.1f} |"
+            f" {r['vq_full_roofline_pct']:.0f}% |"
+        )
     out.append("\n### Loss, forward + backward (median; peak = extra memory allocated)\n")
     out.append("| shape | tokens | method | time | × vs dense | peak memory | × less memory |")
     out.append("|---|---:|---|---:|---:|---:|---:|")
     ratio = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
     for r in results["loss"]:
-        out.append(f"| {r['shape']} | {r['tokens']} | {r['method']} | {_fmt_s(r['seconds'])} | {ratio(r['speedup_vs_dense'])} | {r['peak_bytes'] / 2**20:,.1f} MiB | {ratio(r['memory_vs_dense'])} |")
+        out.append(
+            f"| {r['shape']} | {r['tokens']} | {r['method']} | {_fmt_s(r['seconds'])} |"
+            f" {ratio(r['speedup_vs_dense'])} | {r['peak_bytes'] / 2**20:,.1f} MiB | {ratio(r['memory_vs_dense'])} |"
+        )
     out.append("\n### Greedy decode with a KV cache, SmolLM2-135M shape (random weights)\n")
-    out.append("IndexedHead: approximate greedy over K / 8 probed clusters (random clusters: timing only; agreement is measured on real weights in docs/PRETRAINED.md).\n")
-    out.append("| K | batch | dense tok/s | VQ tok/s | × end to end | indexed tok/s | × end to end | head: dense | head: VQ | × head | head: indexed | × head |")
+    out.append(
+        "IndexedHead: approximate greedy over K / 8 probed clusters (random clusters: timing only;"
+        " agreement is measured on real weights in docs/PRETRAINED.md).\n"
+    )
+    out.append(
+        "| K | batch | dense tok/s | VQ tok/s | × end to end | indexed tok/s | × end to end | head: dense |"
+        " head: VQ | × head | head: indexed | × head |"
+    )
     out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["decode"]:
         indexed = f"{r['indexed_tok_s']:,.1f} | {r['indexed_speedup']:.2f}" if "indexed_tok_s" in r else "– | –"
-        indexed_head = f"{_fmt_s(r['indexed_head_s'])} | {r['indexed_head_speedup']:.1f}" if "indexed_head_s" in r else "– | –"
-        out.append(f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} | {indexed} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} | {indexed_head} |")
+        indexed_head = (
+            f"{_fmt_s(r['indexed_head_s'])} | {r['indexed_head_speedup']:.1f}" if "indexed_head_s" in r else "– | –"
+        )
+        out.append(
+            f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} |"
+            f" {indexed} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} |"
+            f" {indexed_head} |"
+        )
     if results.get("indexed"):
-        out.append("\n### IndexedHead, approximate greedy, at published shapes (random weights and clusters: speed only)\n")
-        out.append("| model | K | probes | batch | head: dense | head: indexed | × head | dense tok/s | indexed tok/s | × end to end |")
+        out.append(
+            "\n### IndexedHead, approximate greedy, at published shapes (random weights and clusters: speed only)\n"
+        )
+        out.append(
+            "| model | K | probes | batch | head: dense | head: indexed | × head | dense tok/s | indexed tok/s |"
+            " × end to end |"
+        )
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results["indexed"]:
-            out.append(f"| {r['model']} | {r['K']} | {r['probes']} | {r['batch']} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} | {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |")
+            out.append(
+                f"| {r['model']} | {r['K']} | {r['probes']} | {r['batch']} | {_fmt_s(r['dense_head_s'])} |"
+                f" {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} |"
+                f" {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |"
+            )
     if results["notes"]:
         out.append("\n" + "\n".join(f"* {n}" for n in results["notes"]))
     return "\n".join(out) + "\n"
@@ -286,7 +260,13 @@ def _plot(results: dict, path: Path) -> None:
         for K in sorted({r["K"] for r in results["logits"]}):
             rs = [r for r in results["logits"] if r["shape"] == shape and r["K"] == K]
             a1.plot([r["tokens"] for r in rs], [r["speedup_compact"] for r in rs], "o-", label=f"{shape} K={K}")
-    a1.set(xscale="log", yscale="log", xlabel="tokens", ylabel="dense time / VQ code-logit time", title="Logit computation speedup")
+    a1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="tokens",
+        ylabel="dense time / VQ code-logit time",
+        title="Logit computation speedup",
+    )
     a1.legend(fontsize=7)
     loss = [r for r in results["loss"]]
     labels = [f"{r['method']}\nN={r['tokens']}" for r in loss]
@@ -308,7 +288,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     with tqdm(total=n_logits + n_loss + len(cfg.decode_batches) * len(cfg.loss_codebook_sizes), desc="bench") as bar:
         results = {
             "environment": {
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+                "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else f"CPU ({platform.processor() or platform.machine()})",
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "copy_GBps": bandwidth / 1e9,

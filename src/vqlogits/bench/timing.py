@@ -9,12 +9,14 @@ import time
 import torch
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, repeats: int = 20, warmup: int = 3, device=torch.device("cpu"), setup=None) -> tuple[float, float]:
+def median_seconds(
+    fn, repeats: int = 20, warmup: int = 3, device: torch.device | str = "cpu", setup=None
+) -> tuple[float, float]:
     """(median, interquartile range) of ``fn()`` wall time in seconds; ``setup()``, untimed, before
     each timed call (e.g. a barrier between processes)."""
     for _ in range(warmup):
@@ -43,7 +45,9 @@ def decode_tokens_per_s(model, heads: dict, batch: int, steps: int = 16, prompt:
     device = next(model.parameters()).device
     runs = {name: [] for name in heads}
     for r in range(repeats + 1):
-        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(r)).to(device)
+        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(r)).to(
+            device
+        )
         for name, pick in heads.items():
             cache = DynamicCache()
             hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
@@ -58,12 +62,13 @@ def decode_tokens_per_s(model, heads: dict, batch: int, steps: int = 16, prompt:
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-def peak_bytes(fn, device=torch.device("cpu")) -> int:
+def peak_bytes(fn, device: torch.device | str = "cpu") -> int:
     """Peak memory that ``fn()`` allocates on top of what was live before.
 
     GPU: the CUDA caching allocator's peak. CPU: the profiler's allocator events (every
     allocation and free, in order), summed to a running total.
     """
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -75,7 +80,9 @@ def peak_bytes(fn, device=torch.device("cpu")) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     live = peak = 0
     for e in events:
         live += e.nbytes()  # negative for frees
@@ -83,7 +90,7 @@ def peak_bytes(fn, device=torch.device("cpu")) -> int:
     return peak
 
 
-def copy_bandwidth(device=torch.device("cpu"), megabytes: int = 256) -> float:
+def copy_bandwidth(device: torch.device | str = "cpu", megabytes: int = 256) -> float:
     """Bytes per second of a large device-to-device copy (read + write both counted)."""
     n = megabytes * (1 << 20) // 4
     src = torch.ones(n, device=device)

@@ -19,7 +19,6 @@ from .twolevel import TwoLevelHead
 from .vq import VQLogitsHead
 
 
-
 @dataclass(frozen=True)
 class HeadKind:
     """A head kind's name, class and capabilities."""
@@ -48,7 +47,9 @@ KINDS = {
         HeadKind("rvq", RVQHead, **_CODES),
         HeadKind("hybrid", HybridHead, **_CODES, frequent=True, from_rows=True),
         HeadKind("hybrid-twolevel", HybridTwoLevelHead, **_CODES, frequent=True, from_rows=True),
-        HeadKind("indexed", IndexedHead, trainable=False, index=True),  # a pretrained head's own rows, see hf/accelerate.py
+        HeadKind(
+            "indexed", IndexedHead, trainable=False, index=True
+        ),  # a pretrained head's own rows, see hf/accelerate.py
     )
 }
 HEADS = tuple(name for name, k in KINDS.items() if k.trainable)
@@ -123,7 +124,15 @@ def head_from_config(config: dict, d_model: int, vocab_size: int) -> nn.Module:
         raise ValueError(f"head must be one of {tuple(KINDS)}, got {name!r}")
     if KINDS[name].index:
         return IndexedHead(d_model, vocab_size, config["clusters"], config["probes"])
-    return build_head(name, d_model, vocab_size, config["codebook_size"], config["bias"], token_dim=config.get("token_dim", 8), n_frequent=config.get("n_frequent", 0))
+    return build_head(
+        name,
+        d_model,
+        vocab_size,
+        config["codebook_size"],
+        config["bias"],
+        token_dim=config.get("token_dim", 8),
+        n_frequent=config.get("n_frequent", 0),
+    )
 
 
 def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int, bias: bool = True) -> dict:
@@ -176,7 +185,9 @@ def size_for_budget(name: str, budget: float, d_model: int, vocab_size: int, bia
         raise ValueError(f"head {name!r} cannot be sized by a budget; sizable: {', '.join(SIZABLE)}")
     n += V if bias else 0
     if n > P:
-        raise ValueError(f"head_budget={budget} gives {P:,} parameters, but the smallest {name} head needs {n:,} (V={V}, d={d})")
+        raise ValueError(
+            f"head_budget={budget} gives {P:,} parameters, but the smallest {name} head needs {n:,} (V={V}, d={d})"
+        )
     return kw
 
 

@@ -43,7 +43,9 @@ class FullLogitsMixin:
 
         def rows(h_c, t_c):
             logits = self(h_c)
-            return F.cross_entropy(logits.to(VF.compute_dtype(logits.dtype)), t_c, ignore_index=ignore_index, reduction="none")
+            return F.cross_entropy(
+                logits.to(VF.compute_dtype(logits.dtype)), t_c, ignore_index=ignore_index, reduction="none"
+            )
 
         parts = []
         for s in range(0, flat_h.shape[0], self.loss_chunk_rows):

@@ -14,7 +14,9 @@ from .base import FullLogitsMixin
 class DenseHead(FullLogitsMixin, nn.Module):
     """``logits = h @ weight.T (+ bias)``, weight (V, d): the ordinary LM head."""
 
-    def __init__(self, d_model: int, vocab_size: int, bias: bool = False, *, validate: bool = True, device=None, dtype=None):
+    def __init__(
+        self, d_model: int, vocab_size: int, bias: bool = False, *, validate: bool = True, device=None, dtype=None
+    ):
         super().__init__()
         check_dims(d_model, vocab_size)
         self.d_model, self.vocab_size, self.validate = d_model, vocab_size, validate

@@ -10,7 +10,10 @@ from .vq import VQLogitsHead, balanced_assignment
 
 def _check_split(n_frequent, codebook_size, vocab_size) -> None:
     if not isinstance(n_frequent, int) or not 0 <= n_frequent < vocab_size or n_frequent + codebook_size > vocab_size:
-        raise ValueError(f"n_frequent must be an int with 0 <= n_frequent and n_frequent + codebook_size <= vocab_size={vocab_size}, got {n_frequent!r}")
+        raise ValueError(
+            "n_frequent must be an int with 0 <= n_frequent and n_frequent + codebook_size <="
+            f" vocab_size={vocab_size}, got {n_frequent!r}"
+        )
 
 
 class FrequentCodes:
@@ -45,7 +48,16 @@ class HybridHead(FrequentCodes, VQLogitsHead):
     frequent tokens (default: the smallest ids, which BPE vocabularies give to frequent merges).
     """
 
-    def __init__(self, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, bias: bool = True, *, validate: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        n_frequent: int,
+        codebook_size: int,
+        bias: bool = True,
+        *,
+        validate: bool = True,
+    ):
         _check_split(n_frequent, codebook_size, vocab_size)
         super().__init__(d_model, vocab_size, n_frequent + codebook_size, bias, validate=validate)
         self.n_frequent, self.tail_codes = n_frequent, codebook_size
@@ -60,7 +72,17 @@ class HybridTwoLevelHead(FrequentCodes, TwoLevelHead):
     exact O(K d + L e) loss and the exact greedy, is ``TwoLevelHead``'s.
     """
 
-    def __init__(self, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, token_dim: int = 8, bias: bool = True, *, validate: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        n_frequent: int,
+        codebook_size: int,
+        token_dim: int = 8,
+        bias: bool = True,
+        *,
+        validate: bool = True,
+    ):
         _check_split(n_frequent, codebook_size, vocab_size)
         super().__init__(d_model, vocab_size, n_frequent + codebook_size, token_dim, bias, validate=validate)
         self.n_frequent, self.tail_codes = n_frequent, codebook_size

@@ -15,13 +15,13 @@ and decoding reads only the clusters that can matter:
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import functional as VF
 from .._checks import check_hidden, check_reduction, check_sampling, check_state_shapes, check_targets
+from ..cluster import balanced_kmeans
 
 # The cluster ranking: centroid score plus this many isotropic standard deviations of h . (w - c).
 RANK_SIGMAS = 3.0
@@ -46,7 +46,11 @@ def _argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> to
     tied = torch.nonzero((values == best[:, None]).sum(-1) > 1).squeeze(1)  # rare: resolve those rows by id
     if tied.numel():
         rows = values[tied]
-        out[tied] = torch.where(rows == best[tied, None], ids.expand(tied.numel(), -1) if ids.dim() == 1 else ids[tied], pad).min(dim=-1).values
+        out[tied] = (
+            torch.where(rows == best[tied, None], ids.expand(tied.numel(), -1) if ids.dim() == 1 else ids[tied], pad)
+            .min(dim=-1)
+            .values
+        )
     return out
 
 
@@ -62,7 +66,9 @@ class IndexedHead(nn.Module):
     loaded (not saved).
     """
 
-    def __init__(self, d_model: int, vocab_size: int, clusters: int, probes: int | None = None, *, validate: bool = True):
+    def __init__(
+        self, d_model: int, vocab_size: int, clusters: int, probes: int | None = None, *, validate: bool = True
+    ):
         super().__init__()
         for name, value in (("d_model", d_model), ("vocab_size", vocab_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -71,7 +77,9 @@ class IndexedHead(nn.Module):
             raise ValueError(f"clusters must be an int in [1, vocab_size={vocab_size}], got {clusters!r}")
         self.d_model, self.vocab_size, self.clusters, self.validate = d_model, vocab_size, clusters, validate
         self.width = -(-vocab_size // clusters)  # L, rows per cluster
-        self.probes = self._check_probes(probes if probes is not None else max(1, round(DEFAULT_PROBE_FRACTION * clusters)))
+        self.probes = self._check_probes(
+            probes if probes is not None else max(1, round(DEFAULT_PROBE_FRACTION * clusters))
+        )
         K, L = clusters, self.width
         ids = torch.arange(K * L).view(K, L)
         self.register_buffer("rows", torch.zeros(K, L, d_model))
@@ -91,7 +99,16 @@ class IndexedHead(nn.Module):
     # ---- building -------------------------------------------------------------------------------
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, clusters: int, hidden: torch.Tensor | None = None, spherical: bool = False, seed: int = 0, probes: int | None = None, progress: bool = False) -> "IndexedHead":
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        clusters: int,
+        hidden: torch.Tensor | None = None,
+        spherical: bool = False,
+        seed: int = 0,
+        probes: int | None = None,
+        progress: bool = False,
+    ) -> "IndexedHead":
         """Index the (V, d) output matrix ``weight`` with a balanced k-means into ``clusters`` groups.
 
         ``hidden`` (n, d), hidden states of the model on some text: cluster in the metric
@@ -99,8 +116,6 @@ class IndexedHead(nn.Module):
         score predicts its rows' logits where the model's hidden states actually lie (measured:
         far better agreement than plain k-means on SmolLM2). ``spherical``: cluster directions.
         """
-        from ..cluster import balanced_kmeans
-
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D (V, d), got shape {tuple(weight.shape)}")
         V, d = weight.shape
@@ -165,7 +180,11 @@ class IndexedHead(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         K, L, d = self.clusters, self.width, self.d_model
-        check_state_shapes(state_dict, prefix, {"rows": (K, L, d), "token_ids": (K, L), "centroids": (K, d), "radius": (K,), "spread": (K,)})
+        check_state_shapes(
+            state_dict,
+            prefix,
+            {"rows": (K, L, d), "token_ids": (K, L), "centroids": (K, d), "radius": (K,), "spread": (K,)},
+        )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh()
 
@@ -194,8 +213,12 @@ class IndexedHead(nn.Module):
         else:  # into a kept buffer: a fresh allocation this size costs more in page faults than the copy
             if self._scratch.numel() < union.numel() * self.width * self.d_model:
                 self._scratch = torch.empty(union.numel() * self.width * self.d_model, device=flat.device)
-            rows = self._scratch[: union.numel() * self.width * self.d_model].view(union.numel(), self.width, self.d_model)
-            rows = torch.index_select(self.rows, 0, union, out=rows).reshape(-1, self.d_model)  # index_select: 2-3x faster than rows[union]
+            rows = self._scratch[: union.numel() * self.width * self.d_model].view(
+                union.numel(), self.width, self.d_model
+            )
+            rows = torch.index_select(self.rows, 0, union, out=rows).reshape(
+                -1, self.d_model
+            )  # index_select: 2-3x faster than rows[union]
         ids = self.token_ids[union].reshape(-1)  # (U * L,)
         logits = flat @ rows.T
         if self._padded:
@@ -236,7 +259,9 @@ class IndexedHead(nn.Module):
         check_targets(targets, h, self.vocab_size, ignore_index, self.validate)
         check_reduction(reduction)
         logits = self.dense_logits(h).flatten(0, -2)
-        loss = F.cross_entropy(logits.to(VF.compute_dtype(logits.dtype)), targets.flatten(), ignore_index=ignore_index, reduction=reduction)
+        loss = F.cross_entropy(
+            logits.to(VF.compute_dtype(logits.dtype)), targets.flatten(), ignore_index=ignore_index, reduction=reduction
+        )
         return loss.reshape(targets.shape) if reduction == "none" else loss
 
     @torch.no_grad()
@@ -264,11 +289,19 @@ class IndexedHead(nn.Module):
         default = max(1, self.clusters // 64) if exact else self.probes
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
         answer = _argmax_smallest_id(logits, ids, self.vocab_size)
-        stats = {"rows": flat.shape[0], "probed_rows": ids.numel(), "certified": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
+        stats = {
+            "rows": flat.shape[0],
+            "probed_rows": ids.numel(),
+            "certified": flat.shape[0],
+            "screened_rows": 0,
+            "verified_rows": 0,
+        }
         if exact and flat.shape[0]:
             best = logits.max(dim=-1).values  # (N,), a value of the fp32 reference
             gamma = 2 * _gamma(self.d_model)
-            slack = gamma * norm * (self.centroids.norm(dim=-1) + self.radius + self._row_norm.max())  # both roundings, generously
+            slack = (
+                gamma * norm * (self.centroids.norm(dim=-1) + self.radius + self._row_norm.max())
+            )  # both roundings, generously
             bound = (z + norm * self.radius + slack).index_fill(1, union, float("-inf"))
             todo = torch.nonzero(~(bound < best[:, None]).all(dim=-1)).squeeze(1)
             stats["certified"] = flat.shape[0] - todo.numel()
@@ -288,7 +321,10 @@ class IndexedHead(nn.Module):
             rows.copy_(half[start : start + rows.shape[0]])
             torch.mm(flat, rows.T, out=screen[:, start : start + rows.shape[0]])
         gamma = _gamma(d)
-        delta = flat.norm(dim=-1, keepdim=True) * self._row_norm * (_U16 + gamma * (2 + _U16)) + d * flat.abs().amax(-1, keepdim=True) * 2.0**-25
+        delta = (
+            flat.norm(dim=-1, keepdim=True) * self._row_norm * (_U16 + gamma * (2 + _U16))
+            + d * flat.abs().amax(-1, keepdim=True) * 2.0**-25
+        )
         screen.masked_fill_(~self._real, float("-inf"))
         floor = torch.maximum(best, (screen - delta).max(dim=-1).values)  # the answer's logit is at least this
         candidates = (screen + delta >= floor[:, None]) & self._real  # (n, K * L)
@@ -299,7 +335,9 @@ class IndexedHead(nn.Module):
         return _argmax_smallest_id(exact, self.token_ids.reshape(-1)[columns], self.vocab_size)
 
     @torch.no_grad()
-    def sampling_probs(self, h, temperature: float = 1.0, top_k=None, top_p=None, probes: int | None = None) -> torch.Tensor:
+    def sampling_probs(
+        self, h, temperature: float = 1.0, top_k=None, top_p=None, probes: int | None = None
+    ) -> torch.Tensor:
         """The distribution ``sample`` draws from, (..., V).
 
         Without top-k / top-p: P(v) = m_k / sum_j m_j * softmax over k's tokens of logit / T, for v
@@ -318,7 +356,12 @@ class IndexedHead(nn.Module):
             log_mass = self._log_masses(z, norm, union, logits, temperature)
             dense = self.dense_logits(flat) / temperature  # (N, V)
             cluster = self._cluster_of
-            within = dense - torch.full_like(log_mass, float("-inf")).scatter_reduce(1, cluster.expand_as(dense), dense, "amax")[:, cluster]
+            within = (
+                dense
+                - torch.full_like(log_mass, float("-inf")).scatter_reduce(1, cluster.expand_as(dense), dense, "amax")[
+                    :, cluster
+                ]
+            )
             within = within - torch.log(torch.zeros_like(log_mass).index_add_(1, cluster, within.exp()))[:, cluster]
             out = torch.exp(torch.log_softmax(log_mass, dim=-1)[:, cluster] + within)
         return out.reshape(*h.shape[:-1], self.vocab_size)
@@ -330,7 +373,9 @@ class IndexedHead(nn.Module):
         return log_mass.index_copy(1, union, exact)
 
     @torch.no_grad()
-    def sample(self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None, probes: int | None = None) -> torch.Tensor:
+    def sample(
+        self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None, probes: int | None = None
+    ) -> torch.Tensor:
         """A draw from ``sampling_probs``: a cluster by its (exact or estimated) mass, then a token by
         the exact softmax inside it, reading that cluster's rows if it was not probed."""
         check_sampling(temperature, top_k, top_p)
@@ -341,9 +386,13 @@ class IndexedHead(nn.Module):
             real = ids < self.vocab_size
             pick = VF.sample_logits(logits[:, real], temperature, top_k, top_p, generator)
             return ids[real][pick].reshape(h.shape[:-1])
-        cluster = torch.multinomial(torch.softmax(self._log_masses(z, norm, union, logits, temperature), dim=-1), 1, generator=generator).squeeze(1)
+        cluster = torch.multinomial(
+            torch.softmax(self._log_masses(z, norm, union, logits, temperature), dim=-1), 1, generator=generator
+        ).squeeze(1)
         members = self.token_ids[cluster]  # (N, L)
-        within = torch.einsum("nld,nd->nl", self.rows[cluster], flat).masked_fill(members == self.vocab_size, float("-inf"))
+        within = torch.einsum("nld,nd->nl", self.rows[cluster], flat).masked_fill(
+            members == self.vocab_size, float("-inf")
+        )
         pick = torch.multinomial(torch.softmax(within / temperature, dim=-1), 1, generator=generator)
         return members.gather(1, pick).squeeze(1).reshape(h.shape[:-1])
 
@@ -355,4 +404,5 @@ class IndexedHead(nn.Module):
         return {"flops": 2 * K * d + 2 * P * L * d, "bytes": 4 * K * d + 4 * P * L * d}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, vocab_size={self.vocab_size}, clusters={self.clusters}, rows_per_cluster={self.width}, probes={self.probes}"
+        sizes = f"clusters={self.clusters}, rows_per_cluster={self.width}, probes={self.probes}"
+        return f"d_model={self.d_model}, vocab_size={self.vocab_size}, {sizes}"

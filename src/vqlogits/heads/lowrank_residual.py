@@ -17,7 +17,9 @@ class VQLowRankHead(FullLogitsMixin, nn.Module):
     logits, so the loss is exact over row chunks, O(N * V * r) work, chunk x V memory.
     """
 
-    def __init__(self, d_model: int, vocab_size: int, codebook_size: int, rank: int, bias: bool = True, *, validate: bool = True):
+    def __init__(
+        self, d_model: int, vocab_size: int, codebook_size: int, rank: int, bias: bool = True, *, validate: bool = True
+    ):
         super().__init__()
         if not isinstance(rank, int) or not 1 <= rank <= d_model:
             raise ValueError(f"rank must be an int in [1, d_model={d_model}], got {rank!r}")
@@ -40,7 +42,9 @@ class VQLowRankHead(FullLogitsMixin, nn.Module):
     def loss_flops(self, targets: torch.Tensor) -> int:
         """Matmul FLOPs of ``loss`` forward + backward: code logits and the rank-r residual, x 4
         (the chunked loss recomputes its forward in backward)."""
-        return 8 * targets.numel() * (self.vq.codebook_size * self.d_model + self.rank * (self.d_model + self.vocab_size))
+        return (
+            8 * targets.numel() * (self.vq.codebook_size * self.d_model + self.rank * (self.d_model + self.vocab_size))
+        )
 
 
 class RVQHead(FullLogitsMixin, nn.Module):
@@ -50,7 +54,16 @@ class RVQHead(FullLogitsMixin, nn.Module):
     two tokens rarely share every code. The loss is exact over row chunks, O(N * V * M).
     """
 
-    def __init__(self, d_model: int, vocab_size: int, codebook_size: int, num_codebooks: int = 2, bias: bool = True, *, validate: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        codebook_size: int,
+        num_codebooks: int = 2,
+        bias: bool = True,
+        *,
+        validate: bool = True,
+    ):
         super().__init__()
         check_dims(d_model, vocab_size, codebook_size)
         if not isinstance(num_codebooks, int) or num_codebooks < 1:
@@ -59,7 +72,10 @@ class RVQHead(FullLogitsMixin, nn.Module):
         self.codebooks = nn.Parameter(torch.randn(num_codebooks, codebook_size, d_model) * 0.02)
         g = torch.Generator().manual_seed(0)
         maps = [balanced_assignment(vocab_size, codebook_size)]
-        maps += [balanced_assignment(vocab_size, codebook_size, torch.randperm(vocab_size, generator=g)) for _ in range(num_codebooks - 1)]
+        maps += [
+            balanced_assignment(vocab_size, codebook_size, torch.randperm(vocab_size, generator=g))
+            for _ in range(num_codebooks - 1)
+        ]
         self.register_buffer("assignments", torch.stack(maps))  # (M, V)
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
 

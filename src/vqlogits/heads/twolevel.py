@@ -22,7 +22,16 @@ class TwoLevelHead(nn.Module):
     O(K d + L e); sampling with temperature != 1 or top-k / top-p uses the full distribution.
     """
 
-    def __init__(self, d_model: int, vocab_size: int, codebook_size: int, token_dim: int = 8, bias: bool = True, *, validate: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        codebook_size: int,
+        token_dim: int = 8,
+        bias: bool = True,
+        *,
+        validate: bool = True,
+    ):
         super().__init__()
         check_dims(d_model, vocab_size, codebook_size)
         if not isinstance(token_dim, int) or token_dim < 1:
@@ -66,7 +75,9 @@ class TwoLevelHead(nn.Module):
         ids, mask = self._layout()
         ids, mask = ids[codes], mask[codes]  # (N, ..., L)
         s = self._inner(g, ids).masked_fill(~mask, float("-inf"))
-        within = (s - torch.logsumexp(s, dim=-1, keepdim=True)).masked_fill(~mask, float("-inf"))  # no NaN for empty codes
+        within = (s - torch.logsumexp(s, dim=-1, keepdim=True)).masked_fill(
+            ~mask, float("-inf")
+        )  # no NaN for empty codes
         return ids, within, mask
 
     def _log_code(self, flat: torch.Tensor) -> torch.Tensor:
@@ -144,7 +155,11 @@ class TwoLevelHead(nn.Module):
             ids, within, _ = self._code_members(g, codes)  # (N, m, L)
             joint = (log_code.gather(1, codes)[..., None] + within).flatten(1)  # (N, m*L)
             best, where = joint.max(-1)
-            bound = log_code.gather(1, order[:, m : m + 1]).squeeze(-1) if m < self.codebook_size else torch.full_like(best, float("-inf"))
+            bound = (
+                log_code.gather(1, order[:, m : m + 1]).squeeze(-1)
+                if m < self.codebook_size
+                else torch.full_like(best, float("-inf"))
+            )
             if m >= self.codebook_size or bool((best >= bound).all()):
                 return ids.flatten(1).gather(1, where[:, None]).squeeze(-1).reshape(h.shape[:-1])
             m = min(2 * m, self.codebook_size)

@@ -12,4 +12,14 @@ from .generate import generate, generate_text
 from .load import SUPPORTED, load_causal_lm
 from .training import patch
 
-__all__ = ["SUPPORTED", "compress", "evaluate_pretrained", "generate", "generate_text", "load_causal_lm", "load_pretrained", "patch", "save_pretrained"]
+__all__ = [
+    "SUPPORTED",
+    "compress",
+    "evaluate_pretrained",
+    "generate",
+    "generate_text",
+    "load_causal_lm",
+    "load_pretrained",
+    "patch",
+    "save_pretrained",
+]

@@ -29,7 +29,17 @@ def hidden_states(model, data, tokens: int, block: int = 256, batch: int = 4) ->
     return torch.cat(out).float()
 
 
-def accelerate(spec: str, clusters: int, out: str | Path, probes: int | None = None, spherical: bool = False, corpus: str = "pydocs", hidden_tokens: int = 16384, seed: int = 0, cache: str | Path = ".cache") -> Path:
+def accelerate(
+    spec: str,
+    clusters: int,
+    out: str | Path,
+    probes: int | None = None,
+    spherical: bool = False,
+    corpus: str = "pydocs",
+    hidden_tokens: int = 16384,
+    seed: int = 0,
+    cache: str | Path = ".cache",
+) -> Path:
     """Load a causal LM, index its output rows into ``clusters`` balanced clusters, save to ``out``.
 
     The clustering metric comes from ``hidden_tokens`` hidden states of the model on ``corpus``'s
@@ -48,9 +58,20 @@ def accelerate(spec: str, clusters: int, out: str | Path, probes: int | None = N
     if hidden_tokens and (source / "tokenizer.json").exists():
         splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
         hidden = hidden_states(model, splits["train"], hidden_tokens)
-    head = IndexedHead.from_weight(weight, clusters, hidden=hidden, spherical=spherical, seed=seed, probes=probes, progress=True)
+    head = IndexedHead.from_weight(
+        weight, clusters, hidden=hidden, spherical=spherical, seed=seed, probes=probes, progress=True
+    )
     use_head(model, head)
     out = Path(out)
     copy_tokenizer(source, out)  # before vqlogits.json: its presence means a complete folder
-    save_pretrained(model, out, source=spec, extra={"hidden_tokens": hidden_tokens if hidden is not None else 0, "corpus": corpus if hidden is not None else None, "spherical": spherical})
+    save_pretrained(
+        model,
+        out,
+        source=spec,
+        extra={
+            "hidden_tokens": hidden_tokens if hidden is not None else 0,
+            "corpus": corpus if hidden is not None else None,
+            "spherical": spherical,
+        },
+    )
     return out

@@ -21,7 +21,9 @@ from ..cluster import balanced_kmeans, kmeans
 from ..heads import FROM_ROWS, KINDS, HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead
 
 
-def _low_rank_offsets(rows: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _low_rank_offsets(
+    rows: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """E (n, e), Q (d, e) minimising |R - E Q^T|_F with R = rows - centroids[assignment]."""
     offsets = rows - centroids[assignment]
     U, S, Vh = torch.linalg.svd(offsets, full_matrices=False)
@@ -29,7 +31,14 @@ def _low_rank_offsets(rows: torch.Tensor, centroids: torch.Tensor, assignment: t
 
 
 @torch.no_grad()
-def head_from_rows(name: str, dense: torch.Tensor, sizes: dict, frequent: torch.Tensor | None = None, seed: int = 0, progress: bool = True):
+def head_from_rows(
+    name: str,
+    dense: torch.Tensor,
+    sizes: dict,
+    frequent: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+):
     """A ``name`` head of ``sizes`` (``size_for_budget``'s keys) approximating ``dense`` (V, d).
     ``frequent``: token ids by decreasing train frequency (hybrids, and vq with ``n_frequent``).
     ``codebook_size`` counts the codes shared by the other tokens; a vq head has
@@ -58,9 +67,13 @@ def head_from_rows(name: str, dense: torch.Tensor, sizes: dict, frequent: torch.
         return head
     e = sizes["token_dim"]
     codes = balanced_kmeans(rows, K, seed=seed, progress=progress)
-    centroids = torch.zeros(K, d).index_add_(0, codes, rows) / torch.bincount(codes, minlength=K).clamp_min(1)[:, None].float()
+    centroids = (
+        torch.zeros(K, d).index_add_(0, codes, rows) / torch.bincount(codes, minlength=K).clamp_min(1)[:, None].float()
+    )
     E, Q = _low_rank_offsets(rows, centroids, codes, e)
-    head = TwoLevelHead(d, V, K, e, bias=bias) if name == "twolevel" else HybridTwoLevelHead(d, V, n_freq, K, e, bias=bias)
+    head = (
+        TwoLevelHead(d, V, K, e, bias=bias) if name == "twolevel" else HybridTwoLevelHead(d, V, n_freq, K, e, bias=bias)
+    )
     assignment[tail] = n_freq + codes
     head.codebook.copy_(torch.cat([dense[frequent[:n_freq]], centroids]) if n_freq else centroids)
     head.proj.copy_(Q)

@@ -30,7 +30,9 @@ from ..lm.learned_map import LEARNABLE, MapLearner
 from .folder import dense_head_weight, load_pretrained, save_pretrained
 
 
-def distill_loss(h: torch.Tensor, head, teacher_logits: torch.Tensor | None, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
+def distill_loss(
+    h: torch.Tensor, head, teacher_logits: torch.Tensor | None, targets: torch.Tensor, kl_weight: float
+) -> torch.Tensor:
     """CE(targets) + kl_weight * KL(teacher || student), means over tokens; h (N, d).
 
     VQ heads (vq, hybrid): the KL without the student's (N, V) logits, through
@@ -69,14 +71,19 @@ def _resumable(ckpt: Path, module, opt, learner=None) -> dict:
             learner.load_state_dict(saved["learner"])
         state.update(step=saved["step"], elapsed=saved["elapsed"], losses=saved["losses"])
     state["snapshot"] = lambda: {
-        "module": module.state_dict(), "opt": opt.state_dict(), "learner": None if learner is None else learner.state_dict(), **{k: state[k] for k in ("step", "elapsed", "losses")}
+        "module": module.state_dict(),
+        "opt": opt.state_dict(),
+        "learner": None if learner is None else learner.state_dict(),
+        **{k: state[k] for k in ("step", "elapsed", "losses")},
     }
     return state
 
 
 def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save_every: int) -> None:
     """Call ``step_fn(step)`` until ``seconds`` of this stage are spent (resumed time counts)."""
-    bar = tqdm(total=round(seconds), initial=min(round(state["elapsed"]), round(seconds)), desc=desc, unit="s", mininterval=1.0)
+    bar = tqdm(
+        total=round(seconds), initial=min(round(state["elapsed"]), round(seconds)), desc=desc, unit="s", mininterval=1.0
+    )
     while state["elapsed"] < seconds:
         t0 = time.perf_counter()
         loss = step_fn(state["step"])
@@ -124,14 +131,19 @@ def calibrate(
     if not isinstance(train_layers, int) or train_layers < 0:
         raise ValueError(f"train_layers must be an int >= 0, got {train_layers!r}")
     if not (Path(folder) / "vqlogits.json").exists():
-        raise ValueError(f"folder={str(folder)!r} is not a compressed model (no vqlogits.json); make one with `vqlogits compress`")
+        raise ValueError(
+            f"folder={str(folder)!r} is not a compressed model (no vqlogits.json); make one with `vqlogits compress`"
+        )
     model = load_pretrained(folder)
     head = model.get_output_embeddings()
     dense = dense_head_weight(folder)
     splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
     train = splits["train"]
     budget = budget_minutes * 60
-    share = {"1": budget * (stage1_share if stages == "12" else 1.0), "2": budget * ((1 - stage1_share) if stages == "12" else 1.0)}
+    share = {
+        "1": budget * (stage1_share if stages == "12" else 1.0),
+        "2": budget * ((1 - stage1_share) if stages == "12" else 1.0),
+    }
     summary: dict = {"stages": {}}
     torch.manual_seed(seed)
 
@@ -171,14 +183,24 @@ def calibrate(
             return loss.item()
 
         _run_timed("stage 1 (head)", share["1"], state, step1, ckpt, save_every=reassign_every or 50)
-        summary["stages"]["1"] = {"steps": state["step"], "seconds": state["elapsed"], "final_loss": state["losses"][-1] if state["losses"] else None, "reassign_every": reassign_every if learner else 0, "moved": moved}
+        summary["stages"]["1"] = {
+            "steps": state["step"],
+            "seconds": state["elapsed"],
+            "final_loss": state["losses"][-1] if state["losses"] else None,
+            "reassign_every": reassign_every if learner else 0,
+            "moved": moved,
+        }
 
     if "2" in stages:
         ckpt = folder / "calib_stage2.pt"
         teacher_backbone = copy.deepcopy(model.base_model).eval().requires_grad_(False)
         blocks, norm = _blocks(model)
         model.requires_grad_(train_layers == 0)
-        trainable = list(model.parameters()) if train_layers == 0 else [p for m in (*blocks[-train_layers:], norm) for p in m.parameters()]
+        trainable = (
+            list(model.parameters())
+            if train_layers == 0
+            else [p for m in (*blocks[-train_layers:], norm) for p in m.parameters()]
+        )
         for p in trainable:
             p.requires_grad_(True)
         head.requires_grad_(True)
@@ -191,7 +213,11 @@ def calibrate(
             x, y = get_batch(train, step, seed, batch, block)
             h = model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model)  # (B*T, d)
             with torch.no_grad():
-                teacher = teacher_backbone(input_ids=x).last_hidden_state.reshape(-1, head.d_model) @ dense.T if kl_weight else None
+                teacher = (
+                    teacher_backbone(input_ids=x).last_hidden_state.reshape(-1, head.d_model) @ dense.T
+                    if kl_weight
+                    else None
+                )
             loss = distill_loss(h, head, teacher, y.reshape(-1), kl_weight)
             opt.zero_grad()
             loss.backward()
@@ -201,11 +227,18 @@ def calibrate(
 
         _run_timed("stage 2 (model)", share["2"], state, step2, ckpt, save_every=10)
         model.eval()
-        summary["stages"]["2"] = {"steps": state["step"], "seconds": state["elapsed"], "train_layers": train_layers, "final_loss": state["losses"][-1] if state["losses"] else None}
+        summary["stages"]["2"] = {
+            "steps": state["step"],
+            "seconds": state["elapsed"],
+            "train_layers": train_layers,
+            "final_loss": state["losses"][-1] if state["losses"] else None,
+        }
 
     save_pretrained(model, folder)
     meta = json.loads((folder / "vqlogits.json").read_text())
-    meta.setdefault("calibration", []).append({"corpus": corpus, "budget_minutes": budget_minutes, "kl_weight": kl_weight, **summary})
+    meta.setdefault("calibration", []).append(
+        {"corpus": corpus, "budget_minutes": budget_minutes, "kl_weight": kl_weight, **summary}
+    )
     meta["calibrated_backbone"] = meta.get("calibrated_backbone", False) or "2" in stages
     write_json(folder / "vqlogits.json", meta)  # the folder does not load without it
     return summary

@@ -47,7 +47,9 @@ def compress(
     if head == "vq" and (not isinstance(exact_tokens, int) or not 0 <= exact_tokens < codebook_size):
         raise ValueError(f"exact_tokens must be an int in [0, codebook_size={codebook_size}), got {exact_tokens!r}")
     if frequent_kind and not head_budget and (not isinstance(exact_tokens, int) or exact_tokens < 1):
-        raise ValueError(f"head {head!r} without --head-budget needs exact_tokens >= 1 (its frequent tokens), got {exact_tokens!r}")
+        raise ValueError(
+            f"head {head!r} without --head-budget needs exact_tokens >= 1 (its frequent tokens), got {exact_tokens!r}"
+        )
     if init not in ("kmeans", "random", "frequency"):
         raise ValueError(f"init must be 'kmeans', 'random' or 'frequency', got {init!r}")
     writable_folder(out)  # before the minutes of loading and clustering
@@ -67,11 +69,15 @@ def compress(
         splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
         frequent = torch.sort(token_counts(splits["train"], V), descending=True, stable=True).indices
     if head == "vq" and init != "kmeans" and not sizes.get("n_frequent"):
-        built = VQLogitsHead.from_weight(dense, sizes["codebook_size"], init=init, seed=seed, bias=sizes["bias"], progress=True)
+        built = VQLogitsHead.from_weight(
+            dense, sizes["codebook_size"], init=init, seed=seed, bias=sizes["bias"], progress=True
+        )
     else:
         built = head_from_rows(head, dense, sizes, frequent, seed)
     use_head(model, built)
     out = Path(out)
     copy_tokenizer(source, out)
-    save_pretrained(model, out, dense_head=dense, source=spec)  # vqlogits.json last: its presence means the folder is complete
+    save_pretrained(
+        model, out, dense_head=dense, source=spec
+    )  # vqlogits.json last: its presence means the folder is complete
     return out

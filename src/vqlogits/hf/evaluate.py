@@ -16,7 +16,9 @@ from .load import load_causal_lm
 
 
 @torch.no_grad()
-def compare_heads(backbone, vq, dense_weight: torch.Tensor, data, block: int = 256, max_tokens: int = 16384, original_backbone=None) -> dict:
+def compare_heads(
+    backbone, vq, dense_weight: torch.Tensor, data, block: int = 256, max_tokens: int = 16384, original_backbone=None
+) -> dict:
     """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens.
 
     The original model is ``original_backbone`` (default: the same backbone) with the dense head.
@@ -37,11 +39,23 @@ def compare_heads(backbone, vq, dense_weight: torch.Tensor, data, block: int = 2
         kl += float((logp_o.exp() * (logp_o - logp_c)).sum())
         agree += float((logp_o.argmax(-1) == logp_c.argmax(-1)).sum())
         count += y.numel()
-    return {"ppl_original": math.exp(nll_o / count), "ppl_compressed": math.exp(nll_c / count), "ppl_ratio_interval95": ratio_interval(gaps),
-            "kl_original_to_compressed": kl / count, "top1_agreement": agree / count, "eval_tokens": count}
+    return {
+        "ppl_original": math.exp(nll_o / count),
+        "ppl_compressed": math.exp(nll_c / count),
+        "ppl_ratio_interval95": ratio_interval(gaps),
+        "kl_original_to_compressed": kl / count,
+        "top1_agreement": agree / count,
+        "eval_tokens": count,
+    }
 
 
-def evaluate_pretrained(folder: str | Path, corpus: str = "pydocs", max_tokens: int = 16384, cache: str | Path = ".cache", split: str = "test") -> dict:
+def evaluate_pretrained(
+    folder: str | Path,
+    corpus: str = "pydocs",
+    max_tokens: int = 16384,
+    cache: str | Path = ".cache",
+    split: str = "test",
+) -> dict:
     """Original vs compressed on ``corpus``'s ``split``: perplexity, KL, top-1 agreement, head size.
     The original is the calibrated backbone with the dense head, or the source model when
     calibration changed the backbone. (``vqlogits eval`` adds decode speed, see bench/eval.py.)"""
@@ -55,7 +69,16 @@ def evaluate_pretrained(folder: str | Path, corpus: str = "pydocs", max_tokens: 
         original, _ = load_causal_lm(meta["source"], cache)
     vq = model.get_output_embeddings()
     result = {"folder": str(folder), "corpus": corpus, "split": split, "codebook_size": vq.codebook_size}
-    result.update(compare_heads(model.base_model, vq, dense, splits[split], max_tokens=max_tokens, original_backbone=None if original is None else original.base_model))
+    result.update(
+        compare_heads(
+            model.base_model,
+            vq,
+            dense,
+            splits[split],
+            max_tokens=max_tokens,
+            original_backbone=None if original is None else original.base_model,
+        )
+    )
     head_params = sum(p.numel() for p in vq.parameters())
     result.update(
         head_params=head_params,

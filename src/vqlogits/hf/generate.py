@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
+from transformers import DynamicCache
 
 from ..heads import kind_of
 from .folder import load_pretrained
@@ -12,7 +14,18 @@ from .load import vqlogits_head
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, generator=None, eos_token_id: int | None = None, exact: bool = True) -> torch.Tensor:
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k=None,
+    top_p=None,
+    do_sample: bool = False,
+    generator=None,
+    eos_token_id: int | None = None,
+    exact: bool = True,
+) -> torch.Tensor:
     """Decode with the backbone's KV cache and the head's compact greedy / sample: no (B, V) logits.
 
     VQ head: same distribution per step as ``model.generate(..., do_sample, temperature, top_k,
@@ -20,8 +33,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperatu
     (``exact=True``) or its probed approximation (``exact=False``); sampling is ``IndexedHead.sample``.
     (B, T) -> (B, T + new).
     """
-    from transformers import DynamicCache
-
     head = vqlogits_head(model, "greedy", "sample")
     greedy = (lambda h: head.greedy(h, exact=exact)) if kind_of(head).index else head.greedy
     backbone = model.base_model
@@ -42,10 +53,18 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, temperatu
     return ids
 
 
-def generate_text(folder: str | Path, prompt: str, max_new_tokens: int = 48, temperature: float = 1.0, top_k=None, top_p=None, do_sample: bool = False, seed: int = 0, exact: bool = True) -> str:
+def generate_text(
+    folder: str | Path,
+    prompt: str,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_k=None,
+    top_p=None,
+    do_sample: bool = False,
+    seed: int = 0,
+    exact: bool = True,
+) -> str:
     """Prompt in, continuation out, through ``generate`` (the compact path)."""
-    from tokenizers import Tokenizer
-
     folder = Path(folder)
     model = load_pretrained(folder)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..lm.embedded import smollm2_gguf
 
@@ -23,7 +24,10 @@ def vqlogits_head(model, *needs: str):
     """``model``'s output layer, checked to be a vqlogits head with the methods ``needs``."""
     head = model.get_output_embeddings()
     if not all(hasattr(head, name) for name in needs):
-        raise ValueError(f"model's output layer is {type(head).__name__}, not a vqlogits head; install one first (e.g. vqlogits.hf.compress)")
+        raise ValueError(
+            f"model's output layer is {type(head).__name__}, not a vqlogits head; install one first (e.g."
+            " vqlogits.hf.compress)"
+        )
     return head
 
 
@@ -36,8 +40,6 @@ def use_head(model, head) -> None:
 
 def _smollm2_folder(cache: str | Path) -> Path:
     """SmolLM2-135M-Instruct as a plain HF folder, converted once from the GGUF (about 10 s)."""
-    from transformers import AutoTokenizer
-
     folder = Path(cache) / "smollm2"
     hf = folder / "hf"
     if not (hf / "model.safetensors").exists():
@@ -49,8 +51,6 @@ def _smollm2_folder(cache: str | Path) -> Path:
 
 def _from_gguf(path: Path):
     """Dequantised fp32 model from a GGUF file, rebuilt so that it can be saved again."""
-    from transformers import AutoModelForCausalLM
-
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     config = loaded.config
     for attr in ("quantization_config",):
@@ -63,8 +63,6 @@ def _from_gguf(path: Path):
 
 def load_causal_lm(spec: str, cache: str | Path = ".cache"):
     """(model, folder) for ``smollm2``, an HF model folder, or a ``.gguf`` file. Float32, eval mode."""
-    from transformers import AutoModelForCausalLM
-
     if spec == "smollm2":
         spec = str(_smollm2_folder(cache))
     path = Path(spec)

@@ -8,7 +8,12 @@ from pathlib import Path
 from ..files import write_json
 
 # (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
-STAGES = (("kmeans", "k-means only", None), ("stage1", "+ stage 1 (head)", "1"), ("stage2", "+ stage 2 (last layers)", "2"), ("full", "+ stage 2, whole test split", "2"))
+STAGES = (
+    ("kmeans", "k-means only", None),
+    ("stage1", "+ stage 1 (head)", "1"),
+    ("stage2", "+ stage 2 (last layers)", "2"),
+    ("full", "+ stage 2, whole test split", "2"),
+)
 
 
 def load_evals(root: str | Path) -> list[dict]:
@@ -21,7 +26,13 @@ def load_evals(root: str | Path) -> list[dict]:
             if f.exists():
                 r = json.loads(f.read_text())
                 calib = [c["stages"][stage] for c in meta.get("calibration", []) if stage in c["stages"]]
-                r.update(model=folder.name, series=_series(meta), stage=name, stage_key=key, steps=calib[-1]["steps"] if calib else 0)
+                r.update(
+                    model=folder.name,
+                    series=_series(meta),
+                    stage=name,
+                    stage_key=key,
+                    steps=calib[-1]["steps"] if calib else 0,
+                )
                 rows.append(r)
     if not rows:
         raise ValueError(f"no compressed model with eval_*.json under {root}")
@@ -58,7 +69,8 @@ def plotted(rows: list[dict]) -> list[dict]:
 
 
 def _share(r: dict) -> float:
-    """Head size in % of the dense head, to 0.1%: the column a model falls in (heads sized to one budget differ by a few parameters)."""
+    """Head size in % of the dense head, to 0.1%: the column a model falls in (heads sized to one
+    budget differ by a few parameters)."""
     return round(100 * r["head_params"] / r["dense_head_params"], 1)
 
 
@@ -72,30 +84,48 @@ def _gap(r: dict) -> str:
 
 
 def final_markdown(rows: list[dict]) -> str:
-    """Perplexity against the original after each model's last stage: one row per head and map, one column per head size."""
+    """Perplexity against the original after each model's last stage: one row per head and map, one
+    column per head size."""
     final = _final(rows)
     sizes = sorted({_share(r) for r in final})
     out = ["| head, map | " + " | ".join(f"{s:g}% of the head" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for series in sorted({r["series"] for r in final}):
         cells = {_share(r): r for r in final if r["series"] == series}
-        out.append(f"| {series} | " + " | ".join(
-            f"{_gap(cells[s])} ({cells[s]['ppl_compressed']:.2f}, {cells[s]['stage'].lstrip('+ ')})" if s in cells else "–" for s in sizes) + " |")
+        out.append(
+            f"| {series} | "
+            + " | ".join(
+                f"{_gap(cells[s])} ({cells[s]['ppl_compressed']:.2f}, {cells[s]['stage'].lstrip('+ ')})"
+                if s in cells
+                else "–"
+                for s in sizes
+            )
+            + " |"
+        )
     return "\n".join(out) + "\n"
 
 
 def pretrained_markdown(rows: list[dict]) -> str:
-    out = ["| model | stage | steps | eval tokens | head params | % of dense | ppl original | ppl compressed | × original | KL(orig‖comp) | top-1 agreement |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| model | stage | steps | eval tokens | head params | % of dense | ppl original | ppl compressed |"
+        " × original | KL(orig‖comp) | top-1 agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         out.append(
-            f"| {r['model']} | {r['stage']} | {r['steps']} | {r.get('eval_tokens', 0):,} | {r['head_params']:,} | {_share(r):.1f}% | "
-            f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.2f} | {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
+            f"| {r['model']} | {r['stage']} | {r['steps']} | {r.get('eval_tokens', 0):,} | {r['head_params']:,} |"
+            f" {_share(r):.1f}% | "
+            f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.2f} |"
+            f" {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
         )
     return "\n".join(out) + "\n"
 
 
 def generations_markdown(root: str | Path) -> str:
     """Each model's ``generation.txt`` (what `vqlogits generate` printed); empty if there is none."""
-    blocks = [f"\n**{f.parent.name}**\n\n~~~text\n{f.read_text().strip()}\n~~~\n" for f in sorted(Path(root).rglob("generation.txt"))]
+    blocks = [
+        f"\n**{f.parent.name}**\n\n~~~text\n{f.read_text().strip()}\n~~~\n"
+        for f in sorted(Path(root).rglob("generation.txt"))
+    ]
     return "\n## Greedy generations\n" + "".join(blocks) if blocks else ""
 
 
@@ -118,24 +148,42 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
         rs = sorted((r for r in final if r["series"] == name), key=_share)
         x = [sizes.index(_share(r)) + (j - (len(series) - 1) / 2) * width for r in rs]
         y = [r["ppl_compressed"] / r["ppl_original"] for r in rs]
-        ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y)]
-        ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]], fmt="o-", capsize=3, label=name)
+        ci = [r.get("ppl_ratio_interval95") or [v, v] for r, v in zip(rs, y, strict=True)]
+        pairs = list(zip(y, ci, strict=True))
+        ax.errorbar(
+            x,
+            y,
+            yerr=[[v - lo for v, (lo, _) in pairs], [hi - v for v, (_, hi) in pairs]],
+            fmt="o-",
+            capsize=3,
+            label=name,
+        )
     stage = _after(final[0])
     ax.axhline(1.0, color="gray", ls="--", label="original (dense head)")
     ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
     ax.set_xticks(range(len(sizes)), [f"{s:g}%" for s in sizes])
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]))
+    ax.yaxis.set_major_locator(
+        matplotlib.ticker.FixedLocator([1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000])
+    )
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set(xlabel="head parameters, % of the dense head", ylabel="test perplexity × original (95% interval)", title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, k-means only")
+    ax.set(
+        xlabel="head parameters, % of the dense head",
+        ylabel="test perplexity × original (95% interval)",
+        title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, k-means only",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
-    text = ("# Compressed pretrained models\n\n## After the last stage\n\n" + final_markdown(rows)
-            + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n" + pretrained_markdown(rows)
-            + generations_markdown(root))
+    text = (
+        "# Compressed pretrained models\n\n## After the last stage\n\n"
+        + final_markdown(rows)
+        + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n"
+        + pretrained_markdown(rows)
+        + generations_markdown(root)
+    )
     (out / "pretrained_report.md").write_text(text)
     # The numbers behind the table, kept beside it: runs/ holds ~1 GB a model and does not outlive a machine.
     write_json(out / "rows.json", rows)

@@ -29,11 +29,29 @@ def patch(model):
         return model
     original = model.forward
 
-    def forward(input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
         # HF's own signature; other keywords pass through under the caller's names.
         shift_labels = kwargs.pop("shift_labels", None)
         num_items = kwargs.pop("num_items_in_batch", None)
-        given = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        given = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
         if labels is None and shift_labels is None:
             return original(**given, logits_to_keep=logits_to_keep)
         out = model.base_model(**given)
@@ -48,7 +66,13 @@ def patch(model):
         if isinstance(logits_to_keep, torch.Tensor) or logits_to_keep:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = head(h[:, keep])
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states, attentions=out.attentions)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
     model.forward = forward
     model._vqlogits_patched = True

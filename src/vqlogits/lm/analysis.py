@@ -31,13 +31,17 @@ def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int 
     if not isinstance(vq.head, VQLogitsHead):
         raise ValueError(f"{vq_run} is not a VQ run (head {type(vq.head).__name__})")
     if (dcfg.corpus, dcfg.tokenizer) != (vcfg.corpus, vcfg.tokenizer):
-        raise ValueError(f"runs differ in corpus or tokenizer: {(dcfg.corpus, dcfg.tokenizer)} vs {(vcfg.corpus, vcfg.tokenizer)}")
+        raise ValueError(
+            f"runs differ in corpus or tokenizer: {(dcfg.corpus, dcfg.tokenizer)} vs {(vcfg.corpus, vcfg.tokenizer)}"
+        )
     splits, _, meta = tokenize_corpus(vcfg.corpus, vcfg.tokenizer, vcfg.cache)
     V, head = meta["vocab_size"], vq.head
     M, K = head.assignment, head.codebook_size
     counts = token_counts(splits["train"], V).double() + 1.0  # add-one
     code_counts = torch.zeros(K, dtype=torch.float64).index_add_(0, M, counts)
-    sums = dict.fromkeys(("vq_total", "vq_code", "vq_within", "dense_total", "dense_code", "dense_within", "unigram_within"), 0.0)
+    sums = dict.fromkeys(
+        ("vq_total", "vq_code", "vq_within", "dense_total", "dense_code", "dense_within", "unigram_within"), 0.0
+    )
     n = 0
     for w in eval_windows(splits["test"], vq.cfg.block_size, max_tokens, batch):  # the tokens `perplexity` reads
         x, y = w[:, :-1], w[:, 1:].reshape(-1)

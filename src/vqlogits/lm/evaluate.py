@@ -13,7 +13,14 @@ from .model import GPT
 
 
 @torch.no_grad()
-def evaluate_split(model: GPT, data: np.ndarray, max_tokens: int, byte_lengths: np.ndarray | None = None, batch: int = 16, desc: str = "eval") -> dict:
+def evaluate_split(
+    model: GPT,
+    data: np.ndarray,
+    max_tokens: int,
+    byte_lengths: np.ndarray | None = None,
+    batch: int = 16,
+    desc: str = "eval",
+) -> dict:
     """Next-token loss over consecutive windows of ``data`` (up to ``max_tokens`` targets; the
     first token of the split is never a target): its total ``nats``, ``tokens``, ``ppl`` =
     exp(nats / tokens), and with ``byte_lengths`` (``data.token_byte_lengths``) the UTF-8

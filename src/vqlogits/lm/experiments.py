@@ -9,9 +9,9 @@ from pathlib import Path
 from ..files import RunLocked, load_plain
 from ..heads import HEADS, KINDS
 from .data import tokenize_corpus
+from .evaluate import split_scores
 from .model import GPT, ModelConfig
 from .report import write_report
-from .evaluate import split_scores
 from .train import TrainConfig, train
 
 
@@ -74,17 +74,44 @@ def sweep(
         if budgets and KINDS[head].sizable:
             maps = mappings if head == "vq" else ("random",)  # only vq takes --mapping
             mapped = KINDS[head].has_map  # lowrank: no map to learn, no bias
-            for b, mapping, every, with_bias in itertools.product(budgets, maps, reassign if mapped else (0,), bias if mapped else (True,)):
+            for b, mapping, every, with_bias in itertools.product(
+                budgets, maps, reassign if mapped else (0,), bias if mapped else (True,)
+            ):
                 named_map = "" if mapping == "random" else f"-{mapping}"
-                name = f"{head}-b{b:g}{named_map}{'' if with_bias else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
-                configs.append(replace(base, head=head, head_budget=b, mapping=mapping, head_bias=with_bias, reassign_every=every, warmup_dense_steps=_dense_warmup(base, mapping), seed=seed, out=str(out / name)))
+                learned = f"-learn{every}{frac}" if every else ""
+                name = f"{head}-b{b:g}{named_map}{'' if with_bias else '-nobias'}{learned}-s{seed}"
+                configs.append(
+                    replace(
+                        base,
+                        head=head,
+                        head_budget=b,
+                        mapping=mapping,
+                        head_bias=with_bias,
+                        reassign_every=every,
+                        warmup_dense_steps=_dense_warmup(base, mapping),
+                        seed=seed,
+                        out=str(out / name),
+                    )
+                )
             continue
         if head != "vq":
             configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))
             continue
         for K, mapping, b, every in itertools.product(codebook_sizes, mappings, bias, reassign):
             name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
-            configs.append(replace(base, head="vq", codebook_size=K, mapping=mapping, head_bias=b, reassign_every=every, warmup_dense_steps=_dense_warmup(base, mapping), seed=seed, out=str(out / name)))
+            configs.append(
+                replace(
+                    base,
+                    head="vq",
+                    codebook_size=K,
+                    mapping=mapping,
+                    head_bias=b,
+                    reassign_every=every,
+                    warmup_dense_steps=_dense_warmup(base, mapping),
+                    seed=seed,
+                    out=str(out / name),
+                )
+            )
     if wsd_steps:
         if list(wsd_steps) != sorted(set(wsd_steps)):
             raise ValueError(f"wsd_steps must be increasing, got {list(wsd_steps)}")
@@ -92,7 +119,9 @@ def sweep(
         for cfg in configs:
             for i, steps in enumerate(wsd_steps):
                 init = str(Path(cfg.out) / f"steps{wsd_steps[i - 1]}") if i else ""
-                chained.append(replace(cfg, schedule="wsd", steps=steps, init_from=init, out=str(Path(cfg.out) / f"steps{steps}")))
+                chained.append(
+                    replace(cfg, schedule="wsd", steps=steps, init_from=init, out=str(Path(cfg.out) / f"steps{steps}"))
+                )
         configs = chained
     for cfg in configs:  # every option of the grid, before any run starts
         cfg.check()

@@ -16,7 +16,8 @@ def family(r: dict) -> str:
     c = r["config"]
     if not c.get("head_budget"):
         return label(r)
-    return f"{r['head']}{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}{' learned' + _frac(c) if c.get('reassign_every') else ''}"
+    learned = " learned" + _frac(c) if c.get("reassign_every") else ""
+    return f"{r['head']}{_fixed_map(r)}{'' if c['head_bias'] else ' no-bias'}{learned}"
 
 
 def _fixed_map(r: dict) -> str:

@@ -56,7 +56,10 @@ class MapLearner:
 
     def __init__(self, head, frac: float, samples: int = 128, seed: int = 0):
         if not isinstance(head, LEARNABLE):
-            raise ValueError(f"the learned map needs a head with a token -> code map ({[c.__name__ for c in LEARNABLE]}), got {type(head).__name__}")
+            raise ValueError(
+                f"the learned map needs a head with a token -> code map ({[c.__name__ for c in LEARNABLE]}),"
+                f" got {type(head).__name__}"
+            )
         if not 0 < frac <= 1:
             raise ValueError(f"reassign_frac must be in (0, 1], got {frac!r}")
         self.frac, self.samples, self.seed, self.calls = frac, samples, seed, 0
@@ -83,7 +86,11 @@ class MapLearner:
 
     @staticmethod
     def _codes(head) -> int:
-        return head.codebooks.shape[1] if isinstance(head, RVQHead) else (head.vq if isinstance(head, VQLowRankHead) else head).codebook_size
+        return (
+            head.codebooks.shape[1]
+            if isinstance(head, RVQHead)
+            else (head.vq if isinstance(head, VQLowRankHead) else head).codebook_size
+        )
 
     def _sample_rows(self, n: int, seq: int, device) -> tuple[torch.Tensor, float]:
         """This rank's rows of a sample of the global batch, and the scale of their sum.
@@ -105,7 +112,9 @@ class MapLearner:
         self.seen += torch.bincount(y, minlength=self.seen.numel())
         self.calls += 1
         if isinstance(head, TwoLevelHead):
-            for chunk in torch.arange(flat.shape[0], device=flat.device).split(self.samples):  # (chunk, V) stays in cache
+            for chunk in torch.arange(flat.shape[0], device=flat.device).split(
+                self.samples
+            ):  # (chunk, V) stays in cache
                 self._observe_twolevel(head, flat[chunk], y[chunk])
             return
         if isinstance(head, VQLogitsHead):
@@ -117,7 +126,7 @@ class MapLearner:
         rows, scale = self._sample_rows(flat.shape[0], targets.shape[-1] if targets.dim() > 1 else 1, flat.device)
         logp = torch.log_softmax(head(flat[rows]).float(), dim=-1)  # (n, V)
         codebooks = head.codebooks if isinstance(head, RVQHead) else head.vq.codebook[None]
-        for m, (codebook, assignment) in enumerate(zip(codebooks, self._maps(head))):
+        for m, (codebook, assignment) in enumerate(zip(codebooks, self._maps(head), strict=True)):
             z = (flat @ codebook.T).float()  # (N, K)
             self.own[m].index_add_(0, y, z)
             zs = z[rows]
@@ -133,11 +142,15 @@ class MapLearner:
         code_y = head.assignment[y]
         joined = torch.logaddexp(lse, s_y)  # the code's normaliser with y added
         joined.scatter_(1, code_y[:, None], lse.gather(1, code_y[:, None]))  # y is already in its own code
-        self.own[0].index_add_(0, y, torch.nan_to_num(log_code + s_y - joined, neginf=-1e4))  # empty codes: never chosen
+        self.own[0].index_add_(
+            0, y, torch.nan_to_num(log_code + s_y - joined, neginf=-1e4)
+        )  # empty codes: never chosen
         log_share = s - lse.gather(1, code_y[:, None])  # (N, V): each token's share inside y's code (if it sat there)
         member = head.assignment[None, :] == code_y[:, None]  # (N, V)
         # Row n loses -log(1 - share) to v for as long as v is in y_n's code, and log(1 + share) once v joins it.
-        cost = torch.where(member, -torch.log1p(-log_share.exp().clamp(max=1 - 1e-6)), torch.nn.functional.softplus(log_share))
+        cost = torch.where(
+            member, -torch.log1p(-log_share.exp().clamp(max=1 - 1e-6)), torch.nn.functional.softplus(log_share)
+        )
         cost.scatter_(1, y[:, None], 0.0)  # a row's own target takes nothing from it
         self.taken[0].T.index_add_(0, code_y, cost)  # (K, V), contiguous
 
@@ -163,7 +176,9 @@ class MapLearner:
             gain = self.gain(head, m).masked_fill(~allowed, float("-inf"))  # (V, K)
             best_gain, best = gain.max(dim=1)
             ok = movable & allowed[assignment]
-            improvement = torch.where(ok, best_gain - gain.gather(1, assignment[:, None]).squeeze(1), torch.zeros_like(best_gain))
+            improvement = torch.where(
+                ok, best_gain - gain.gather(1, assignment[:, None]).squeeze(1), torch.zeros_like(best_gain)
+            )
             n_move = int(min(int((improvement > 0).sum()), self.frac * int(ok.sum())))
             if n_move > 0:
                 movers = torch.topk(improvement, n_move).indices
@@ -187,7 +202,9 @@ class MapLearner:
         every = [torch.zeros_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine)
         if any(not torch.equal(e, every[0]) for e in every):
-            raise RuntimeError(f"learned map differs between ranks after call {self.calls}: checksums {[e.tolist() for e in every]}")
+            raise RuntimeError(
+                f"learned map differs between ranks after call {self.calls}: checksums {[e.tolist() for e in every]}"
+            )
 
     def state_dict(self) -> dict:
         """The window statistics summed over ranks (a collective under torchrun) and the call count."""
@@ -200,6 +217,6 @@ class MapLearner:
     def load_state_dict(self, state: dict) -> None:
         """Rank 0 takes the summed window, the other ranks start it from zero: the next all_reduce
         gives every rank the whole window again."""
-        for t, name in zip(self._windows(), ("own", "taken", "seen")):
+        for t, name in zip(self._windows(), ("own", "taken", "seen"), strict=True):
             t.copy_(state[name]) if self.rank == 0 else t.zero_()
         self.calls = state["calls"]

@@ -37,10 +37,29 @@ class ModelConfig:
     n_frequent: int = 256  # hybrid, hybrid-twolevel
 
     def build_head(self) -> nn.Module:
-        return build_head(self.head, self.d_model, self.vocab_size, self.codebook_size, self.head_bias, self.rank, self.token_dim, self.num_codebooks, self.n_frequent)
+        return build_head(
+            self.head,
+            self.d_model,
+            self.vocab_size,
+            self.codebook_size,
+            self.head_bias,
+            self.rank,
+            self.token_dim,
+            self.num_codebooks,
+            self.n_frequent,
+        )
 
     @classmethod
-    def preset(cls, name: str, vocab_size: int, block_size: int = 0, n_layer: int = 0, n_head: int = 0, d_model: int = 0, **head_kw) -> "ModelConfig":
+    def preset(
+        cls,
+        name: str,
+        vocab_size: int,
+        block_size: int = 0,
+        n_layer: int = 0,
+        n_head: int = 0,
+        d_model: int = 0,
+        **head_kw,
+    ) -> "ModelConfig":
         """The preset's shape; a size > 0 replaces the preset's. A width given without ``n_head``
         gets heads of ``HEAD_DIM`` dimensions."""
         if name not in PRESETS:
@@ -58,7 +77,9 @@ def body_train_flops(n_layer: int, d_model: int, block_size: int) -> int:
     return 72 * n_layer * d_model * d_model + 12 * n_layer * block_size * d_model
 
 
-def size_body(target: float, head_flops, block_size: int, n_layer: int = 0, d_model: int = 0, tolerance: float = 0.1) -> tuple[int, int]:
+def size_body(
+    target: float, head_flops, block_size: int, n_layer: int = 0, d_model: int = 0, tolerance: float = 0.1
+) -> tuple[int, int]:
     """The body (n_layer, d_model) whose training FLOPs per token, ``body_train_flops`` plus
     ``head_flops(d_model)`` (the head's, per token), come nearest ``target``.
 
@@ -66,14 +87,19 @@ def size_body(target: float, head_flops, block_size: int, n_layer: int = 0, d_mo
     ``d_model`` (n_layer is solved). A ``ValueError`` if the nearest shape is further than
     ``tolerance`` from ``target``: the grid cannot hit it."""
     if (n_layer > 0) == (d_model > 0):
-        raise ValueError(f"size_body needs exactly one of n_layer and d_model, got n_layer={n_layer}, d_model={d_model}")
+        raise ValueError(
+            f"size_body needs exactly one of n_layer and d_model, got n_layer={n_layer}, d_model={d_model}"
+        )
     widths = range(WIDTH_STEP, 2049, WIDTH_STEP) if n_layer else [d_model]
     head = {d: head_flops(d) for d in widths}
     shapes = [(L, d) for L in ([n_layer] if n_layer else range(1, 129)) for d in widths]
     cost = {s: body_train_flops(*s, block_size) + head[s[1]] for s in shapes}
     best = min(shapes, key=lambda s: abs(cost[s] - target))
     if abs(cost[best] / target - 1) > tolerance:
-        raise ValueError(f"no body with n_layer={n_layer or 'any'}, d_model={d_model or 'any'} is within {tolerance:.0%} of {target:,.0f} training FLOPs per token (nearest: {best}, {cost[best]:,.0f})")
+        raise ValueError(
+            f"no body with n_layer={n_layer or 'any'}, d_model={d_model or 'any'} is within {tolerance:.0%} of"
+            f" {target:,.0f} training FLOPs per token (nearest: {best}, {cost[best]:,.0f})"
+        )
     return best
 
 
@@ -84,11 +110,15 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, C/H) each
+        q, k, v = (
+            self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        )  # (B, H, T, C/H) each
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
@@ -141,7 +171,9 @@ class GPT(nn.Module):
         Equal to ``torch.utils.flop_counter.FlopCounterMode``'s count of the step with the math
         attention backend (tested).
         """
-        return targets.numel() * body_train_flops(self.cfg.n_layer, self.cfg.d_model, targets.shape[-1]) + self.head.loss_flops(targets)
+        return targets.numel() * body_train_flops(
+            self.cfg.n_layer, self.cfg.d_model, targets.shape[-1]
+        ) + self.head.loss_flops(targets)
 
     def decode_flops(self) -> int:
         """Matmul FLOPs of one decoded token with a KV cache, averaged over the positions of a full

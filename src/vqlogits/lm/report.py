@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -82,14 +83,16 @@ def _vs(r: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s | decode FLOPs/token |\n"
+    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s "
+    head += "| decode FLOPs/token |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
         flops = f"{r['decode_flops']:,}" if r.get("decode_flops") else ""
         lines.append(
             f"| {r['config']} | {r['seeds']} | {r['head_params']:,} | {r['reduction_pct']:.1f}% | "
-            f"{r['val_ppl']:.1f}{_sd(r['val_sd'])} | {r['test_ppl']:.1f}{_sd(r['test_sd'])} | {_vs(r)} | {r['tokens_per_s']:,.0f} | {flops} |"
+            f"{r['val_ppl']:.1f}{_sd(r['val_sd'])} | {r['test_ppl']:.1f}{_sd(r['test_sd'])} | {_vs(r)} |"
+            f" {r['tokens_per_s']:,.0f} | {flops} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -100,7 +103,7 @@ def crossing(points: list[tuple[float, float]], target: float) -> str:
     points = sorted(points)
     if points[0][1] <= target:
         return f"≤ {100 * points[0][0]:g}%"
-    for (b0, p0), (b1, p1) in zip(points, points[1:]):
+    for (b0, p0), (b1, p1) in itertools.pairwise(points):
         if p1 <= target:
             t = (math.log(p0) - math.log(target)) / (math.log(p0) - math.log(p1))
             return f"{100 * math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))):.1f}%"
@@ -120,7 +123,14 @@ def budget_table(rows: list[dict]) -> str:
             cells[r["family"]][r["head_budget"]] = f"{r['test_ppl']:.1f}{_sd(r['test_sd'])} ({_vs(r)}, n={r['seeds']})"
             points[r["family"]].append((r["head_budget"], r["test_ppl"]))
     cross = " | dense +5% reached at |" if dense else " |"
-    head = "| head | " + " | ".join(f"{100 * b:g}% of dense" for b in budgets) + cross + "\n|---|" + "---:|" * (len(budgets) + bool(dense)) + "\n"
+    head = (
+        "| head | "
+        + " | ".join(f"{100 * b:g}% of dense" for b in budgets)
+        + cross
+        + "\n|---|"
+        + "---:|" * (len(budgets) + bool(dense))
+        + "\n"
+    )
     lines = []
     for fam, c in cells.items():
         end = f" {crossing(points[fam], 1.05 * dense)} |" if dense else ""
@@ -148,7 +158,17 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
             rs = sorted((r for r in rs if r.get(x_key)), key=lambda r: r[x_key])
             if rs:
                 is_dense = fam == "dense"
-                ax.errorbar([r[x_key] for r in rs], [r["test_ppl"] for r in rs], yerr=[r["test_sd"] for r in rs], fmt="*" if is_dense else f"{markers[i % len(markers)]}-", ms=12 if is_dense else 5, lw=1, capsize=2, color=plt.cm.tab20(i % 20), label=fam)
+                ax.errorbar(
+                    [r[x_key] for r in rs],
+                    [r["test_ppl"] for r in rs],
+                    yerr=[r["test_sd"] for r in rs],
+                    fmt="*" if is_dense else f"{markers[i % len(markers)]}-",
+                    ms=12 if is_dense else 5,
+                    lw=1,
+                    capsize=2,
+                    color=plt.cm.tab20(i % 20),
+                    label=fam,
+                )
         if dense:
             ax.axhline(dense["test_ppl"], color="gray", ls="--", lw=0.8)
             ax.axhline(1.05 * dense["test_ppl"], color="gray", ls=":", lw=0.8, label="dense +5%")
@@ -165,8 +185,14 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     # Train loss, smoothed and averaged over seeds; with budgets, one panel per budget (dense in each).
     budgets = sorted({r["config"]["head_budget"] for r in runs if r["config"].get("head_budget")}) or [None]
     cols = min(3, len(budgets))
-    fig, axes = plt.subplots((len(budgets) + cols - 1) // cols, cols, figsize=(5 * cols, 4 * ((len(budgets) + cols - 1) // cols)), sharey=True, squeeze=False)
-    for ax, budget in zip(axes.flat, budgets):
+    fig, axes = plt.subplots(
+        (len(budgets) + cols - 1) // cols,
+        cols,
+        figsize=(5 * cols, 4 * ((len(budgets) + cols - 1) // cols)),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax, budget in zip(axes.flat, budgets, strict=False):  # spare axes are switched off below
         groups = defaultdict(list)
         for r in runs:
             if budget is None or r["config"].get("head_budget") == budget or r["head"] == "dense":
@@ -176,9 +202,13 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
             w = max(1, n // 30)
             mean = np.convolve(np.mean([x[:n] for x in losses], axis=0), np.ones(w) / w, mode="valid")
             ax.plot(np.arange(w, n + 1), mean, lw=1, color=plt.cm.tab20(i % 20), label=name)
-        ax.set(xlabel="step", ylabel="train loss", title="train loss (smoothed, mean over seeds)" if budget is None else f"head budget {100 * budget:g}%")
+        ax.set(
+            xlabel="step",
+            ylabel="train loss",
+            title="train loss (smoothed, mean over seeds)" if budget is None else f"head budget {100 * budget:g}%",
+        )
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(budgets):]:
+    for ax in list(axes.flat)[len(budgets) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=100)
@@ -214,7 +244,9 @@ def write_report(paths: list[str | Path], out: str | Path, extra: str = "", intr
     if len(budgets) > 1:  # several token budgets: quality against tokens and compute, then the largest budget
         text += scaling_report(runs, chain, out) + f"## At the largest budget ({budgets[-1]:,} tokens)\n\n"
         rows = [r for r in chain if r["train_tokens"] == budgets[-1]]
-        runs = [r for r in runs if r["train_tokens"] == budgets[-1] and r["config"].get("schedule", "cosine") == schedule]
+        runs = [
+            r for r in runs if r["train_tokens"] == budgets[-1] and r["config"].get("schedule", "cosine") == schedule
+        ]
     images = plots(runs, rows, out)
     by_budget = budget_table(rows)
     text += f"Test perplexity by head budget:\n\n{by_budget}\n" if by_budget else ""

@@ -11,6 +11,7 @@ and plots: the gap against training tokens, and test perplexity against training
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import defaultdict
@@ -39,7 +40,10 @@ def dense_convergence(runs: list[dict]) -> tuple[str, dict]:
             by_tokens[r["train_tokens"]].append(r)
     if not by_tokens:
         return "", {}
-    lines = ["| train tokens | seeds | val ppl | gain of this doubling | test ppl | seed spread (max − min) / mean |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| train tokens | seeds | val ppl | gain of this doubling | test ppl | seed spread (max − min) / mean |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     prev, verdict = None, {}
     for tokens in sorted(by_tokens):
         rs = by_tokens[tokens]
@@ -51,16 +55,28 @@ def dense_convergence(runs: list[dict]) -> tuple[str, dict]:
             f"| {_fmt_tokens(tokens)} | {len(rs)} | {val:.2f} | {'–' if gain is None else f'{100 * gain:.1f}%'} | "
             f"{statistics.fmean(tests):.2f} | {f'{100 * spread:.1f}%' if len(rs) > 1 else '–'} |"
         )
-        verdict = {"train_tokens": tokens, "seeds": len(rs), "val_ppl": val, "last_doubling_gain": gain, "test_seed_spread": spread if len(rs) > 1 else None}
+        verdict = {
+            "train_tokens": tokens,
+            "seeds": len(rs),
+            "val_ppl": val,
+            "last_doubling_gain": gain,
+            "test_seed_spread": spread if len(rs) > 1 else None,
+        }
         prev = val
     vals = [statistics.fmean(r["val_ppl"] for r in by_tokens[t]) for t in sorted(by_tokens)]
     verdict["doublings_to_3pct"] = doublings_to(vals, 0.03)
     text = "\n".join(lines) + "\n"
-    if verdict["last_doubling_gain"] is not None and verdict["last_doubling_gain"] >= 0.03 and verdict["doublings_to_3pct"]:
+    if (
+        verdict["last_doubling_gain"] is not None
+        and verdict["last_doubling_gain"] >= 0.03
+        and verdict["doublings_to_3pct"]
+    ):
         n = verdict["doublings_to_3pct"]
         text += (
-            f"\nNot converged by the protocol's rule (last doubling < 3%). If each doubling's gain in log perplexity keeps "
-            f"shrinking at the measured rate, {n:.1f} more doublings (about {_fmt_tokens(verdict['train_tokens'] * 2 ** n)} tokens) would get there.\n"
+            "\nNot converged by the protocol's rule (last doubling < 3%)."
+            " If each doubling's gain in log perplexity keeps "
+            f"shrinking at the measured rate, {n:.1f} more doublings (about"
+            f" {_fmt_tokens(verdict['train_tokens'] * 2**n)} tokens) would get there.\n"
         )
     return text, verdict
 
@@ -68,10 +84,10 @@ def dense_convergence(runs: list[dict]) -> tuple[str, dict]:
 def doublings_to(vals: list[float], gain: float) -> float | None:
     """More doublings of the budget until one improves perplexity by less than ``gain``, extrapolating
     each doubling's log-perplexity decrement geometrically (their mean ratio); None if not shrinking."""
-    drops = [math.log(a / b) for a, b in zip(vals, vals[1:])]
+    drops = [math.log(a / b) for a, b in itertools.pairwise(vals)]
     if len(drops) < 2 or min(drops) <= 0:
         return None
-    ratio = math.exp(statistics.fmean(math.log(b / a) for a, b in zip(drops, drops[1:])))
+    ratio = math.exp(statistics.fmean(math.log(b / a) for a, b in itertools.pairwise(drops)))
     target = -math.log(1 - gain)
     if ratio >= 1:
         return None
@@ -84,11 +100,22 @@ def gap_table(rows: list[dict]) -> str:
     cells = defaultdict(dict)
     for r in rows:
         cells[r["config"]][r["train_tokens"]] = r
-    head = "| config | head params | " + " | ".join(_fmt_tokens(t) for t in budgets) + " |\n|---|---:|" + "---:|" * len(budgets) + "\n"
+    head = (
+        "| config | head params | "
+        + " | ".join(_fmt_tokens(t) for t in budgets)
+        + " |\n|---|---:|"
+        + "---:|" * len(budgets)
+        + "\n"
+    )
     lines = []
     for name, c in cells.items():
         any_row = next(iter(c.values()))
-        shown = [(f"{c[t]['test_ppl']:.1f}" if name == "dense" else f"{c[t]['test_ppl']:.1f} ({_gap(c[t])})") if t in c else "–" for t in budgets]
+        shown = [
+            (f"{c[t]['test_ppl']:.1f}" if name == "dense" else f"{c[t]['test_ppl']:.1f} ({_gap(c[t])})")
+            if t in c
+            else "–"
+            for t in budgets
+        ]
         lines.append(f"| {name} | {any_row['head_params']:,} | " + " | ".join(shown) + " |")
     return head + "\n".join(lines) + "\n"
 
@@ -99,11 +126,17 @@ def equal_compute(rows: list[dict]) -> str:
     dense = sorted((r for r in rows if r["config"] == "dense" and r.get("train_flops")), key=lambda r: r["train_flops"])
     if not dense:
         return ""
-    lines = ["| compute (dense at) | FLOPs | dense test ppl | best within it | its tokens | its test ppl |", "|---|---:|---:|---|---:|---:|"]
+    lines = [
+        "| compute (dense at) | FLOPs | dense test ppl | best within it | its tokens | its test ppl |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     for d in dense:
         within = [r for r in rows if r.get("train_flops") and r["train_flops"] <= d["train_flops"] * 1.0001]
         best = min(within, key=lambda r: r["test_ppl"])
-        lines.append(f"| {_fmt_tokens(d['train_tokens'])} tokens | {d['train_flops']:.2e} | {d['test_ppl']:.1f} | {best['config']} | {_fmt_tokens(best['train_tokens'])} | {best['test_ppl']:.1f} |")
+        lines.append(
+            f"| {_fmt_tokens(d['train_tokens'])} tokens | {d['train_flops']:.2e} | {d['test_ppl']:.1f} |"
+            f" {best['config']} | {_fmt_tokens(best['train_tokens'])} | {best['test_ppl']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -116,10 +149,16 @@ def wsd_vs_cosine(runs: list[dict]) -> str:
             continue
         twin = wsd.get((label(r), r["config"]["seed"], r["train_tokens"]))
         if twin:
-            lines.append(f"| {label(r)} | {r['config']['seed']} | {_fmt_tokens(r['train_tokens'])} | {r['test_ppl']:.2f} | {twin['test_ppl']:.2f} | {100 * (twin['test_ppl'] / r['test_ppl'] - 1):+.2f}% |")
+            lines.append(
+                f"| {label(r)} | {r['config']['seed']} | {_fmt_tokens(r['train_tokens'])} | {r['test_ppl']:.2f} |"
+                f" {twin['test_ppl']:.2f} | {100 * (twin['test_ppl'] / r['test_ppl'] - 1):+.2f}% |"
+            )
     if not lines:
         return ""
-    return "| config | seed | tokens | cosine test ppl | WSD cool-down test ppl | WSD vs cosine |\n|---|---:|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n"
+    return (
+        "| config | seed | tokens | cosine test ppl | WSD cool-down test ppl |"
+        " WSD vs cosine |\n|---|---:|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def plots(rows: list[dict], out: Path) -> list[str]:
@@ -139,13 +178,42 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         if gaps:
             lo = [r["test_vs_dense_pct"] - r["test_vs_dense_ci"][0] if r.get("test_vs_dense_ci") else 0 for r in gaps]
             hi = [r["test_vs_dense_ci"][1] - r["test_vs_dense_pct"] if r.get("test_vs_dense_ci") else 0 for r in gaps]
-            a1.errorbar([r["train_tokens"] for r in gaps], [r["test_vs_dense_pct"] for r in gaps], yerr=[lo, hi], fmt=f"{marker}-", color=color, lw=1, ms=5, capsize=2, label=name)
+            a1.errorbar(
+                [r["train_tokens"] for r in gaps],
+                [r["test_vs_dense_pct"] for r in gaps],
+                yerr=[lo, hi],
+                fmt=f"{marker}-",
+                color=color,
+                lw=1,
+                ms=5,
+                capsize=2,
+                label=name,
+            )
         with_flops = [r for r in rs if r.get("train_flops")]
-        a2.plot([r["train_flops"] for r in with_flops], [r["test_ppl"] for r in with_flops], f"{marker}-", color=color, lw=1.5 if name == "dense" else 1, ms=10 if name == "dense" else 5, label=name)
+        a2.plot(
+            [r["train_flops"] for r in with_flops],
+            [r["test_ppl"] for r in with_flops],
+            f"{marker}-",
+            color=color,
+            lw=1.5 if name == "dense" else 1,
+            ms=10 if name == "dense" else 5,
+            label=name,
+        )
     a1.axhline(0, color="gray", lw=0.8)
     a1.axhline(5, color="gray", ls=":", lw=0.8, label="+5%")
-    a1.set(xscale="log", xlabel="training tokens", ylabel="test perplexity vs dense (%), 95% interval", title="Gap to dense against training tokens")
-    a2.set(xscale="log", yscale="log", xlabel="training FLOPs (body + head, forward + backward)", ylabel="test perplexity", title="Perplexity against training compute")
+    a1.set(
+        xscale="log",
+        xlabel="training tokens",
+        ylabel="test perplexity vs dense (%), 95% interval",
+        title="Gap to dense against training tokens",
+    )
+    a2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training FLOPs (body + head, forward + backward)",
+        ylabel="test perplexity",
+        title="Perplexity against training compute",
+    )
     for ax in (a1, a2):
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -163,8 +231,16 @@ def headline(rows: list[dict]) -> str:
     tokens = max(compared or budgets)
     top = sorted((r for r in rows if r["train_tokens"] == tokens), key=lambda r: r["test_ppl"])
     dense = next((r for r in top if r["config"] == "dense"), None)
-    lines = [f"At {_fmt_tokens(tokens)} training tokens" + (f", dense: test perplexity {dense['test_ppl']:.1f} (n={dense['seeds']})" if dense else "") + ":"]
-    lines += [f"- {r['config']} ({r['head_params']:,} head parameters): {r['test_ppl']:.1f}, {_gap(r)}" for r in top if r["config"] != "dense"]
+    lines = [
+        f"At {_fmt_tokens(tokens)} training tokens"
+        + (f", dense: test perplexity {dense['test_ppl']:.1f} (n={dense['seeds']})" if dense else "")
+        + ":"
+    ]
+    lines += [
+        f"- {r['config']} ({r['head_params']:,} head parameters): {r['test_ppl']:.1f}, {_gap(r)}"
+        for r in top
+        if r["config"] != "dense"
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..cluster import kmeans
@@ -103,7 +104,10 @@ def stable_snapshot(cfg: TrainConfig) -> dict:
     state = load_plain(path)
     check_same_config(cfg, state["config"], path, ignore=("steps", "out", "init_from"))
     if state["step"] > decay_start(cfg):
-        raise ValueError(f"init_from={cfg.init_from!r}: its snapshot is at step {state['step']}, after this run's decay starts (step {decay_start(cfg)})")
+        raise ValueError(
+            f"init_from={cfg.init_from!r}: its snapshot is at step {state['step']},"
+            f" after this run's decay starts (step {decay_start(cfg)})"
+        )
     return state
 
 
@@ -191,8 +195,6 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
     def ddp_model():
         if world == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(model, find_unused_parameters=cfg.head == "adaptive")
 
     runner = ddp_model()
@@ -200,9 +202,13 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
         map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
         if state is not None and state.get("map_learner"):
             map_learner.load_state_dict(state["map_learner"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.head} {Path(cfg.out).name}", disable=not progress or rank != 0)
+    bar = tqdm(
+        total=cfg.steps, initial=step, desc=f"{cfg.head} {Path(cfg.out).name}", disable=not progress or rank != 0
+    )
     while step < cfg.steps:
         if cfg.head == "vq" and step == cfg.warmup_dense_steps and not isinstance(model.head, VQLogitsHead):
             swap_head(model, opt, build_vq_head(cfg, model, counts))
@@ -234,7 +240,9 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
         history["loss"].append(loss_value)
         history["lr"].append(lr_at(step - 1, cfg))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{step * batch * mcfg.block_size / max(train_time, 1e-9):,.0f}")
+        bar.set_postfix(
+            loss=f"{loss_value:.3f}", tok_s=f"{step * batch * mcfg.block_size / max(train_time, 1e-9):,.0f}"
+        )
         if cfg.eval_every and step % cfg.eval_every == 0:
             model.eval()
             history["val_step"].append(step)
@@ -246,31 +254,48 @@ def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torc
         ckpt_now = cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
         # Every rank takes part in summing the map's window statistics; rank 0 writes them.
         learner_state = map_learner.state_dict() if map_learner is not None and (stable_now or ckpt_now) else None
-        snapshot = lambda: {  # noqa: E731
-            "config": asdict(cfg),
-            "model_config": asdict(model.cfg),
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "history": history,
-            "train_time": train_time,
-            "wall_time": wall_time,
-            "train_flops": flops,
-            "map_learner": learner_state,
-        }
-        if rank == 0 and stable_now:
-            save_atomic(snapshot(), out / "stable.pt")  # where longer budgets' runs branch off, see lr_at
-        if rank == 0 and ckpt_now:
-            save_checkpoint(snapshot(), ckpt_path)
+        snapshot = (
+            {
+                "config": asdict(cfg),
+                "model_config": asdict(model.cfg),
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "history": history,
+                "train_time": train_time,
+                "wall_time": wall_time,
+                "train_flops": flops,
+                "map_learner": learner_state,
+            }
+            if rank == 0 and (stable_now or ckpt_now)
+            else None
+        )
+        if snapshot is not None and stable_now:
+            save_atomic(snapshot, out / "stable.pt")  # where longer budgets' runs branch off, see lr_at
+        if snapshot is not None and ckpt_now:
+            save_checkpoint(snapshot, ckpt_path)
     bar.close()
     results = finish(cfg, model, splits, tok, counts, history, train_time, wall_time, batch, flops)
     if rank == 0:
-        save_atomic({"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt")
+        save_atomic(
+            {"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt"
+        )
         write_json(out / "results.json", results)  # its presence marks the run finished: never half-written
     return results
 
 
-def finish(cfg: TrainConfig, model: GPT, splits, tok, counts, history, train_time: float, wall_time: float, batch: int, flops: int) -> dict:
+def finish(
+    cfg: TrainConfig,
+    model: GPT,
+    splits,
+    tok,
+    counts,
+    history,
+    train_time: float,
+    wall_time: float,
+    batch: int,
+    flops: int,
+) -> dict:
     model.eval()
     V, d = model.cfg.vocab_size, model.cfg.d_model
     tokens = cfg.steps * batch * model.cfg.block_size
@@ -289,7 +314,12 @@ def finish(cfg: TrainConfig, model: GPT, splits, tok, counts, history, train_tim
         "train_flops_per_token": flops / tokens,
         "tokens_per_s": tokens / max(train_time, 1e-9),
         # Where tokens_per_s was measured: this process's cores and threads, and the machine's load.
-        "host": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "loadavg": os.getloadavg()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(),
+            "loadavg": os.getloadavg(),
+        },
         "wall_s": wall_time,
         "decode_flops": model.head.decode_cost()["flops"],
         "decode_bytes": model.head.decode_cost()["bytes"],
