@@ -1,10 +1,36 @@
 import os
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+SRC = str(Path(__file__).resolve().parents[1] / "src" / "vqlogits")
+
+
+@pytest.fixture(autouse=True)
+def deprecations_from_our_calls_fail():
+    """A FutureWarning or DeprecationWarning raised while vqlogits code is on the stack fails the
+    test, wherever the library attributes it (transformers' point at torch's module code): such a
+    call breaks on a later release."""
+    caught = []
+    shown = warnings.showwarning
+
+    def check(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (FutureWarning, DeprecationWarning)):
+            ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(SRC)]
+            if ours:
+                caught.append(f"{category.__name__}: {message} (from {ours[-1].filename}:{ours[-1].lineno})")
+        return shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FutureWarning)
+        warnings.simplefilter("always", DeprecationWarning)
+        warnings.showwarning = check
+        yield
+    assert not caught, caught
 
 
 def make_vq(V=1000, K=7, d=33, bias=True, dtype=torch.float64, seed=0, assignment=None, scale=1.0):

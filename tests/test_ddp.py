@@ -13,6 +13,8 @@ from ddp_worker import configs
 from test_train import write_corpus
 from vqlogits.lm.train import train
 
+HANG_GUARD_S = 3600  # stops a hung subprocess; not a measurement (a loaded machine is slow, not wrong)
+
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
 
 
@@ -73,7 +75,7 @@ def test_two_processes_match_one(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert ddp.returncode == 0, _why(ddp)
     one = json.loads((tmp_path / "one" / "results.json").read_text())["history"]["loss"]
@@ -93,7 +95,7 @@ def _why(proc: subprocess.CompletedProcess) -> str:
 def _torchrun(args, env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VQLOGITS_DEBUG": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def _maps(run: Path) -> dict:

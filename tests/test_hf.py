@@ -144,10 +144,19 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     cache = tmp_path / "cache"
     before = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
     summary = calibrate(
-        out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache
+        out,
+        str(corpus),
+        budget_minutes=60,
+        max_steps=40,
+        stages="12",
+        train_layers=1,
+        hidden_tokens=4096,
+        block=64,
+        cache=cache,
     )
     assert summary["stages"]["1"]["steps"] > 5 and summary["stages"]["2"]["steps"] > 0
     assert (out / "calib_stage1.pt").exists() and (out / "calib_stage2.pt").exists()
+    assert not list(out.glob("*.prev"))  # a finished stage keeps one checkpoint
     after = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
     for r in (before, after):
         assert 0 <= r["top1_agreement"] <= 1 and r["kl_original_to_compressed"] >= 0
@@ -159,7 +168,15 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     assert after["ppl_compressed"] < 0.9 * before["ppl_compressed"]
     # resuming a finished budget does no further steps
     again = calibrate(
-        out, str(corpus), budget_minutes=0.1, stages="12", train_layers=1, hidden_tokens=4096, block=64, cache=cache
+        out,
+        str(corpus),
+        budget_minutes=60,
+        max_steps=40,
+        stages="12",
+        train_layers=1,
+        hidden_tokens=4096,
+        block=64,
+        cache=cache,
     )
     assert again["stages"]["1"]["steps"] == summary["stages"]["1"]["steps"]
 
@@ -217,7 +234,8 @@ def test_calibration_history_survives_later_stages(source, corpus, tmp_path, jso
         calibrate(
             out,
             str(corpus),
-            budget_minutes=0.02,
+            budget_minutes=60,
+            max_steps=5,
             stages=stage,
             train_layers=1,
             hidden_tokens=1024,

@@ -78,7 +78,14 @@ def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
     out = compress(str(source), 8, tmp_path / name, head=name, head_budget=0.3, corpus=str(corpus), cache=cache)
     before = load_pretrained(out).get_output_embeddings().assignment.clone()
     kw = dict(
-        budget_minutes=0.05, stages="1", hidden_tokens=2048, block=32, cache=cache, reassign_every=5, reassign_frac=0.2
+        budget_minutes=60,
+        max_steps=20,
+        stages="1",
+        hidden_tokens=2048,
+        block=32,
+        cache=cache,
+        reassign_every=5,
+        reassign_frac=0.2,
     )
     summary = calibrate(out, str(corpus), **kw)
     stage = summary["stages"]["1"]

@@ -91,7 +91,7 @@ def test_calibration_refuses_crafted_checkpoints_and_hidden_cache(tmp_path, corp
     _tiny("llama", tok.get_vocab_size()).save_pretrained(source)
     out = compress(str(source), 8, tmp_path / "vq")
     marker = tmp_path / "pwned"
-    kw = dict(budget_minutes=0.01, stages="1", hidden_tokens=1024, block=32, cache=tmp_path / "cache")
+    kw = dict(budget_minutes=60, max_steps=2, stages="1", hidden_tokens=1024, block=32, cache=tmp_path / "cache")
     plant(out / "calib_hidden.pt", marker)
     with pytest.raises(UnsafeFileError, match=r"calib_hidden\.pt"):
         calibrate(out, str(corpus), **kw)

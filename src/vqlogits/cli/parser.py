@@ -193,7 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="a compressed model folder")
     p.add_argument("--corpus", default="pydocs", help="training text (default: pydocs)")
     p.add_argument(
-        "--budget-minutes", type=float, default=10.0, help="wall-clock budget over both stages; resumable (default: 10)"
+        "--budget-minutes",
+        type=float,
+        default=10.0,
+        help="wall-clock budget over both stages, hidden-state caching included; resumable (default: 10)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="also stop each stage after this many steps: a budget that does not depend on the machine's load "
+        "(default: 0, none)",
     )
     p.add_argument(
         "--stages",

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     cache=args.cache,
                     reassign_every=args.reassign_every,
                     reassign_frac=args.reassign_frac,
+                    max_steps=args.max_steps,
                 )
             )
         elif args.command == "generate":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..files import load_checkpoint, load_plain, save_atomic, save_checkpoint, write_json
+from ..files import load_checkpoint, load_plain, previous, save_atomic, save_checkpoint, write_json
 from ..functional import compute_dtype, vq_soft_cross_entropy
 from ..heads import VQLogitsHead
 from ..lm.data import get_batch, tokenize_corpus
@@ -79,12 +79,14 @@ def _resumable(ckpt: Path, module, opt, learner=None) -> dict:
     return state
 
 
-def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save_every: int) -> None:
-    """Call ``step_fn(step)`` until ``seconds`` of this stage are spent (resumed time counts)."""
+def _run_timed(desc: str, seconds: float, max_steps: int, state: dict, step_fn, ckpt: Path, save_every: int) -> None:
+    """Call ``step_fn(step)`` until ``seconds`` of this stage are spent or, with ``max_steps`` > 0,
+    that many steps are done (resumed time and steps count). The finished stage keeps one
+    checkpoint: its ``.prev`` copy goes."""
     bar = tqdm(
         total=round(seconds), initial=min(round(state["elapsed"]), round(seconds)), desc=desc, unit="s", mininterval=1.0
     )
-    while state["elapsed"] < seconds:
+    while state["elapsed"] < seconds and not (max_steps and state["step"] >= max_steps):
         t0 = time.perf_counter()
         loss = step_fn(state["step"])
         state["step"] += 1
@@ -96,6 +98,7 @@ def _run_timed(desc: str, seconds: float, state: dict, step_fn, ckpt: Path, save
             save_checkpoint(state["snapshot"](), ckpt)
     bar.close()
     save_checkpoint(state["snapshot"](), ckpt)
+    previous(ckpt).unlink(missing_ok=True)
 
 
 def calibrate(
@@ -115,8 +118,13 @@ def calibrate(
     cache: str | Path = ".cache",
     reassign_every: int = 50,
     reassign_frac: float = 0.05,
+    max_steps: int = 0,
 ) -> dict:
     """Run the chosen stages ("1", "2" or "12") and save the calibrated model back into ``folder``.
+
+    Budget: ``budget_minutes`` of wall time over the stages (``stage1_share`` of it to stage 1 when
+    both run), including the caching of stage 1's hidden states; ``max_steps`` > 0 also stops each
+    stage after that many steps (a budget that does not depend on the machine's load).
 
     Stage 1 learns the token -> code map too (``lm.learned_map.MapLearner``, every
     ``reassign_every`` steps, at most ``reassign_frac`` of the seen tokens moving; 0: a fixed map)
@@ -126,6 +134,8 @@ def calibrate(
         raise ValueError(f"stages must be '1', '2' or '12', got {stages!r}")
     if not budget_minutes > 0:
         raise ValueError(f"budget_minutes must be > 0, got {budget_minutes!r}")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+        raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
     if not isinstance(reassign_every, int) or reassign_every < 0:
         raise ValueError(f"reassign_every must be an int >= 0, got {reassign_every!r}")
     if not isinstance(train_layers, int) or train_layers < 0:
@@ -150,6 +160,7 @@ def calibrate(
     if "1" in stages:
         ckpt = folder / "calib_stage1.pt"
         cached = folder / "calib_hidden.pt"
+        caching_s, t0 = 0.0, time.perf_counter()
         if not cached.exists():  # hidden states of the frozen backbone, computed once
             hs, ys = [], []
             with torch.no_grad():
@@ -158,11 +169,13 @@ def calibrate(
                     hs.append(model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model))
                     ys.append(y.reshape(-1))
             save_atomic({"h": torch.cat(hs), "y": torch.cat(ys)}, cached)
+            caching_s = time.perf_counter() - t0
         data = load_plain(cached)
         H, Y = data["h"], data["y"]
         opt = torch.optim.Adam(head.parameters(), lr=lr_head)
         learner = MapLearner(head, reassign_frac, seed=seed) if reassign_every and isinstance(head, LEARNABLE) else None
         state = _resumable(ckpt, head, opt, learner)
+        state["elapsed"] += caching_s  # the budget covers the caching
         rows = 512
         moved = []
 
@@ -182,7 +195,7 @@ def calibrate(
                     moved.append(learner.reassign(head))
             return loss.item()
 
-        _run_timed("stage 1 (head)", share["1"], state, step1, ckpt, save_every=reassign_every or 50)
+        _run_timed("stage 1 (head)", share["1"], max_steps, state, step1, ckpt, save_every=reassign_every or 50)
         summary["stages"]["1"] = {
             "steps": state["step"],
             "seconds": state["elapsed"],
@@ -225,7 +238,7 @@ def calibrate(
             opt.step()
             return loss.item()
 
-        _run_timed("stage 2 (model)", share["2"], state, step2, ckpt, save_every=10)
+        _run_timed("stage 2 (model)", share["2"], max_steps, state, step2, ckpt, save_every=10)
         model.eval()
         summary["stages"]["2"] = {
             "steps": state["step"],
