@@ -105,3 +105,18 @@ class Largest:
 
     def __exit__(self, *exc):
         return self._mode.__exit__(*exc)
+
+
+def chi_square_p(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Upper-tail p-value of Pearson's chi-square test of ``counts`` against ``probs``; cells whose
+    expected count is below ``min_expected`` are pooled into one."""
+    counts, probs = counts.double(), probs.double()
+    expected = counts.sum() * probs
+    big = expected >= min_expected
+    obs, exp = counts[big], expected[big]
+    if float(expected[~big].sum()) > 0:
+        obs, exp = torch.cat([obs, counts[~big].sum()[None]]), torch.cat([exp, expected[~big].sum()[None]])
+    elif float(counts[~big].sum()) > 0:
+        return 0.0  # draws where the distribution has no mass
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor((obs.numel() - 1) / 2, dtype=torch.float64), stat / 2))

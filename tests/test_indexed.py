@@ -187,3 +187,22 @@ def test_accelerate_round_trip_and_generation(tmp_path):
     assert main(["generate", str(out), "w1 w2", "--max-new-tokens", "4", "--approximate"]) == 0
     with pytest.raises(ValueError, match="saved head has vocab_size"):
         load_pretrained(out, model=_tiny("llama", 123))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.7, top_k=40), dict(temperature=1.3, top_p=0.8)])
+def test_exact_sampling_is_the_dense_distribution(heads, kw):
+    from conftest import chi_square_p
+    from vqlogits.functional import sampling_probs
+
+    W, head, _ = heads
+    h = torch.randn(1, 24, generator=torch.Generator().manual_seed(3)) * 0.4
+    p = sampling_probs(h @ W.T, **kw)[0]
+    q = head.proposal(h, probes=2, **kw)[0]
+    assert float((p - q).abs().sum()) / 2 > 0.05  # the draft is far enough off for the test to mean something
+    n, g = 30000, torch.Generator().manual_seed(0)
+    draws = head.sample(h.expand(n, -1), probes=2, generator=g, exact=True, **kw)
+    counts = torch.bincount(draws, minlength=head.vocab_size)
+    assert chi_square_p(counts, p) > 1e-3
+    assert bool((counts[p == 0] == 0).all())  # nothing outside top-k / top-p
+    drafts = torch.multinomial(q.expand(n, -1), 1, generator=g).squeeze(1)  # control: the drafts alone fail
+    assert chi_square_p(torch.bincount(drafts, minlength=head.vocab_size), p) < 1e-6

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vqlogits"
 FLOORS = [
     ("files", "stats", "_checks"),
     ("kernels", "cluster"),
-    ("functional",),
+    ("functional", "screen"),
     ("sampling",),
     ("heads",),
     ("lm",),

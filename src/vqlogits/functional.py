@@ -186,3 +186,28 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, t
     """The exact distribution that ``sample_logits`` draws from, (..., V)."""
     scores = filter_logits(logits.to(compute_dtype(logits.dtype)) / temperature, top_k, top_p)
     return torch.softmax(scores, dim=-1)
+
+
+def speculative_sample(
+    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact draws from ``p`` given ``drafts`` drawn from ``q``, both (n, V) rows of probabilities:
+    (n,) tokens with the distribution of ``torch.multinomial(p, 1)``, and whether each draft was kept.
+
+    The speculative sampling rule: keep draft x with probability min(1, p(x) / q(x)), else draw from
+    the residual r = (p - q)+ / sum (p - q)+. Exact for any q, including one that is 0 where p is not:
+    P(reject) = sum_y (q(y) - min(p(y), q(y))) = sum (p - q)+ (both sum to 1), so
+    P(out = x) = min(p(x), q(x)) + sum (p - q)+ * r(x) = min(p(x), q(x)) + (p(x) - q(x))+ = p(x).
+    A draft is never a token with q = 0 (it was drawn from q); a row with p = q is never rejected.
+    """
+    rows = torch.arange(drafts.numel(), device=drafts.device)
+    p_x, q_x = p[rows, drafts], q[rows, drafts]
+    kept = torch.rand(drafts.shape, generator=generator, device=drafts.device, dtype=p.dtype) * q_x <= p_x
+    out = drafts.clone()
+    rejected = torch.nonzero(~kept).squeeze(1)
+    if rejected.numel():
+        residual = (p[rejected] - q[rejected]).clamp_min(0)
+        empty = residual.sum(-1) <= 0  # p == q up to rounding: the residual is p itself
+        residual[empty] = p[rejected][empty]
+        out[rejected] = torch.multinomial(residual, 1, generator=generator).squeeze(1)
+    return out, kept

@@ -247,10 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1] (default: off)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="accelerated models: draft with the index, verify in blocks; the original model's exact tokens or "
+        "distribution (the default for them)",
+    )
+    mode.add_argument(
         "--approximate",
         action="store_true",
-        help="accelerated models: greedy over the probed clusters only (default: exact)",
+        help="accelerated models: the probed clusters only, no verification (faster, not exact)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
 

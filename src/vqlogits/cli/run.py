@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.top_p,
                     args.sample,
                     args.seed,
-                    exact=not args.approximate,
+                    verify=False if args.approximate else (True if args.verify else None),
                 )
             )
         elif args.command == "accelerate":

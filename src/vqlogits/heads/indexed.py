@@ -7,10 +7,13 @@ and decoding reads only the clusters that can matter:
 * ``greedy(h, exact=False, probes=P)``: score the K centroids, read the P most promising clusters'
   rows, return the best of them. Approximate.
 * ``greedy(h, exact=True)``: the same first round, then a certificate that no unread token can beat
-  (or tie) the best one read; rows that cannot be certified are screened with a half-precision copy
-  of all rows and a rigorous rounding bound, and only the tokens that survive are read in fp32.
-  Always equal to ``(h @ W.T).argmax(-1)``, ties to the smallest id.
+  (or tie) the best one read; rows that cannot be certified go through the certified bf16 screen of
+  all rows (``screen.BF16Screen``), which reads only the few tokens its bound cannot exclude in
+  fp64. Always equal to the argmax of the exact logits, ties to the smallest id. For a block of
+  rows (verified decoding) the screen's one bf16 GEMM costs about one fp32 GEMV in all.
 * ``sample``: exact within every cluster; the unread clusters' masses are estimated.
+  ``sample(exact=True)`` draws from the dense softmax exactly: a draft from the approximate
+  logits (``forward``), then one verification (``functional.speculative_sample``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from .. import functional as VF
 from .._checks import check_hidden, check_reduction, check_sampling, check_state_shapes, check_targets
 from ..cluster import balanced_kmeans
+from ..screen import BF16Screen, argmax_smallest_id, gamma
 
 # The cluster ranking: centroid score plus this many isotropic standard deviations of h . (w - c).
 RANK_SIGMAS = 3.0
@@ -29,29 +33,6 @@ RANK_SIGMAS = 3.0
 # with the dense head on SmolLM2 / pydocs test hidden states at K = 1,024 (docs/PRETRAINED.md,
 # "accelerate or compress"; `docs/accelerate.sh` measures it).
 DEFAULT_PROBE_FRACTION = 1 / 8
-_U16 = 2.0**-11  # unit roundoff of fp16
-_SCREEN_CHUNK = 4096  # fp16 rows converted to fp32 at a time
-
-
-def _gamma(n: int) -> float:
-    """Higham's gamma_n for fp32: |fl(sum of n products) - exact| <= gamma_n * sum |products|, any order."""
-    u = 2.0**-24
-    return n * u / (1 - n * u)
-
-
-def _argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> torch.Tensor:
-    """Per row, the smallest id among the maximal values: ``argmax`` semantics for permuted columns."""
-    best, where = values.max(dim=-1)
-    out = ids.expand_as(values).gather(1, where[:, None]).squeeze(1)
-    tied = torch.nonzero((values == best[:, None]).sum(-1) > 1).squeeze(1)  # rare: resolve those rows by id
-    if tied.numel():
-        rows = values[tied]
-        out[tied] = (
-            torch.where(rows == best[tied, None], ids.expand(tied.numel(), -1) if ids.dim() == 1 else ids[tied], pad)
-            .min(dim=-1)
-            .values
-        )
-    return out
 
 
 class IndexedHead(nn.Module):
@@ -62,8 +43,8 @@ class IndexedHead(nn.Module):
     (K, d), each cluster's mean row; ``radius`` (K,), the largest distance of a cluster's rows
     from its centroid; ``spread`` (K,), the typical |h . (w - c)| / |h| of the cluster: RMS over
     its rows of sqrt(e^T Sigma e / tr Sigma) with Sigma = E[h h^T] of the hidden states given to
-    ``from_weight`` (|e| / sqrt(d) without them). A half-precision copy of ``rows`` is rebuilt when
-    loaded (not saved).
+    ``from_weight`` (|e| / sqrt(d) without them). The exact modes' screen (W in token order and in
+    bf16) is rebuilt when loaded (not saved).
     """
 
     def __init__(
@@ -87,7 +68,6 @@ class IndexedHead(nn.Module):
         self.register_buffer("centroids", torch.zeros(K, d_model))
         self.register_buffer("radius", torch.zeros(K))
         self.register_buffer("spread", torch.zeros(K))
-        self.register_buffer("rows_fp16", torch.zeros(K, L, d_model, dtype=torch.float16), persistent=False)
         self.last_stats: dict = {}
         self._refresh()
 
@@ -121,8 +101,6 @@ class IndexedHead(nn.Module):
         V, d = weight.shape
         head = cls(d, V, clusters, probes)
         w = weight.detach().float()
-        if float(w.abs().max()) >= 65504:
-            raise ValueError("weight has entries beyond fp16's range; the exact screen needs them below 65504")
         metric = None
         if hidden is not None:
             if hidden.dim() != 2 or hidden.shape[1] != d:
@@ -165,7 +143,6 @@ class IndexedHead(nn.Module):
         self._refresh()
 
     def _refresh(self) -> None:
-        self.rows_fp16 = self.rows.half()
         self._row_norm = self.rows.norm(dim=-1).reshape(-1)  # (K * L,)
         self._real = (self.token_ids < self.vocab_size).reshape(-1)
         self._cluster_of = torch.empty(self.vocab_size, dtype=torch.long, device=self.rows.device)
@@ -177,6 +154,7 @@ class IndexedHead(nn.Module):
         self._sizes = self._real.view(self.clusters, self.width).sum(1)
         self._padded = self.clusters * self.width > self.vocab_size
         self._scratch = torch.empty(0, device=self.rows.device)
+        self.screen = BF16Screen(self.weight) if self.rows.device.type == "cpu" else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         K, L, d = self.clusters, self.width, self.d_model
@@ -251,7 +229,7 @@ class IndexedHead(nn.Module):
     def dense_logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h @ W.T``, (..., d) -> (..., V), every entry exact."""
         check_hidden(h, self.d_model)
-        return h @ self.weight.T
+        return h @ (self.weight if self.screen is None else self.screen.weight).T
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """``F.cross_entropy(h @ W.T, targets)``: the dense head's loss (the index changes nothing)."""
@@ -271,10 +249,9 @@ class IndexedHead(nn.Module):
         ``exact=True``: equal to ``(h @ W.T).argmax(-1)`` on every row, ties to the smallest id.
         After the first round, a row is certified when every unprobed cluster's bound, centroid
         score + |h| x radius (+ fp32 rounding slack), is below its best probed logit. Rows left are
-        screened against a half-precision copy of every row: by Higham's bound, each fp32 logit
-        differs from its screen by at most |h| |w| (u16 + gamma_d (2 + u16)) + d max|h| 2^-25,
-        so only tokens whose screen plus that bound reaches the best logit can win; those are
-        read in fp32. Screening reads half the bytes of the dense head.
+        screened by ``screen.BF16Screen`` (one bf16 GEMM over those rows, with a proven rounding
+        bound; the few tokens it cannot exclude are read in fp64). A block of rows, as verified
+        decoding passes, pays about one fp32 GEMV for the whole block.
 
         ``exact=False``: the best token of the probed clusters (``probes``, default
         ``self.probes``; with a batch, every row reads the union of the rows' probes, and all
@@ -282,13 +259,14 @@ class IndexedHead(nn.Module):
 
         The exact first round reads ``probes`` clusters (default K / 64: at d = 576 the cluster
         bounds certify almost nothing, so reading more first only adds to the screen's cost).
-        ``self.last_stats`` records the rows certified and the fp32 and fp16 rows read.
+        ``self.last_stats`` records the rows certified, the fp32 rows probed, the bf16 rows
+        screened and the candidates read in fp64.
         """
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
         default = max(1, self.clusters // 64) if exact else self.probes
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
-        answer = _argmax_smallest_id(logits, ids, self.vocab_size)
+        answer = argmax_smallest_id(logits, ids, self.vocab_size)
         stats = {
             "rows": flat.shape[0],
             "probed_rows": ids.numel(),
@@ -298,41 +276,34 @@ class IndexedHead(nn.Module):
         }
         if exact and flat.shape[0]:
             best = logits.max(dim=-1).values  # (N,), a value of the fp32 reference
-            gamma = 2 * _gamma(self.d_model)
             slack = (
-                gamma * norm * (self.centroids.norm(dim=-1) + self.radius + self._row_norm.max())
+                2 * gamma(self.d_model) * norm * (self.centroids.norm(dim=-1) + self.radius + self._row_norm.max())
             )  # both roundings, generously
             bound = (z + norm * self.radius + slack).index_fill(1, union, float("-inf"))
             todo = torch.nonzero(~(bound < best[:, None]).all(dim=-1)).squeeze(1)
             stats["certified"] = flat.shape[0] - todo.numel()
             if todo.numel():
-                answer[todo] = self._screened_argmax(flat[todo], best[todo], stats)
+                answer[todo], screened = self._exact_screen().argmax(flat[todo])
+                stats["screened_rows"], stats["verified_rows"] = screened["screened"], screened["candidates"]
         self.last_stats = stats
         return answer.reshape(h.shape[:-1])
 
-    def _screened_argmax(self, flat: torch.Tensor, best: torch.Tensor, stats: dict) -> torch.Tensor:
-        """Exact argmax of rows (n, d) whose best known logit is ``best``, through the fp16 screen."""
-        n, d = flat.shape
-        half = self.rows_fp16.reshape(-1, d)
-        screen = torch.empty(n, half.shape[0])
-        buffer = torch.empty(min(_SCREEN_CHUNK, half.shape[0]), d)
-        for start in range(0, half.shape[0], _SCREEN_CHUNK):
-            rows = buffer[: min(_SCREEN_CHUNK, half.shape[0] - start)]
-            rows.copy_(half[start : start + rows.shape[0]])
-            torch.mm(flat, rows.T, out=screen[:, start : start + rows.shape[0]])
-        gamma = _gamma(d)
-        delta = (
-            flat.norm(dim=-1, keepdim=True) * self._row_norm * (_U16 + gamma * (2 + _U16))
-            + d * flat.abs().amax(-1, keepdim=True) * 2.0**-25
-        )
-        screen.masked_fill_(~self._real, float("-inf"))
-        floor = torch.maximum(best, (screen - delta).max(dim=-1).values)  # the answer's logit is at least this
-        candidates = (screen + delta >= floor[:, None]) & self._real  # (n, K * L)
-        columns = torch.nonzero(candidates.any(0)).squeeze(1)
-        exact = (flat @ self.rows.reshape(-1, d)[columns].T).masked_fill(~candidates[:, columns], float("-inf"))
-        stats["screened_rows"] += n * half.shape[0]
-        stats["verified_rows"] += n * columns.numel()
-        return _argmax_smallest_id(exact, self.token_ids.reshape(-1)[columns], self.vocab_size)
+    @torch.no_grad()
+    def verify_greedy(self, h: torch.Tensor) -> torch.Tensor:
+        """The exact argmax of each row, (..., d) -> (...), through the bf16 screen alone (no first
+        round): the check verified decoding runs on a block of hidden states. ``last_stats`` as
+        ``greedy``'s."""
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model).float()
+        ids, screened = self._exact_screen().argmax(flat)
+        self.last_stats = {"rows": flat.shape[0], "probed_rows": 0, "certified": 0}
+        self.last_stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
+        return ids.reshape(h.shape[:-1])
+
+    def _exact_screen(self) -> BF16Screen:
+        if self.screen is None:  # rows on a GPU: the screen's bound assumes the CPU's bf16 kernels
+            raise ValueError("exact greedy through the bf16 screen runs on the CPU; move the head with .cpu()")
+        return self.screen
 
     @torch.no_grad()
     def sampling_probs(
@@ -372,15 +343,30 @@ class IndexedHead(nn.Module):
         exact = (logits / temperature).view(logits.shape[0], union.numel(), self.width).logsumexp(-1)
         return log_mass.index_copy(1, union, exact)
 
+    def proposal(self, h, temperature: float = 1.0, top_k=None, top_p=None, probes: int | None = None) -> torch.Tensor:
+        """The draft distribution of ``sample(exact=True)`` and of verified decoding, (..., V):
+        ``functional.sampling_probs`` of the approximate logits ``forward(h)`` (temperature, top-k,
+        top-p). It reads the centroids and the probed clusters only."""
+        return VF.sampling_probs(self(h, probes), temperature, top_k, top_p)
+
     @torch.no_grad()
     def sample(
-        self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None, probes: int | None = None
+        self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None, probes=None, exact: bool = False
     ) -> torch.Tensor:
         """A draw from ``sampling_probs``: a cluster by its (exact or estimated) mass, then a token by
-        the exact softmax inside it, reading that cluster's rows if it was not probed."""
+        the exact softmax inside it, reading that cluster's rows if it was not probed.
+
+        ``exact=True``: a draw from the dense model's ``functional.sampling_probs(h @ W.T, temperature,
+        top_k, top_p)`` itself: a draft from ``proposal``, then one verification against the dense
+        probabilities (``functional.speculative_sample``, exact for any proposal)."""
         check_sampling(temperature, top_k, top_p)
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
+        if exact:
+            q = self.proposal(flat, temperature, top_k, top_p, probes)
+            drafts = torch.multinomial(q, 1, generator=generator).squeeze(1)
+            p = VF.sampling_probs(self.dense_logits(flat), temperature, top_k, top_p)
+            return VF.speculative_sample(p, q, drafts, generator)[0].reshape(h.shape[:-1])
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
         if top_k is not None or top_p is not None:
             real = ids < self.vocab_size

@@ -1,0 +1,128 @@
+"""The exact argmax of ``h @ W.T`` through a certified bf16 screen.
+
+``BF16Screen(W).argmax(h)`` equals ``(h.double() @ W.double().T).argmax(-1)`` (ties to the smallest
+id, as ``argmax``) while reading W in bf16: one bf16 GEMM over the rows of ``h`` (on this CPU a
+GEMM over 16 rows costs about one fp32 GEMV), then fp64 only for the tokens that the rounding bound
+below cannot exclude (a handful per row).
+
+The bound. For a row x (fp32) and a token row w (fp32), the screen computes
+``S = bf16(A)``, ``A = sum_i x~_i w~_i`` accumulated in fp32, with ``x~ = bf16(x)``,
+``w~ = bf16(w)``. Write ``r = x - x~`` and ``e = w - w~`` (both exact in fp32). Then
+
+    x . w = x~ . w~ + x~ . e + r . w                                               (exact)
+    |x~ . e| <= |x~| |e|,   |r . w| <= |r| |w|                                     (Cauchy-Schwarz)
+    |A - x~ . w~| <= gamma_2d |x~| |w~|      (bf16 x bf16 products are exact in fp32; any order of
+                                              at most 2d fp32 roundings, Higham's gamma_n = n u / (1 - n u))
+    |S - A| <= u_bf16 / (1 - u_bf16) |S|     (round to nearest, u_bf16 = 2^-8)
+
+plus ``tau = (d (max|x~| + max|w~| + 2) + 1) 2^-126`` for the kernel's flushing of subnormal inputs,
+products, partial sums and output to zero. It assumes what the CPU's bf16 GEMMs (oneDNN's and
+PyTorch's own) do: fp32 accumulation and one rounding to bf16 at the end; a test checks the bound
+against fp64 at the shapes decoding uses. So ``|S - x . w| <= delta(x, w)``, the sum of these
+terms. Every norm is computed in fp32 and the sum is inflated by 2^-10, far more than the rounding
+of the bound's own arithmetic (a few units of 2^-24 each).
+
+The argmax. With ``floor`` the exact (fp64) logit of the token the screen ranks first, the answer
+a has ``x . w_a >= floor``, so ``S_a + delta_a >= floor``: every token with ``S_v + delta_v <
+floor`` is excluded, and the rest (the candidates) are compared in fp64. Halving the bound breaks
+this (a test shows it), so none of it is slack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+U_BF16 = 2.0**-8
+U_FP32 = 2.0**-24
+TINY = 2.0**-126  # the smallest normal fp32 / bf16: the bf16 kernels flush anything smaller to zero
+INFLATE = 1 + 2.0**-10
+
+
+def gamma(n: int, u: float = U_FP32) -> float:
+    """Higham's gamma_n: |fl(sum of n terms) - exact| <= gamma_{n-1} sum |terms|, any order."""
+    return n * u / (1 - n * u)
+
+
+def argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per row, the smallest id among the maximal values: ``argmax`` semantics for permuted columns."""
+    best, where = values.max(dim=-1)
+    out = ids.expand_as(values).gather(1, where[:, None]).squeeze(1)
+    tied = torch.nonzero((values == best[:, None]).sum(-1) > 1).squeeze(1)  # rare: resolve those rows by id
+    if tied.numel():
+        rows = values[tied]
+        out[tied] = (
+            torch.where(rows == best[tied, None], ids.expand(tied.numel(), -1) if ids.dim() == 1 else ids[tied], pad)
+            .min(dim=-1)
+            .values
+        )
+    return out
+
+
+class BF16Screen:
+    """A (V, d) fp32 matrix W, with its bf16 copy and the per-row norms the bound needs.
+
+    W itself is kept by reference (it is read in fp64 for the candidates only)."""
+
+    def __init__(self, weight: torch.Tensor):
+        if weight.dim() != 2 or weight.dtype != torch.float32:
+            raise ValueError(f"weight must be a 2-D fp32 tensor (V, d), got {tuple(weight.shape)} {weight.dtype}")
+        self.weight = weight
+        self.low = weight.bfloat16()  # (V, d)
+        low32 = self.low.float()
+        self.w_norm = weight.norm(dim=-1)  # (V,)
+        self.e_norm = (weight - low32).norm(dim=-1)
+        self.low_norm = low32.norm(dim=-1)
+        self.max_abs = float(low32.abs().max()) if weight.numel() else 0.0
+        self.maxes_e_w_low = (float(self.e_norm.max()), float(self.w_norm.max()), float(self.low_norm.max()))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    def _terms(self, x: torch.Tensor):
+        """Per row: |x~|, |r|, max|x~|, and the bf16 copy x~, for x (n, d) fp32."""
+        low = x.bfloat16()
+        low32 = low.float()
+        return low, low32.norm(dim=-1, keepdim=True), (x - low32).norm(dim=-1, keepdim=True), low32.abs().amax(-1)
+
+    @torch.no_grad()
+    def argmax(self, x: torch.Tensor, bound_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """Exact ``(x.double() @ W.double().T).argmax(-1)``, x (n, d) fp32 -> (n,) ids, and stats:
+        ``screened`` (rows x tokens read in bf16) and ``candidates`` (tokens read in fp64).
+        ``bound_scale`` scales the proven bound (1); tests set 0.5 to show the bound is needed."""
+        n, d = x.shape
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long), {"screened": 0, "candidates": 0}
+        x = x.float()
+        low, x_norm, r_norm, x_max = self._terms(x)
+        screen = low @ self.low.T  # (n, V) bf16: the screen's only pass over W
+        top = screen.argmax(-1)
+        floor = (x.double() * self.weight[top].double()).sum(-1)  # (n,), exact logits of the screen's picks
+        # Below the fp64 value by more than its own rounding (gamma_d^64 |x| |w| < 2^-40 |x| |w|).
+        floor = floor - 2.0**-40 * x_norm.squeeze(1).double() * self.w_norm[top].double()
+        tau = (d * (self.max_abs + x_max + 2) + 1) * TINY  # (n,)
+        g, u_out = gamma(2 * d), U_BF16 / (1 - U_BF16)
+        floor32 = floor.float()
+        slack = tau + 2.0**-22 * floor32.abs()  # the flushes, and the fp32 rounding of the comparison
+
+        def delta(rows, e_norm, w_norm, low_norm, s):
+            bound = x_norm[rows, 0] * e_norm + r_norm[rows, 0] * w_norm + g * x_norm[rows, 0] * low_norm
+            return bound_scale * INFLATE * (bound + u_out * s.abs() + slack[rows])
+
+        # A first pass with the largest row norms (no token's bound exceeds it), then each survivor's own.
+        every = torch.arange(n)
+        loose = delta(every, *self.maxes_e_w_low, screen.abs().amax(-1).float())
+        below = floor32 - loose
+        below = (below - below.abs() * 2.0**-7 - TINY).bfloat16()  # rounded to bf16 downward: compared in bf16
+        rows, cols = torch.nonzero(screen >= below[:, None], as_tuple=True)
+        s = screen[rows, cols].float()
+        keep = s + delta(rows, self.e_norm[cols], self.w_norm[cols], self.low_norm[cols], s) >= floor32[rows]
+        rows, cols = torch.cat([rows[keep], every]), torch.cat([cols[keep], top])  # the pick whose logit is floor
+        union, where = torch.unique(cols, return_inverse=True)
+        exact = torch.full((n, union.numel()), float("-inf"), dtype=torch.float64)
+        values = x.double() @ self.weight[union].double().T  # (n, U): the candidates in fp64
+        exact[rows, where] = values[rows, where]
+        return argmax_smallest_id(exact, union, self.vocab_size), {
+            "screened": n * self.vocab_size,
+            "candidates": int(keep.sum()) + n,
+        }

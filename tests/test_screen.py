@@ -1,0 +1,81 @@
+"""The certified bf16 screen against an fp64 ground truth: near-ties, exact ties, large and tiny
+values, the bound itself at decoding's shapes, and a case that the halved bound gets wrong."""
+
+import pytest
+import torch
+
+from vqlogits.screen import U_BF16, BF16Screen
+
+
+def truth(h, W):
+    logits = h.double() @ W.double().T
+    best = logits.max(-1, keepdim=True).values
+    return torch.where(logits == best, torch.arange(W.shape[0]), W.shape[0]).min(-1).values  # ties: smallest id
+
+
+def near_ties(V=3000, d=64, seed=0):
+    """Rows in tight groups: within a group logits differ by ~1e-7 relative, far below bf16's 4e-3."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(V // 10, d, generator=g)
+    W = base.repeat_interleave(10, 0) + 1e-7 * torch.randn(V // 10 * 10, d, generator=g)
+    W[3] = W[7] = 1.01 * base[0]  # an exact tie at the top for h = base[0]: the smaller id must win
+    h = torch.cat([base[:20] * 4, torch.randn(20, d, generator=g) * 30, base[:1].expand(4, -1)])
+    return h, W
+
+
+def test_equals_the_fp64_argmax_on_near_ties_and_ties():
+    h, W = near_ties()
+    ids, stats = BF16Screen(W).argmax(h)
+    assert torch.equal(ids, truth(h, W))
+    assert int(ids[-1]) == 3  # W[3] == W[7]
+    assert stats["candidates"] < h.shape[0] * 50  # the screen excludes almost everything
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e4])
+def test_any_scale(scale):
+    g = torch.Generator().manual_seed(1)
+    W, h = torch.randn(500, 48, generator=g) * scale, torch.randn(9, 48, generator=g)
+    assert torch.equal(BF16Screen(W).argmax(h)[0], truth(h, W))
+
+
+@pytest.mark.parametrize("n", [1, 16])
+def test_the_bound_holds_at_decoding_shapes(n):
+    # The kernel assumptions (fp32 accumulation, one rounding to bf16) at SmolLM2's head shape.
+    g = torch.Generator().manual_seed(2)
+    W, h = torch.randn(49152, 576, generator=g) * 0.05, torch.randn(n, 576, generator=g) * 3
+    screen = BF16Screen(W)
+    S = (h.bfloat16() @ screen.low.T).double()
+    err = (S - h.double() @ W.double().T).abs()
+    low, x_norm, r_norm, _ = screen._terms(h)
+    bound = x_norm * screen.e_norm + r_norm * screen.w_norm + U_BF16 / (1 - U_BF16) * S.abs().float()
+    assert bool((err <= bound.double()).all())
+    assert float((err / bound.double()).max()) > 0.01  # and it is not vacuous
+
+
+def _adversarial():
+    """Every term of the bound realised at once. x = 1 (exact). Token a's 16 entries sit just below
+    half a bf16 ulp above a grid that sums to 16.0546875, so bf16 rounds each entry down by almost
+    u (|x~| |e| is tight: e is parallel to x) and then rounds the sum 16.0546875 down to 16 (the
+    output term, almost u |S|). Token b (the smaller id) has the same bf16 copy and an exact logit
+    just below a's: the screen ties them, ranks b first, and only the full bound keeps a."""
+    grid = torch.tensor([1 + 2.0**-7] * 7 + [1.0] * 9)
+    w_a = grid + 2.0**-8 * (1 - 2.0**-10)
+    w_b = grid + 2.0**-8 * (1 - 2.0**-9)
+    return torch.ones(1, 16), torch.stack([w_b, w_a])
+
+
+def test_the_adversarial_case_needs_the_whole_bound():
+    x, W = _adversarial()
+    assert int(truth(x, W)) == 1  # a
+    screen = BF16Screen(W)
+    S = x.bfloat16() @ screen.low.T
+    assert float(S[0, 0]) == float(S[0, 1]) == 16.0  # the screen ties them: b (id 0) ranks first
+    assert int(screen.argmax(x)[0]) == 1
+    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0  # half the bound drops a: wrong
+
+
+def test_empty_and_bad_input():
+    screen = BF16Screen(torch.randn(10, 4))
+    assert screen.argmax(torch.zeros(0, 4))[0].numel() == 0
+    with pytest.raises(ValueError, match="fp32"):
+        BF16Screen(torch.randn(10, 4).double())
