@@ -44,12 +44,17 @@ def test_verified_greedy_is_the_original_models(batch, block):
     ours = generate(fast, ids, max_new_tokens=24, block=block, stats=stats)
     theirs = original.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
-    assert stats["blocks"] > 0 and stats["accepted"] > 0
+    if batch == 1:
+        assert stats["blocks"] > 0 and stats["accepted"] > 0
+    else:  # the rows' probes cover more than half the clusters: drafting would cost more than the dense GEMM
+        assert stats["fallback_at"] == 0
 
 
-def test_blocks_grow_while_every_draft_is_kept():
-    original, fast = _pair(probes=16)  # every cluster probed: the drafts are the dense argmax
-    ids = torch.randint(1, 300, (2, 5), generator=torch.Generator().manual_seed(5))
+def test_blocks_grow_while_every_draft_is_kept(monkeypatch):
+    original, fast = _pair()
+    head = fast.get_output_embeddings()
+    monkeypatch.setattr(head, "greedy", lambda h, exact=False: head.verify_greedy(h))  # a perfect drafter
+    ids = torch.randint(1, 300, (1, 5), generator=torch.Generator().manual_seed(5))
     stats = {}
     ours = generate(fast, ids, max_new_tokens=60, block=2, stats=stats)
     assert torch.equal(ours, original.generate(ids, max_new_tokens=60, do_sample=False, pad_token_id=0))

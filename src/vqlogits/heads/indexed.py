@@ -58,9 +58,8 @@ class IndexedHead(nn.Module):
             raise ValueError(f"clusters must be an int in [1, vocab_size={vocab_size}], got {clusters!r}")
         self.d_model, self.vocab_size, self.clusters, self.validate = d_model, vocab_size, clusters, validate
         self.width = -(-vocab_size // clusters)  # L, rows per cluster
-        self.probes = self._check_probes(
-            probes if probes is not None else max(1, round(DEFAULT_PROBE_FRACTION * clusters))
-        )
+        self.probes = max(1, round(DEFAULT_PROBE_FRACTION * clusters))
+        self.probes = self._check_probes(probes)
         K, L = clusters, self.width
         ids = torch.arange(K * L).view(K, L)
         self.register_buffer("rows", torch.zeros(K, L, d_model))
@@ -72,6 +71,8 @@ class IndexedHead(nn.Module):
         self._refresh()
 
     def _check_probes(self, probes) -> int:
+        """``probes`` (default: ``self.probes``), checked, at most K."""
+        probes = self.probes if probes is None else probes
         if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
             raise ValueError(f"probes must be an int >= 1, got {probes!r}")
         return min(probes, self.clusters)
@@ -178,25 +179,27 @@ class IndexedHead(nn.Module):
 
     # ---- the first round: centroids, then the most promising clusters -----------------------------
 
-    def _probe(self, flat: torch.Tensor, probes: int):
-        """Centroid scores (N, K), |h| (N, 1), the probed clusters (the union of every row's top
-        ``probes``; sorted), their tokens and their exact logits (N, U * L), padding at -inf."""
+    def _union(self, flat: torch.Tensor, probes: int):
+        """Centroid scores (N, K), |h| (N, 1) and the probed clusters: the union of every row's top
+        ``probes`` (sorted), or all of them when that union holds more than half."""
         z = flat @ self.centroids.T  # (N, K)
         norm = flat.norm(dim=-1, keepdim=True)
-        rank = z + RANK_SIGMAS * norm * self.spread
-        union = torch.unique(rank.topk(probes, dim=-1).indices)  # (U,)
-        if 2 * union.numel() > self.clusters:  # a batch's probes cover most clusters: read them all, contiguously
+        union = torch.unique((z + RANK_SIGMAS * norm * self.spread).topk(probes, dim=-1).indices)  # (U,)
+        if 2 * union.numel() > self.clusters:
             union = torch.arange(self.clusters, device=flat.device)
+        return z, norm, union
+
+    def _probe(self, flat: torch.Tensor, probes: int):
+        """``_union``, then the probed clusters' tokens and exact logits (N, U * L), padding at -inf."""
+        z, norm, union = self._union(flat, probes)
+        if union.numel() == self.clusters:  # read them all, contiguously
             rows = self.rows.reshape(-1, self.d_model)
         else:  # into a kept buffer: a fresh allocation this size costs more in page faults than the copy
-            if self._scratch.numel() < union.numel() * self.width * self.d_model:
-                self._scratch = torch.empty(union.numel() * self.width * self.d_model, device=flat.device)
-            rows = self._scratch[: union.numel() * self.width * self.d_model].view(
-                union.numel(), self.width, self.d_model
-            )
-            rows = torch.index_select(self.rows, 0, union, out=rows).reshape(
-                -1, self.d_model
-            )  # index_select: 2-3x faster than rows[union]
+            size = union.numel() * self.width * self.d_model
+            if self._scratch.numel() < size:
+                self._scratch = torch.empty(size, device=flat.device)
+            rows = self._scratch[:size].view(union.numel(), self.width, self.d_model)
+            rows = torch.index_select(self.rows, 0, union, out=rows).reshape(-1, self.d_model)  # 2-3x rows[union]
         ids = self.token_ids[union].reshape(-1)  # (U * L,)
         logits = flat @ rows.T
         if self._padded:
@@ -218,7 +221,7 @@ class IndexedHead(nn.Module):
         ``self.dense_logits(h)`` gives the exact (..., V) logits."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model)
-        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(probes))
         real = ids < self.vocab_size
         floor = logits.masked_fill(~real, float("inf")).min(dim=-1, keepdim=True).values
         est = (self._estimate(z, norm) - torch.log(self._sizes.float())).minimum(floor)  # (N, K)
@@ -289,6 +292,13 @@ class IndexedHead(nn.Module):
         return answer.reshape(h.shape[:-1])
 
     @torch.no_grad()
+    def draft_share(self, h: torch.Tensor, probes: int | None = None) -> float:
+        """The share of the clusters one approximate round over the rows of h reads; above about a
+        half, the dense GEMM is cheaper than the drafts."""
+        P = self._check_probes(probes)
+        return self._union(h.reshape(-1, self.d_model).float(), P)[2].numel() / self.clusters
+
+    @torch.no_grad()
     def verify_greedy(self, h: torch.Tensor) -> torch.Tensor:
         """The exact argmax of each row, (..., d) -> (...), through the bf16 screen alone (no first
         round): the check verified decoding runs on a block of hidden states. ``last_stats`` as
@@ -318,7 +328,7 @@ class IndexedHead(nn.Module):
         check_sampling(temperature, top_k, top_p)
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
-        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(probes))
         real = ids < self.vocab_size
         out = torch.zeros(flat.shape[0], self.vocab_size)
         if top_k is not None or top_p is not None:
@@ -327,12 +337,8 @@ class IndexedHead(nn.Module):
             log_mass = self._log_masses(z, norm, union, logits, temperature)
             dense = self.dense_logits(flat) / temperature  # (N, V)
             cluster = self._cluster_of
-            within = (
-                dense
-                - torch.full_like(log_mass, float("-inf")).scatter_reduce(1, cluster.expand_as(dense), dense, "amax")[
-                    :, cluster
-                ]
-            )
+            peak = torch.full_like(log_mass, float("-inf")).scatter_reduce(1, cluster.expand_as(dense), dense, "amax")
+            within = dense - peak[:, cluster]
             within = within - torch.log(torch.zeros_like(log_mass).index_add_(1, cluster, within.exp()))[:, cluster]
             out = torch.exp(torch.log_softmax(log_mass, dim=-1)[:, cluster] + within)
         return out.reshape(*h.shape[:-1], self.vocab_size)
@@ -367,7 +373,7 @@ class IndexedHead(nn.Module):
             drafts = torch.multinomial(q, 1, generator=generator).squeeze(1)
             p = VF.sampling_probs(self.dense_logits(flat), temperature, top_k, top_p)
             return VF.speculative_sample(p, q, drafts, generator)[0].reshape(h.shape[:-1])
-        z, norm, union, ids, logits = self._probe(flat, self._check_probes(self.probes if probes is None else probes))
+        z, norm, union, ids, logits = self._probe(flat, self._check_probes(probes))
         if top_k is not None or top_p is not None:
             real = ids < self.vocab_size
             pick = VF.sample_logits(logits[:, real], temperature, top_k, top_p, generator)
@@ -384,8 +390,8 @@ class IndexedHead(nn.Module):
 
     def decode_cost(self, probes: int | None = None) -> dict:
         """One token, approximate greedy: the centroids and the probed clusters' rows (fp32).
-        Exact greedy adds, for a row it cannot certify, the fp16 screen of all rows (2 V d bytes)."""
-        P = self._check_probes(self.probes if probes is None else probes)
+        Exact greedy adds, for a row it cannot certify, the bf16 screen of all rows (2 V d bytes)."""
+        P = self._check_probes(probes)
         K, L, d = self.clusters, self.width, self.d_model
         return {"flops": 2 * K * d + 2 * P * L * d, "bytes": 4 * K * d + 4 * P * L * d}
 

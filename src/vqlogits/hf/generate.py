@@ -97,7 +97,8 @@ def generate(
     exactly the dense model's tokens (greedy: the argmax of the exact logits, ties to the smallest
     id) or samples from exactly its distribution, drafting ``block`` tokens at a time (doubled after
     a block kept whole, halved after one that kept less than half, at most ``MAX_BLOCK``); when
-    fewer than ``MIN_ACCEPTANCE`` of the drafts are kept, the rest is decoded by the dense head.
+    fewer than ``MIN_ACCEPTANCE`` of the drafts are kept, or when the batch's drafts would read more
+    than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head.
     ``verify=False``: the approximate greedy of the probed clusters, or ``IndexedHead.sample``.
     A batch keeps, each block, the prefix that every row kept (the shortest), so it stays exact.
 
@@ -118,6 +119,8 @@ def generate(
         _Verified(head, do_sample, temperature, top_k, top_p, generator) if indexed and verify is not False else None
     )
     counts = verified.stats if verified is not None else {}
+    if verified is not None and head.draft_share(hidden) > 0.5:  # a batch whose drafts read most rows: dense is cheaper
+        counts["fallback_at"] = 0
     new = 0
     while new < max_new_tokens and not (eos_token_id is not None and bool(done.all())):
         k = min(block, max_new_tokens - new - 1)
