@@ -74,6 +74,6 @@ case $STAGE in
     BEST=${BEST:-$(python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["best_dense"], s["best_cheap"])' docs/results/equal_compute/summary.json)}
     for d in $BEST; do train "$d" 1,2; done ;;
   report)
-    vqlogits equal-compute "$OUT" --out docs/results/equal_compute --cache "$CACHE" ;;
+    taskset -c "$CORE" vqlogits equal-compute "$OUT" --out docs/results/equal_compute ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ def test_bench_runs_and_writes_files(tmp_path, monkeypatch, json_never_in_place)
         warmup=1,
         out=str(tmp_path),
         indexed_models=(),
+        verified=False,  # its own test below, on a tiny model
     )
     results = suite.run_bench(cfg)
     assert len(results["logits"]) == 4 and len(results["loss"]) == 5 and len(results["decode"]) == 2
@@ -77,3 +78,35 @@ def test_indexed_decode_rows(tmp_path, monkeypatch):
         }
     )
     assert "| toy | 64 | 8 | 1 |" in text
+
+
+def test_verified_decoding_bench_on_a_tiny_model(tmp_path):
+    """The four decoding modes on a tiny Llama with a synthetic clustered head, as docs/verified.sh
+    runs them at the published shapes."""
+    import transformers as T
+
+    from vqlogits.bench import verified
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+    )
+    model = T.LlamaForCausalLM(config).eval()
+    ids = torch.randint(1, 512, (4, 12), generator=torch.Generator().manual_seed(0))
+    states = model.base_model(input_ids=ids).last_hidden_state.reshape(-1, 32)
+    tuned = verified.tune_spread(states, 512, 16, 2, 0.999, 0.05)
+    assert 0.9 <= tuned["agreement"] <= 1  # a spread that gets close to the target exists
+    W, assignment = verified.synthetic_weight(512, 32, 16, tuned["spread"], 0.05)
+    row = verified.compare(model, W, verified.synthetic_index(W, assignment, 16, 2), ids[:1], new=12, repeats=1)
+    assert row["identical"] and row["verified agreement"] == 1.0
+    assert all(row[f"{m} tok/s"] > 0 for m in ("dense fp32", "dense bf16", "approximate", "verified"))
+    assert 0 <= row["acceptance"] <= 1 and 0 < row["verified head share"] < 1
+    verified.save(
+        {
+            "environment": {"threads": 1, "torch": "x"},
+            "rows": [{"model": "tiny", **row}],
+            "sweep": [{"model": "tiny", **row}],
+        },
+        tmp_path,
+    )
+    assert (tmp_path / "verified.png").exists() and "| tiny | 1 |" in (tmp_path / "verified.md").read_text()

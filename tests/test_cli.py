@@ -77,7 +77,7 @@ def test_train_help_shows_groups_defaults_and_choices(monkeypatch):
     [
         ("--head", "vqq", "invalid choice: 'vqq'"),
         ("--mapping", "kmean", "invalid choice: 'kmean'"),
-        ("--head-bias", "maybe", "invalid _bool value"),
+        ("--head-bias", "maybe", "invalid boolean value"),
     ],
 )
 def test_cli_rejects_bad_choices_at_parse_time(option, value, message, capsys):

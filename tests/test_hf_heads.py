@@ -12,7 +12,8 @@ from vqlogits.heads import HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogit
 from vqlogits.hf import compress
 from vqlogits.hf.build import head_from_rows
 from vqlogits.hf.calibrate import calibrate, distill_loss
-from vqlogits.lm.data import load_corpus, load_tokenizer
+from vqlogits.lm.data import load_corpus
+from vqlogits.lm.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

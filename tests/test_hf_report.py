@@ -9,7 +9,7 @@ import pytest
 from vqlogits.hf.report import load_evals, plotted, pretrained_report
 
 
-def _model(root, name, head, head_params, ppls, reassign_every):
+def _model(root, name, head, head_params, ppls, reassign_every, head_bytes=None):
     folder = root / name
     folder.mkdir()
     calibration = [
@@ -28,6 +28,7 @@ def _model(root, name, head, head_params, ppls, reassign_every):
                     "head_params": head_params,
                     "dense_head_params": 1000,
                     "eval_tokens": 8192 if key != "full" else 69000,
+                    **({"head_bytes": head_bytes} if head_bytes else {}),  # older evaluations lack it
                 }
             )
         )
@@ -36,7 +37,7 @@ def _model(root, name, head, head_params, ppls, reassign_every):
 def test_final_table_has_one_row_per_head_and_map(tmp_path):
     _model(tmp_path, "a", "vq", 85, (50.0, 20.0, 15.0), 50)
     _model(tmp_path, "b", "vq", 20, (90.0, 40.0), 0)  # stage 2 not run yet: its last stage is stage 1
-    _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5, 10.4), 50)
+    _model(tmp_path, "c", "hybrid-twolevel", 85, (30.0, 12.0, 10.5, 10.4), 50, head_bytes=170_000)
     full = tmp_path / "c" / "eval_full.json"
     full.write_text(json.dumps({**json.loads(full.read_text()), "ppl_ratio_interval95": [1.01, 1.07]}))
     (tmp_path / "c" / "generation.txt").write_text("The os module provides a portable way\n")
@@ -48,8 +49,9 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
     assert "| vq, learned map | – | +50.0% (15.00, stage 2 (last layers)) |" in final
     assert "## Greedy generations\n\n**c**\n\n~~~text\nThe os module provides a portable way\n~~~" in report
     assert (tmp_path / "out" / "pretrained_ppl_vs_params.png").stat().st_size > 0
-    assert "| c | + stage 2, whole test split | 10 | 69,000 | 85 | 8.5% |" in report
-    assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% |" in report
+    assert "| c | + stage 2, whole test split | 10 | 69,000 | 85 | 8.5% | 0.17 |" in report
+    assert "| b | + stage 1 (head) | 100 | 8,192 | 20 | 2.0% | – |" in report
+    assert (tmp_path / "out" / "pretrained_ppl_vs_bytes.png").stat().st_size > 0  # c has its bytes
     assert len(load_evals(tmp_path)) == 9
     assert json.loads((tmp_path / "out" / "rows.json").read_text()) == load_evals(
         tmp_path

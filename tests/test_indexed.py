@@ -162,7 +162,8 @@ def test_accelerate_round_trip_and_generation(tmp_path):
     from vqlogits.cli import main
     from vqlogits.hf import generate
     from vqlogits.hf.accelerate import accelerate
-    from vqlogits.lm.data import load_corpus, load_tokenizer
+    from vqlogits.lm.data import load_corpus
+    from vqlogits.lm.tokenizer import load_tokenizer
 
     corpus = write_corpus(tmp_path / "text", n_docs=40)
     source = tmp_path / "llama"

@@ -82,7 +82,8 @@ def test_calibration_refuses_crafted_checkpoints_and_hidden_cache(tmp_path, corp
     from test_hf import _tiny
     from vqlogits.hf import compress
     from vqlogits.hf.calibrate import calibrate
-    from vqlogits.lm.data import load_corpus, load_tokenizer
+    from vqlogits.lm.data import load_corpus
+    from vqlogits.lm.tokenizer import load_tokenizer
 
     source = tmp_path / "llama"
     source.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "vqlogits"
 # Lowest first. A module may import its own floor or a lower one; the top floor is the entry points.
 FLOORS = [
-    ("files", "stats", "_checks"),
+    ("files", "stats", "_checks", "quant"),
     ("kernels", "cluster"),
     ("functional", "screen"),
     ("sampling",),
@@ -20,7 +20,14 @@ FLOORS = [
     ("bench",),
     ("demo", "cli", ""),
 ]
-ENTRY_POINTS = {"vqlogits.cli", "vqlogits.cli.parser", "vqlogits.cli.run", "vqlogits.cli.__main__", "vqlogits.demo"}
+ENTRY_POINTS = {
+    "vqlogits.cli",
+    "vqlogits.cli.parser",
+    "vqlogits.cli.options",
+    "vqlogits.cli.run",
+    "vqlogits.cli.__main__",
+    "vqlogits.demo",
+}
 MAX_LINES = 400
 
 

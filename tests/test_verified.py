@@ -41,7 +41,7 @@ def test_verified_greedy_is_the_original_models(batch, block):
     original, fast = _pair(scale=20)  # a peaked head: the drafts mostly agree
     ids = torch.randint(1, 300, (batch, 5), generator=torch.Generator().manual_seed(batch))
     stats = {}
-    ours = generate(fast, ids, max_new_tokens=24, block=block, stats=stats)
+    ours = generate(fast, ids, max_new_tokens=24, block=block, stats=stats, draft_probes=8)
     theirs = original.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
     if batch == 1:
@@ -53,7 +53,7 @@ def test_verified_greedy_is_the_original_models(batch, block):
 def test_blocks_grow_while_every_draft_is_kept(monkeypatch):
     original, fast = _pair()
     head = fast.get_output_embeddings()
-    monkeypatch.setattr(head, "greedy", lambda h, exact=False: head.verify_greedy(h))  # a perfect drafter
+    monkeypatch.setattr(head, "greedy", lambda h, exact=False, probes=None: head.verify_greedy(h))  # a perfect drafter
     ids = torch.randint(1, 300, (1, 5), generator=torch.Generator().manual_seed(5))
     stats = {}
     ours = generate(fast, ids, max_new_tokens=60, block=2, stats=stats)

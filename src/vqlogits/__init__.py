@@ -1,10 +1,15 @@
 """vqlogits: vector-quantized logits (VQ-Logits, arXiv 2505.10202) with exact O(K) loss and sampling."""
 
+import sys
+
 from . import functional
 from .cluster import KMeansResult, kmeans
 from .heads import AdaptiveHead, DenseHead, LowRankHead, VQLogitsHead, build_head
 
 __version__ = "0.1.0"
+
+if "transformers" in sys.modules:  # already paid for: let AutoModelForCausalLM know vqlogits folders now
+    from .hf import folder as _folder  # noqa: F401
 
 
 def __getattr__(name):

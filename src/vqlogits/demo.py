@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .bench.suite import logit_speed
+from .files import USER_CACHE
 from .lm.experiments import load_model
 from .lm.report import load_runs, markdown_table, summarize, write_report
 from .lm.scaling import headline
@@ -47,7 +48,7 @@ def regime_note(dense: dict, converged_summary: Path = CONVERGED_SUMMARY) -> str
     return text + "\n"
 
 
-def demo(cache: str = ".cache", out: str = "runs/demo", steps: int = 300, codebook_sizes=DEMO_K) -> str:
+def demo(cache: str | Path = USER_CACHE, out: str = "runs/demo", steps: int = 300, codebook_sizes=DEMO_K) -> str:
     """The main job: dense vs VQ-Logits on the Python docs with the SmolLM2 tokenizer (random and
     k-means maps, and our learned map); prints the table and states what its budget can show."""
     out = Path(out)

@@ -16,9 +16,11 @@ uninterrupted run.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 import warnings
@@ -26,6 +28,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+
+class _UserCache(os.PathLike):
+    """The default folder for embedded data and token caches, resolved each time it is used:
+    ``$VQLOGITS_CACHE``, else ``$XDG_CACHE_HOME/vqlogits``, else ``~/.cache/vqlogits``. One per user,
+    whatever the working folder."""
+
+    def __fspath__(self) -> str:
+        if os.environ.get("VQLOGITS_CACHE"):
+            return os.environ["VQLOGITS_CACHE"]
+        return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vqlogits")
+
+    __str__ = __fspath__
+
+    def __repr__(self) -> str:
+        return f"USER_CACHE ({self.__fspath__()})"
+
+
+USER_CACHE = _UserCache()
 
 
 class UnsafeFileError(ValueError):
@@ -71,11 +92,98 @@ def writable_folder(path: str | Path) -> Path:
     return path
 
 
+# What each kind of output folder holds; a folder with anything else is someone else's.
+FOLDER_KINDS = {
+    "run": ("a training run", ("ckpt.pt*", "stable.pt*", "model.pt*", "results.json*", "tokenizer.json*", "lock")),
+    "model": (
+        "a vqlogits model",
+        (
+            "config.json*",
+            "model.safetensors*",
+            "dense_head.safetensors*",
+            "vqlogits.json*",
+            "tokenizer*",
+            "special_tokens_map.json*",
+            "generation_config.json*",
+            "calib_*",
+            "eval_*.json*",  # docs/pretrained_heads.sh keeps each model's evaluations and generation beside it
+            "generation.txt*",
+            "lock",
+        ),
+    ),
+}
+_SCRATCH = ("lock", "*.tmp")  # what a command that stopped before writing anything leaves
+
+
+def _foreign(path: Path, kind: str) -> list[str]:
+    patterns = FOLDER_KINDS[kind][1]
+    return sorted(p.name for p in path.iterdir() if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
+
+
+def check_folder(path: str | Path, kind: str) -> Path:
+    """``path``, an existing folder holding only ``kind``'s files; else a ``ValueError`` that says why."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a folder")
+    if foreign := _foreign(path, kind):
+        raise ValueError(f"{str(path)!r} holds files that are not {FOLDER_KINDS[kind][0]}'s: {', '.join(foreign[:5])}")
+    return path
+
+
+@contextmanager
+def output_folder(path: str | Path, kind: str, overwrite: bool = False, finished: str | None = None):
+    """The folder a command writes ``kind`` ("run" or "model") into, for the command's duration.
+
+    A new or empty folder, or one holding only that kind's files (its unfinished work, resumed), is
+    used as it is. Anything else is refused with a ``ValueError`` that says what is there, and so is
+    a folder holding the file ``finished`` (a complete result the command would replace), unless
+    ``overwrite``: then the folder is emptied first. If the command fails before it has written
+    anything but a lock, a folder it created is removed again."""
+    path = Path(path)
+    created = not path.exists()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"out={str(path)!r} is a file, not a folder")
+    if not created and any(path.iterdir()) and not overwrite:
+        what = FOLDER_KINDS[kind][0]
+        foreign = _foreign(path, kind)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ValueError(
+                f"out={str(path)!r} holds files that are not {what}'s ({shown}); choose another folder,"
+                " or pass --overwrite to replace its contents"
+            )
+        if finished and (path / finished).exists():
+            raise ValueError(
+                f"out={str(path)!r} already holds a finished {what} ({finished}); choose another folder,"
+                " or pass --overwrite to replace it"
+            )
+    if overwrite and not created:
+        shutil.rmtree(path)
+    writable_folder(path)
+    try:
+        yield path
+    except BaseException:
+        if created and path.exists() and all(any(fnmatch.fnmatch(p.name, s) for s in _SCRATCH) for p in path.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file; some writers (safetensors) make theirs 0600
+
+
 def write_atomic(path: str | Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: a crash leaves the old file or the new one, never half."""
+    """``write(tmp)`` then rename over ``path``: a crash leaves the old file or the new one, never half.
+    The file gets the ordinary mode of a new file (0666 less the umask)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
 
 
@@ -96,9 +204,13 @@ def load_plain(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        globals_ = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
+        if not globals_:  # no object in it, just bytes the unpickler cannot read: random or cut
+            raise ValueError(f"{path} is damaged or is not a file vqlogits wrote; it cannot be read") from None
+        blocked = globals_[0]
         raise UnsafeFileError(
             f"{path} holds objects other than plain data and tensors; vqlogits does not load it, because unpickling "
-            f"them could run code (files written by vqlogits never need that). Details: {str(e).splitlines()[0]}"
+            f"them could run code (files written by vqlogits never need that). {blocked}"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(

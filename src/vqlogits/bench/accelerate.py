@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import write_json
+from ..files import USER_CACHE, write_json
 from ..heads import IndexedHead
 from ..hf.accelerate import hidden_states
 from ..hf.load import load_causal_lm
@@ -137,7 +137,7 @@ def measure_all(
     metric_tokens: int = 16384,
     eval_tokens: int = 4096,
     decode_steps: int = 8,
-    cache: str | Path = ".cache",
+    cache: str | Path = USER_CACHE,
     parts=("index", "decode"),
 ) -> dict:
     """Agreement, certification, rows read, TV distance and speed for SmolLM2 on ``corpus``'s test
@@ -147,7 +147,7 @@ def measure_all(
     torch.manual_seed(0)
     model, source = load_causal_lm("smollm2", cache)
     weight = model.get_output_embeddings().weight.detach().clone().float()
-    splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache)
+    splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("train", "test"))
     fit = hidden_states(model, splits["train"], metric_tokens)
     h = hidden_states(model, splits["test"], eval_tokens)
     env = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..heads import DenseHead, IndexedHead, VQLogitsHead
-from . import accelerate
+from . import accelerate, verified
 from .config import BenchConfig
 from .timing import decode_tokens_per_s, median_seconds
 
@@ -104,3 +104,29 @@ def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
                 )
         del model
     return rows
+
+
+def bench_verified(cfg: BenchConfig, bar) -> list[dict]:
+    """Dense fp32, the head cast to bf16, approximate and verified greedy decoding of a SmolLM2-shaped
+    model (random backbone) with a synthetic clustered head whose drafts agree with dense greedy as
+    often as SmolLM2's real head does (``verified.tune_spread``), batch 1; ``bench.verified``."""
+    model = smollm2_shaped(cfg.decode_layers).to(cfg.device)
+    V, d, K = 49152, 576, 1024
+    ids = torch.randint(0, V, (8, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = model.base_model(input_ids=ids).last_hidden_state.reshape(-1, d)
+    scale = float(model.get_output_embeddings().weight.detach().std())
+    bar.set_description("verified: tuning the synthetic head")
+    tuned = verified.tune_spread(states, V, K, K // 8, cfg.verified_agreement, scale)
+    W, assignment = verified.synthetic_weight(V, d, K, tuned["spread"], scale)
+    bar.set_description("verified decode")
+    row = verified.compare(
+        model,
+        W,
+        verified.synthetic_index(W, assignment, K, K // 8),
+        ids[:1, :16],
+        cfg.decode_steps,
+        max(1, cfg.repeats // 3),
+    )
+    bar.update(1)
+    return [{"model": "SmolLM2-135M shape (synthetic head)", "draft_agreement": tuned["agreement"], **row}]

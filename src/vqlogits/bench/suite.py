@@ -20,8 +20,9 @@ from ..functional import vq_cross_entropy
 from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
 from ..kernels import triton_usable
 from .config import QUICK, SHAPES, BenchConfig  # noqa: F401 (QUICK: the CLI's --quick)
-from .decode import bench_decode, bench_indexed_decode
+from .decode import bench_decode, bench_indexed_decode, bench_verified
 from .timing import copy_bandwidth, median_seconds, peak_bytes
+from .verified import markdown as verified_markdown
 
 # ---- logits ------------------------------------------------------------------------------------
 
@@ -244,6 +245,9 @@ def markdown(results: dict) -> str:
                 f" {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} |"
                 f" {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |"
             )
+    if results.get("verified"):
+        out.append("\n### Verified decoding, SmolLM2-135M shape, synthetic head (real weights: docs/PRETRAINED.md)\n")
+        out.append(verified_markdown({"environment": env, "rows": results["verified"]}).split("\n", 1)[1])
     if results["notes"]:
         out.append("\n" + "\n".join(f"* {n}" for n in results["notes"]))
     return "\n".join(out) + "\n"
@@ -285,7 +289,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     bandwidth = copy_bandwidth(device)
     n_logits = len(cfg.shapes) * len(cfg.codebook_sizes) * len(cfg.tokens)
     n_loss = len(cfg.shapes) * len(cfg.loss_codebook_sizes) * len(cfg.loss_tokens) * 5
-    with tqdm(total=n_logits + n_loss + len(cfg.decode_batches) * len(cfg.loss_codebook_sizes), desc="bench") as bar:
+    n_decode = len(cfg.decode_batches) * len(cfg.loss_codebook_sizes) + 1
+    with tqdm(total=n_logits + n_loss + n_decode, desc="bench") as bar:
         results = {
             "environment": {
                 "device": torch.cuda.get_device_name(device)
@@ -300,6 +305,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "loss": bench_loss(cfg, bar),
             "decode": bench_decode(cfg, bar),
             "indexed": bench_indexed_decode(cfg, bar),
+            "verified": bench_verified(cfg, bar) if cfg.verified else [],
             "notes": [],
         }
     if device.type != "cuda":
@@ -308,7 +314,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", results)
-    for part in ("logits", "loss", "decode", "indexed"):
+    for part in ("logits", "loss", "decode", "indexed", "verified"):
         if results[part]:
             with open(out / f"bench_{part}.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(results[part][0]))

@@ -3,7 +3,10 @@ speed, peak memory, and copy bandwidth."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -62,6 +65,20 @@ def decode_tokens_per_s(model, heads: dict, batch: int, steps: int = 16, prompt:
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side prints a line to stderr at each start and stop: sent to /dev/null."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def peak_bytes(fn, device: torch.device | str = "cpu") -> int:
     """Peak memory that ``fn()`` allocates on top of what was live before.
 
@@ -78,7 +95,7 @@ def peak_bytes(fn, device: torch.device | str = "cpu") -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()

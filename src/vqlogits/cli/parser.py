@@ -1,83 +1,37 @@
-"""The ``vqlogits`` command's options: one sub-parser per subcommand; the training options are read off
-``TrainConfig``."""
+"""The ``vqlogits`` command's options: one sub-parser per subcommand (shared option groups in ``options``)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 
-GROUPS = {
-    "data": "data",
-    "model": "model",
-    "head": "head (sizes; --head-budget replaces them)",
-    "map": "token -> code map",
-    "optimisation": "optimisation",
-    "checkpointing": "evaluation and checkpointing",
-}
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' line breaks."""
-
-
-def _parser(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name,
-        help=help,
-        description=help[0].upper() + help[1:] + ".",
-        epilog="example:\n  " + example,
-        formatter_class=_Formatter,
-    )
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {s!r}")
-
-
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """One option per ``TrainConfig`` field, grouped, with its help, default and allowed values.
-    Defaults stay None in the namespace, so only the options given override the config."""
-    from ..lm.config import TrainConfig
-
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        default = f.default if f.default is not MISSING else None
-        shown = (
-            f"{default!r}"
-            if isinstance(default, str)
-            else str(default).lower()
-            if isinstance(default, bool)
-            else default
-        )
-        help_text = f"{meta['help']} (default: {shown})"
-        flag = "--" + f.name.replace("_", "-")
-        group = groups[meta["group"]]
-        if f.type in ("bool", bool):
-            group.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            group.add_argument(flag, type=kind, default=None, choices=meta.get("choices"), help=help_text)
+from .options import (
+    add_train_options,
+    cache_option,
+    dtype_option,
+    folder_options,
+    positive,
+    probability,
+    subparser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..heads import FROM_ROWS
+
     parser = argparse.ArgumentParser(prog="vqlogits", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _parser(
+    p = subparser(
         sub,
         "train",
         "train an LM with a given head; rerun with the same --out to resume",
         "vqlogits train --corpus pydocs --tokenizer bpe:16384 --head vq --head-budget 0.02 --reassign-every 100"
         " --steps 2000 --out runs/vq2",
     )
-    _add_train_options(p)
+    add_train_options(p)
+    folder_options(p, "this run's own checkpoints, which it resumes")
 
-    p = _parser(
+    p = subparser(
         sub,
         "eval",
         "perplexity of a trained run, or original vs compressed for a compressed model",
@@ -95,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="targets per split (default: the run's final_eval_tokens; 16384 for compressed models)",
     )
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "compress",
         "replace the head of an HF causal LM by a smaller head built from its rows",
@@ -111,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head",
         default="vq",
-        choices=["vq", "hybrid", "twolevel", "hybrid-twolevel"],
+        choices=FROM_ROWS,
         help="head to build from the rows, see hf/build.py (default: vq)",
     )
     p.add_argument(
@@ -148,9 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--corpus", default="pydocs", help="corpus for token frequencies with --exact-tokens (default: pydocs)"
     )
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    p.add_argument("--bits", type=int, default=4, help="--head quantized: bits per weight, 1 to 8 (default: 4)")
+    p.add_argument(
+        "--group-size", type=int, default=32, help="--head quantized: weights per scale and offset (default: 32)"
+    )
+    p.add_argument("--method", default="hqq", choices=["hqq", "rtn"], help="--head quantized: rounding (default: hqq)")
+    p.add_argument(
+        "--part-bits",
+        type=int,
+        default=0,
+        help="hybrid heads: store the codebook and token vectors at 8 or 4 bits (default: 0, fp)",
+    )
+    dtype_option(p)
+    folder_options(p, "an interrupted compress")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "accelerate",
         "index a pretrained model's output rows for fast decoding with its own logits (no training)",
@@ -162,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="smollm2 (fetched on first use), an HF model folder, or a .gguf file (default: smollm2)",
     )
     p.add_argument(
-        "--clusters", type=int, required=True, help="K, balanced clusters of ceil(V / K) rows (required; 1 <= K <= V)"
+        "--clusters",
+        type=int,
+        default=None,
+        help="K, balanced clusters of ceil(V / K) rows (default: a power of 2 near V / 48; 1,024 for SmolLM2)",
     )
     p.add_argument("--out", required=True, help="folder for the accelerated model (required)")
     p.add_argument(
@@ -182,9 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden states for the metric; 0: plain k-means (default: 16384)",
     )
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    dtype_option(p)
+    folder_options(p, "an interrupted accelerate")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "calibrate",
         "recover quality: stage 1 head on cached states, stage 2 last layers",
@@ -230,22 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="at most this fraction of the seen tokens move per reassignment (default: 0.05)",
     )
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "generate",
-        "decode from a compressed model through the compact head",
+        "decode from a model folder (compressed or accelerated) or a trained run, through its compact head",
         'vqlogits generate runs/smol-vq4096 "The os module" --sample --top-p 0.9',
     )
-    p.add_argument("folder", help="a compressed model folder")
+    p.add_argument("folder", help="a model folder (vqlogits.json) or a training run (model.pt)")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
+    p.add_argument("--max-new-tokens", type=positive(int), default=48, help="tokens to generate (default: 48)")
+    p.add_argument("--temperature", type=positive(float), default=None, help="sampling temperature (default: 1)")
     p.add_argument(
-        "--top-k", type=int, default=None, help="keep the k most likely tokens, ties included (default: off)"
+        "--top-k", type=positive(int), default=None, help="keep the k most likely tokens, ties included (default: off)"
     )
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1] (default: off)")
+    p.add_argument(
+        "--top-p", type=probability, default=None, help="nucleus sampling threshold in (0, 1] (default: off)"
+    )
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -260,15 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="accelerated models: the probed clusters only, no verification (faster, not exact)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "sweep",
         "a grid over heads, K, maps, budgets and seeds, then a report",
         "vqlogits sweep --heads dense,vq --head-budgets 0.02,0.05 --reassign 0,100 --seeds 0,1 --steps 1500 --out"
         " runs/budget",
     )
-    _add_train_options(p)
+    add_train_options(p)
     grid = p.add_argument_group("grid (comma lists; every combination is trained, finished runs are skipped)")
     grid.add_argument("--heads", default="dense,vq", help="heads (default: dense,vq)")
     grid.add_argument(
@@ -288,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
     )
 
-    p = _parser(
+    p = subparser(
         sub,
         "corpus",
         "build a corpus (fetching embedded data on first use), tokenize it, print its statistics as JSON",
@@ -298,18 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer", default="bpe:16384", help="smollm2, bpe:N, or a tokenizer.json / folder (default: bpe:16384)"
     )
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "fetch",
         "fetch embedded data now (it is otherwise fetched on first use); `make data` runs this",
         "vqlogits fetch pydocs smollm2",
     )
     p.add_argument("names", nargs="+", choices=["pydocs", "devdocs", "smollm2"], help="what to fetch")
-    p.add_argument("--cache", default=".cache", help="folder for embedded data (default: .cache)")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "analyze",
         "split a VQ run's loss gap to dense into code and within-code terms",
@@ -318,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dense_run", help="a dense run folder")
     p.add_argument("vq_run", help="a vq run folder on the same corpus and tokenizer")
     p.add_argument("--max-tokens", type=int, default=65536, help="test targets to analyse (default: 65536)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
+    cache_option(p)
 
-    p = _parser(
+    p = subparser(
         sub,
         "report",
         "markdown table and PNG plots from run folders",
@@ -330,12 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="folder for report.md, summary.json and plots (default: the first run folder)"
     )
 
-    p = _parser(sub, "demo", "the main job: dense vs VQ-Logits on the embedded data", "vqlogits demo --out runs/demo")
-    p.add_argument("--cache", default=".cache", help="folder for embedded data and token caches (default: .cache)")
+    p = subparser(
+        sub,
+        "equal-compute",
+        "the equal-compute study's report: bits per byte by design and budget, verdicts, decode speed, plots",
+        "vqlogits equal-compute docs/results/equal_compute/runs --out docs/results/equal_compute",
+    )
+    p.add_argument("runs", help="the study's runs: one folder per design (docs/equal_compute.sh)")
+    p.add_argument("--out", default="docs/results/equal_compute", help="folder for summary.json, report.md and plots")
+    p.add_argument("--no-speed", action="store_true", help="skip measuring decode speed")
+
+    p = subparser(sub, "demo", "the main job: dense vs VQ-Logits on the embedded data", "vqlogits demo --out runs/demo")
+    cache_option(p)
     p.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps per head (default: 300)")
 
-    p = _parser(
+    p = subparser(
         sub, "bench", "dense vs VQ: logits, loss (time, peak memory), decode", "vqlogits bench --quick --out runs/bench"
     )
     p.add_argument("--quick", action="store_true", help="SmolLM2 shapes only, few repeats (< 2 min on 2 CPU cores)")

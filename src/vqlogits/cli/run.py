@@ -1,14 +1,18 @@
-"""``vqlogits SUBCOMMAND``: each subcommand calls one importable function; a ``ValueError`` becomes a
-one-line error and exit status 2."""
+"""``vqlogits SUBCOMMAND``: each subcommand calls one importable function. Options are checked
+before anything is loaded; an option the command would ignore is named in a warning; a
+``ValueError`` becomes a one-line error and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .parser import _bool, build_parser
+from ..files import USER_CACHE
+from .options import boolean
+from .parser import build_parser
 
 
 def _train_config(args):
@@ -23,149 +27,248 @@ def _print(result: dict) -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in bulky}, indent=1))
 
 
+def _ignored(args, names: dict, why: str) -> None:
+    for flag, given in names.items():
+        if given:
+            warnings.warn(f"{flag} is ignored: {why}", stacklevel=2)
+
+
+def _model_folder(path: str) -> bool:
+    return (Path(path) / "vqlogits.json").exists()
+
+
+def _train(args):
+    from ..lm.train import train
+
+    _print(train(_train_config(args), overwrite=args.overwrite))
+
+
+def _eval(args):
+    if _model_folder(args.run_dir):
+        from ..bench.eval import evaluate_folder
+
+        _print(evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+    else:
+        from ..lm.experiments import evaluate
+
+        _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
+
+
+def _compress(args):
+    from ..hf.compress import compress
+    from ..hf.folder import describe
+
+    out = compress(
+        args.model,
+        args.codebook_size,
+        args.out,
+        args.init,
+        args.seed,
+        args.cache,
+        exact_tokens=args.exact_tokens,
+        corpus=args.corpus,
+        head=args.head,
+        head_budget=args.head_budget,
+        token_dim=args.token_dim,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        bits=args.bits,
+        group_size=args.group_size,
+        method=args.method,
+        part_bits=args.part_bits,
+    )
+    _print(describe(out))
+
+
+def _accelerate(args):
+    from ..hf.accelerate import accelerate
+    from ..hf.folder import describe
+
+    out = accelerate(
+        args.model,
+        args.clusters,
+        args.out,
+        args.probes,
+        args.spherical,
+        args.corpus,
+        args.hidden_tokens,
+        args.seed,
+        args.cache,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+    )
+    _print(describe(out))
+
+
+def _calibrate(args):
+    from ..hf.calibrate import calibrate
+
+    summary = calibrate(
+        args.folder,
+        args.corpus,
+        args.budget_minutes,
+        args.stages,
+        args.kl_weight,
+        args.train_layers,
+        cache=args.cache,
+        reassign_every=args.reassign_every,
+        reassign_frac=args.reassign_frac,
+        max_steps=args.max_steps,
+    )
+    _print(summary)
+
+
+def _generate(args):
+    if not args.prompt.strip():
+        raise ValueError("prompt is empty: give the text to continue")
+    sampling = {
+        k: v
+        for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
+        if v is not None
+    }
+    if not args.sample:
+        _ignored(args, {f"--{k.replace('_', '-')}": True for k in sampling}, "it only changes sampling (add --sample)")
+        sampling = {}
+    if _model_folder(args.folder):
+        from ..heads import KINDS
+        from ..hf.folder import read_meta
+        from ..hf.generate import generate_text
+
+        if not KINDS[read_meta(args.folder).get("head", "vq")].index:
+            _ignored(args, {"--verify": args.verify, "--approximate": args.approximate}, "the model is not accelerated")
+        verify = False if args.approximate else (True if args.verify else None)
+        print(
+            generate_text(
+                args.folder,
+                args.prompt,
+                args.max_new_tokens,
+                do_sample=args.sample,
+                seed=args.seed,
+                verify=verify,
+                **sampling,
+            )
+        )
+    elif (Path(args.folder) / "model.pt").exists() or (Path(args.folder) / "ckpt.pt").exists():
+        from ..lm.generate import generate_from_run
+
+        _ignored(args, {"--verify": args.verify, "--approximate": args.approximate}, "a trained run is not accelerated")
+        print(
+            generate_from_run(
+                args.folder, args.prompt, args.max_new_tokens, args.sample, args.seed, args.cache, **sampling
+            )
+        )
+    else:
+        raise ValueError(f"{args.folder} is neither a model folder (vqlogits.json) nor a training run (model.pt)")
+
+
+def _sweep(args):
+    from ..lm.experiments import sweep
+
+    def ints(s):
+        return [int(x) for x in s.split(",") if x]
+
+    report = sweep(
+        _train_config(args),
+        heads=args.heads.split(","),
+        codebook_sizes=ints(args.codebook_sizes),
+        mappings=args.mappings.split(","),
+        seeds=ints(args.seeds),
+        out=args.out or "runs/sweep",
+        bias=[boolean(b) for b in args.bias.split(",")],
+        reassign=ints(args.reassign),
+        budgets=[float(b) for b in args.head_budgets.split(",") if b],
+        wsd_steps=ints(args.wsd_steps),
+    )
+    print(report.read_text())
+
+
+def _corpus(args):
+    from ..lm.data import corpus_stats
+
+    print(json.dumps(corpus_stats(args.name, args.tokenizer, args.cache), indent=1))
+
+
+def _fetch(args):
+    from ..lm.data import fetch
+
+    print(json.dumps(fetch(args.names, args.cache), indent=1))
+
+
+def _analyze(args):
+    from ..lm.analysis import summary_text, within_code_analysis
+
+    result = within_code_analysis(args.dense_run, args.vq_run, args.max_tokens, cache=args.cache)
+    if args.json:
+        _print(result)
+    else:
+        print(summary_text(result))
+
+
+def _report(args):
+    if any(next(Path(r).rglob("vqlogits.json"), None) for r in args.runs):
+        from ..hf.report import pretrained_report
+
+        print(pretrained_report(args.runs[0], args.out).read_text())
+    else:
+        from ..lm.report import write_report
+
+        print(write_report(args.runs, args.out or args.runs[0]).read_text())
+
+
+def _bench(args):
+    from ..bench.suite import QUICK, BenchConfig, markdown, run_bench
+
+    kw = dict(QUICK) if args.quick else {}
+    given = {"out": args.out, "device": args.device, "max_tflop": args.max_tflop, "repeats": args.repeats}
+    kw.update({k: v for k, v in given.items() if v is not None})
+    print(markdown(run_bench(BenchConfig(**kw))))
+
+
+def _equal_compute(args):
+    from ..bench.equal_compute import report
+
+    print(report(args.runs, args.out, speed=not args.no_speed).read_text())
+
+
+def _demo(args):
+    from ..demo import demo
+
+    demo(args.cache, args.out, args.steps)
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "compress": _compress,
+    "accelerate": _accelerate,
+    "calibrate": _calibrate,
+    "generate": _generate,
+    "sweep": _sweep,
+    "corpus": _corpus,
+    "fetch": _fetch,
+    "analyze": _analyze,
+    "report": _report,
+    "bench": _bench,
+    "equal-compute": _equal_compute,
+    "demo": _demo,
+}
+
+
+def _warning(message, category, filename, lineno, file=None, line=None):
+    print(f"vqlogits: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("train", "sweep") and getattr(args, "cache", "") is None:
+        args.cache = USER_CACHE  # train and sweep keep TrainConfig's own default
+    shown = warnings.showwarning
+    warnings.showwarning = _warning  # one line per warning, no source line
     try:
-        if args.command == "train":
-            from ..lm.train import train
-
-            _print(train(_train_config(args)))
-        elif args.command == "eval":
-            if (Path(args.run_dir) / "vqlogits.json").exists():
-                from ..bench.eval import evaluate_folder
-
-                _print(evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
-            else:
-                from ..lm.experiments import evaluate
-
-                _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
-        elif args.command == "compress":
-            from ..hf.compress import compress
-
-            print(
-                compress(
-                    args.model,
-                    args.codebook_size,
-                    args.out,
-                    args.init,
-                    args.seed,
-                    args.cache,
-                    exact_tokens=args.exact_tokens,
-                    corpus=args.corpus,
-                    head=args.head,
-                    head_budget=args.head_budget,
-                    token_dim=args.token_dim,
-                )
-            )
-        elif args.command == "calibrate":
-            from ..hf.calibrate import calibrate
-
-            _print(
-                calibrate(
-                    args.folder,
-                    args.corpus,
-                    args.budget_minutes,
-                    args.stages,
-                    args.kl_weight,
-                    args.train_layers,
-                    cache=args.cache,
-                    reassign_every=args.reassign_every,
-                    reassign_frac=args.reassign_frac,
-                    max_steps=args.max_steps,
-                )
-            )
-        elif args.command == "generate":
-            from ..hf.generate import generate_text
-
-            print(
-                generate_text(
-                    args.folder,
-                    args.prompt,
-                    args.max_new_tokens,
-                    args.temperature,
-                    args.top_k,
-                    args.top_p,
-                    args.sample,
-                    args.seed,
-                    verify=False if args.approximate else (True if args.verify else None),
-                )
-            )
-        elif args.command == "accelerate":
-            from ..hf.accelerate import accelerate
-
-            print(
-                accelerate(
-                    args.model,
-                    args.clusters,
-                    args.out,
-                    args.probes,
-                    args.spherical,
-                    args.corpus,
-                    args.hidden_tokens,
-                    args.seed,
-                    args.cache,
-                )
-            )
-        elif args.command == "sweep":
-            from ..lm.experiments import sweep
-
-            ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-            report = sweep(
-                _train_config(args),
-                heads=args.heads.split(","),
-                codebook_sizes=ints(args.codebook_sizes),
-                mappings=args.mappings.split(","),
-                seeds=ints(args.seeds),
-                out=args.out or "runs/sweep",
-                bias=[_bool(b) for b in args.bias.split(",")],
-                reassign=ints(args.reassign),
-                budgets=[float(b) for b in args.head_budgets.split(",") if b],
-                wsd_steps=ints(args.wsd_steps),
-            )
-            print(report.read_text())
-        elif args.command == "corpus":
-            from ..lm.data import corpus_stats
-
-            print(json.dumps(corpus_stats(args.name, args.tokenizer, args.cache), indent=1))
-        elif args.command == "fetch":
-            from ..lm.data import fetch
-
-            print(json.dumps(fetch(args.names, args.cache), indent=1))
-        elif args.command == "analyze":
-            from ..lm.analysis import within_code_analysis
-
-            _print(within_code_analysis(args.dense_run, args.vq_run, args.max_tokens))
-        elif args.command == "report":
-            if any(next(Path(r).rglob("vqlogits.json"), None) for r in args.runs):
-                from ..hf.report import pretrained_report
-
-                print(pretrained_report(args.runs[0], args.out).read_text())
-            else:
-                from ..lm.report import write_report
-
-                print(write_report(args.runs, args.out or args.runs[0]).read_text())
-        elif args.command == "bench":
-            from ..bench.suite import QUICK, BenchConfig, markdown, run_bench
-
-            kw = dict(QUICK) if args.quick else {}
-            kw.update(
-                {
-                    k: v
-                    for k, v in (
-                        ("out", args.out),
-                        ("device", args.device),
-                        ("max_tflop", args.max_tflop),
-                        ("repeats", args.repeats),
-                    )
-                    if v is not None
-                }
-            )
-            print(markdown(run_bench(BenchConfig(**kw))))
-        elif args.command == "demo":
-            from ..demo import demo
-
-            demo(args.cache, args.out, args.steps)
+        COMMANDS[args.command](args)
     except ValueError as e:
         print(f"vqlogits {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
     return 0

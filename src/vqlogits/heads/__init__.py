@@ -15,6 +15,7 @@ from .hybrid import HybridHead, HybridTwoLevelHead
 from .indexed import IndexedHead
 from .lowrank import LowRankHead
 from .lowrank_residual import RVQHead, VQLowRankHead
+from .quantized import QuantizedHead
 from .twolevel import TwoLevelHead
 from .vq import VQLogitsHead
 
@@ -47,9 +48,8 @@ KINDS = {
         HeadKind("rvq", RVQHead, **_CODES),
         HeadKind("hybrid", HybridHead, **_CODES, frequent=True, from_rows=True),
         HeadKind("hybrid-twolevel", HybridTwoLevelHead, **_CODES, frequent=True, from_rows=True),
-        HeadKind(
-            "indexed", IndexedHead, trainable=False, index=True
-        ),  # a pretrained head's own rows, see hf/accelerate.py
+        HeadKind("indexed", IndexedHead, trainable=False, index=True),  # a pretrained head's own rows
+        HeadKind("quantized", QuantizedHead, trainable=False, from_rows=True),  # its rows in bits, see quant.py
     )
 }
 HEADS = tuple(name for name, k in KINDS.items() if k.trainable)
@@ -105,6 +105,8 @@ def head_config(head: nn.Module) -> dict:
     kind = kind_of(head)
     if kind.index:
         return {"head": kind.name, "clusters": head.clusters, "probes": head.probes}
+    if kind.cls is QuantizedHead:
+        return {"head": kind.name, "bits": head.bits, "group_size": head.group_size, "bias": head.bias is not None}
     if not kind.from_rows:
         raise ValueError(f"a {kind.name} head has no saved form; these do: {FROM_ROWS + ('indexed',)}")
     out = {"bias": head.bias is not None}
@@ -124,6 +126,8 @@ def head_from_config(config: dict, d_model: int, vocab_size: int) -> nn.Module:
         raise ValueError(f"head must be one of {tuple(KINDS)}, got {name!r}")
     if KINDS[name].index:
         return IndexedHead(d_model, vocab_size, config["clusters"], config["probes"])
+    if KINDS[name].cls is QuantizedHead:
+        return QuantizedHead(d_model, vocab_size, config["bits"], config["group_size"], config["bias"])
     return build_head(
         name,
         d_model,
@@ -200,6 +204,7 @@ __all__ = [
     "AdaptiveHead",
     "HeadKind",
     "IndexedHead",
+    "QuantizedHead",
     "DenseHead",
     "HybridHead",
     "HybridTwoLevelHead",

@@ -155,7 +155,7 @@ class IndexedHead(nn.Module):
         self._sizes = self._real.view(self.clusters, self.width).sum(1)
         self._padded = self.clusters * self.width > self.vocab_size
         self._scratch = torch.empty(0, device=self.rows.device)
-        self.screen = BF16Screen(self.weight) if self.rows.device.type == "cpu" else None
+        self._screen = None  # built on first use by the exact paths: W in token order, and in bf16
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         K, L, d = self.clusters, self.width, self.d_model
@@ -232,7 +232,7 @@ class IndexedHead(nn.Module):
     def dense_logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h @ W.T``, (..., d) -> (..., V), every entry exact."""
         check_hidden(h, self.d_model)
-        return h @ (self.weight if self.screen is None else self.screen.weight).T
+        return h @ (self.weight if self.rows.device.type != "cpu" else self._exact_screen().weight).T
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """``F.cross_entropy(h @ W.T, targets)``: the dense head's loss (the index changes nothing)."""
@@ -293,16 +293,13 @@ class IndexedHead(nn.Module):
 
     @torch.no_grad()
     def draft_share(self, h: torch.Tensor, probes: int | None = None) -> float:
-        """The share of the clusters one approximate round over the rows of h reads; above about a
-        half, the dense GEMM is cheaper than the drafts."""
-        P = self._check_probes(probes)
-        return self._union(h.reshape(-1, self.d_model).float(), P)[2].numel() / self.clusters
+        """The share of the clusters an approximate round over h's rows reads (past 1/2, dense is cheaper)."""
+        return self._union(h.reshape(-1, self.d_model).float(), self._check_probes(probes))[2].numel() / self.clusters
 
     @torch.no_grad()
     def verify_greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """The exact argmax of each row, (..., d) -> (...), through the bf16 screen alone (no first
-        round): the check verified decoding runs on a block of hidden states. ``last_stats`` as
-        ``greedy``'s."""
+        """The exact argmax of each row, (..., d) -> (...), by the bf16 screen alone (no first round):
+        the check verified decoding runs on a block of hidden states. ``last_stats`` as ``greedy``'s."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
         ids, screened = self._exact_screen().argmax(flat)
@@ -311,9 +308,11 @@ class IndexedHead(nn.Module):
         return ids.reshape(h.shape[:-1])
 
     def _exact_screen(self) -> BF16Screen:
-        if self.screen is None:  # rows on a GPU: the screen's bound assumes the CPU's bf16 kernels
+        if self.rows.device.type != "cpu":  # the screen's bound assumes the CPU's bf16 kernels
             raise ValueError("exact greedy through the bf16 screen runs on the CPU; move the head with .cpu()")
-        return self.screen
+        if self._screen is None:
+            self._screen = BF16Screen(self.weight)
+        return self._screen
 
     @torch.no_grad()
     def sampling_probs(

@@ -9,6 +9,8 @@
   E (V, e) and projection Q (d, e) are the best rank-e least-squares fit of the rows' offsets from
   their centroids, R ~ E Q^T (truncated SVD), so e_v . (h Q) ~ h . (w_v - c_{M(v)}).
 * ``hybrid-twolevel``: exact singleton codes for the frequent tokens, ``twolevel`` for the rest.
+* ``quantized``: the rows themselves, ``bits`` per weight in groups of ``group_size`` (``quant``;
+  ``method`` hqq or rtn).
 
 The per-token bias starts at zero. Sizes come from ``heads.size_for_budget``, as in training.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..cluster import balanced_kmeans, kmeans
-from ..heads import FROM_ROWS, KINDS, HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead
+from ..heads import FROM_ROWS, KINDS, HybridHead, HybridTwoLevelHead, QuantizedHead, TwoLevelHead, VQLogitsHead
 
 
 def _low_rank_offsets(
@@ -45,6 +47,8 @@ def head_from_rows(
     ``n_frequent + codebook_size`` codes in all."""
     if name not in FROM_ROWS:
         raise ValueError(f"head must be one of {FROM_ROWS}, got {name!r}")
+    if name == "quantized":
+        return QuantizedHead.from_weight(dense.float(), sizes["bits"], sizes["group_size"], sizes.get("method", "hqq"))
     dense = dense.float()
     V, d = dense.shape
     K, bias = sizes["codebook_size"], sizes.get("bias", True)

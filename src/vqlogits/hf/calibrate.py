@@ -15,19 +15,27 @@ fine-tunes every weight instead.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..files import load_checkpoint, load_plain, previous, save_atomic, save_checkpoint, write_json
+from ..files import (
+    USER_CACHE,
+    check_folder,
+    load_checkpoint,
+    load_plain,
+    previous,
+    save_atomic,
+    save_checkpoint,
+    write_json,
+)
 from ..functional import compute_dtype, vq_soft_cross_entropy
 from ..heads import VQLogitsHead
 from ..lm.data import get_batch, tokenize_corpus
 from ..lm.learned_map import LEARNABLE, MapLearner
-from .folder import dense_head_weight, load_pretrained, save_pretrained
+from .folder import dense_head_weight, keep_teacher, load_pretrained, read_meta, save_pretrained
 
 
 def distill_loss(
@@ -115,7 +123,7 @@ def calibrate(
     lr_head: float = 3e-3,
     lr_model: float = 3e-5,
     seed: int = 0,
-    cache: str | Path = ".cache",
+    cache: str | Path = USER_CACHE,
     reassign_every: int = 50,
     reassign_frac: float = 0.05,
     max_steps: int = 0,
@@ -140,14 +148,13 @@ def calibrate(
         raise ValueError(f"reassign_every must be an int >= 0, got {reassign_every!r}")
     if not isinstance(train_layers, int) or train_layers < 0:
         raise ValueError(f"train_layers must be an int >= 0, got {train_layers!r}")
-    if not (Path(folder) / "vqlogits.json").exists():
-        raise ValueError(
-            f"folder={str(folder)!r} is not a compressed model (no vqlogits.json); make one with `vqlogits compress`"
-        )
+    check_folder(folder, "model")
     model = load_pretrained(folder)
     head = model.get_output_embeddings()
     dense = dense_head_weight(folder)
-    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
+    if "2" in stages and train_layers == 0:  # the embedding will train: a tied teacher needs its own copy
+        keep_teacher(folder, dense)
+    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=("train",))
     train = splits["train"]
     budget = budget_minutes * 60
     share = {
@@ -248,7 +255,7 @@ def calibrate(
         }
 
     save_pretrained(model, folder)
-    meta = json.loads((folder / "vqlogits.json").read_text())
+    meta = read_meta(folder)
     meta.setdefault("calibration", []).append(
         {"corpus": corpus, "budget_minutes": budget_minutes, "kl_weight": kl_weight, **summary}
     )

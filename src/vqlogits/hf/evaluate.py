@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..files import USER_CACHE
 from ..lm.data import eval_windows, tokenize_corpus
 from ..stats import ratio_interval
-from .folder import dense_head_weight, load_pretrained
+from .folder import dense_head_weight, describe, load_pretrained, read_meta
 from .load import load_causal_lm
 
 
@@ -53,7 +53,7 @@ def evaluate_pretrained(
     folder: str | Path,
     corpus: str = "pydocs",
     max_tokens: int = 16384,
-    cache: str | Path = ".cache",
+    cache: str | Path = USER_CACHE,
     split: str = "test",
 ) -> dict:
     """Original vs compressed on ``corpus``'s ``split``: perplexity, KL, top-1 agreement, head size.
@@ -61,14 +61,15 @@ def evaluate_pretrained(
     calibration changed the backbone. (``vqlogits eval`` adds decode speed, see bench/eval.py.)"""
     folder = Path(folder)
     model = load_pretrained(folder)
-    meta = json.loads((folder / "vqlogits.json").read_text())
-    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache)
+    meta = read_meta(folder)
+    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
     dense = dense_head_weight(folder)
     original = None
     if meta.get("source") and (meta.get("calibrated_backbone")):
         original, _ = load_causal_lm(meta["source"], cache)
     vq = model.get_output_embeddings()
-    result = {"folder": str(folder), "corpus": corpus, "split": split, "codebook_size": vq.codebook_size}
+    result = {"folder": str(folder), "corpus": corpus, "split": split, "head": meta.get("head", "vq")}
+    result["codebook_size"] = getattr(vq, "codebook_size", None)
     result.update(
         compare_heads(
             model.base_model,
@@ -79,11 +80,12 @@ def evaluate_pretrained(
             original_backbone=None if original is None else original.base_model,
         )
     )
-    head_params = sum(p.numel() for p in vq.parameters())
+    stored = describe(folder)  # bytes as stored: codes, map, bias, scales and packed weights
     result.update(
-        head_params=head_params,
+        head_params=stored["head_params"],
         dense_head_params=dense.numel(),
-        head_bytes=head_params * 4 + vq.assignment.numel() * vq.assignment.element_size(),
+        head_bytes=stored["head_bytes"],
         dense_head_bytes=dense.numel() * 4,
+        dense_head_bytes_bf16=dense.numel() * 2,
     )
     return result

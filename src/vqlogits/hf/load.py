@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..files import USER_CACHE
 from ..lm.embedded import smollm2_gguf
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
@@ -61,7 +62,7 @@ def _from_gguf(path: Path):
     return model.eval()
 
 
-def load_causal_lm(spec: str, cache: str | Path = ".cache"):
+def load_causal_lm(spec: str, cache: str | Path = USER_CACHE):
     """(model, folder) for ``smollm2``, an HF model folder, or a ``.gguf`` file. Float32, eval mode."""
     if spec == "smollm2":
         spec = str(_smollm2_folder(cache))
@@ -74,6 +75,17 @@ def load_causal_lm(spec: str, cache: str | Path = ".cache"):
         raise ValueError(f"model {spec!r}: expected 'smollm2', an HF model folder with config.json, or a .gguf file")
     check_supported(model)
     return model, path if path.is_dir() else path.parent
+
+
+@torch.no_grad()
+def lossless_dtype(model) -> torch.dtype:
+    """The smallest floating dtype that holds every weight of ``model`` exactly: what compress and
+    accelerate write by default, so the folder's model is the source model (an HF folder stored in
+    bf16 gives bf16; a GGUF's dequantized blocks usually need float32)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        if all(torch.equal(p.to(dtype).to(p.dtype), p) for p in model.parameters() if p.is_floating_point()):
+            return dtype
+    return torch.float32
 
 
 def copy_tokenizer(source: Path, out: Path) -> None:

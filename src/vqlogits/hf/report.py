@@ -34,16 +34,35 @@ def load_evals(root: str | Path) -> list[dict]:
                     steps=calib[-1]["steps"] if calib else 0,
                 )
                 rows.append(r)
+    for f in sorted(Path(root).glob("*.json")):  # references beside the models, e.g. the head cast to bf16
+        r = json.loads(f.read_text())
+        if isinstance(r, dict) and "ppl_compressed" in r:
+            rows.append(
+                {
+                    **r,
+                    "model": f.stem,
+                    "series": r.get("head", f.stem),
+                    "stage": "k-means only",
+                    "stage_key": "kmeans",
+                    "steps": 0,
+                }
+            )
     if not rows:
         raise ValueError(f"no compressed model with eval_*.json under {root}")
     return rows
 
 
 def _series(meta: dict) -> str:
-    """The head and its map, e.g. "hybrid-twolevel, learned map" (stage 1 ran ``MapLearner``)."""
+    """The head and its map, e.g. "hybrid-twolevel, learned map" (stage 1 ran ``MapLearner``), or a
+    quantized head's bits and group size; stored-quantized parts are named."""
+    if meta.get("head") == "quantized":
+        return f"quantized, {meta['bits']}-bit groups of {meta['group_size']}"
     stage1 = [c["stages"]["1"] for c in meta.get("calibration", []) if "1" in c["stages"]]
     learned = bool(stage1 and stage1[-1].get("reassign_every"))
-    return f"{meta.get('head', 'vq')}, {'learned' if learned else 'k-means'} map"
+    parts = {bits for bits, _ in (meta.get("quantized_parts") or {}).values()}
+    return f"{meta.get('head', 'vq')}, {'learned' if learned else 'k-means'} map" + "".join(
+        f", {b}-bit parts" for b in parts
+    )
 
 
 def _final(rows: list[dict]) -> list[dict]:
@@ -106,18 +125,22 @@ def final_markdown(rows: list[dict]) -> str:
 
 def pretrained_markdown(rows: list[dict]) -> str:
     out = [
-        "| model | stage | steps | eval tokens | head params | % of dense | ppl original | ppl compressed |"
-        " × original | KL(orig‖comp) | top-1 agreement |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | stage | steps | eval tokens | head params | % of dense | head MB as stored | ppl original |"
+        " ppl compressed | × original | KL(orig‖comp) | top-1 agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
             f"| {r['model']} | {r['stage']} | {r['steps']} | {r.get('eval_tokens', 0):,} | {r['head_params']:,} |"
-            f" {_share(r):.1f}% | "
+            f" {_share(r):.1f}% | {_megabytes(r)} | "
             f"{r['ppl_original']:.2f} | {r['ppl_compressed']:.1f} | {r['ppl_compressed'] / r['ppl_original']:.2f} |"
             f" {r['kl_original_to_compressed']:.2f} | {100 * r['top1_agreement']:.1f}% |"
         )
     return "\n".join(out) + "\n"
+
+
+def _megabytes(r: dict) -> str:
+    return f"{r['head_bytes'] / 1e6:.2f}" if "head_bytes" in r else "–"  # evaluations before bytes were measured
 
 
 def generations_markdown(root: str | Path) -> str:
@@ -127,6 +150,63 @@ def generations_markdown(root: str | Path) -> str:
         for f in sorted(Path(root).rglob("generation.txt"))
     ]
     return "\n## Greedy generations\n" + "".join(blocks) if blocks else ""
+
+
+def pareto_bytes(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats on both head bytes and perplexity, by bytes."""
+    key = lambda r: (r["head_bytes"], r["ppl_compressed"] / r["ppl_original"])  # noqa: E731
+    front = [
+        r
+        for r in rows
+        if not any(
+            key(o)[0] <= key(r)[0] and key(o)[1] < key(r)[1] or key(o)[0] < key(r)[0] and key(o)[1] <= key(r)[1]
+            for o in rows
+        )
+    ]
+    return sorted(front, key=key)
+
+
+def bytes_plot(final: list[dict], path: Path, stage: int) -> bool:
+    """Perplexity × original against the head's bytes as stored, each series a line, the Pareto front
+    marked; False (no plot) when no row has its bytes."""
+    import matplotlib.pyplot as plt
+
+    final = [r for r in final if "head_bytes" in r]
+    if not final:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in sorted({r["series"] for r in final}):
+        rs = sorted((r for r in final if r["series"] == name), key=lambda r: r["head_bytes"])
+        ax.plot(
+            [r["head_bytes"] / 1e6 for r in rs],
+            [r["ppl_compressed"] / r["ppl_original"] for r in rs],
+            "o-",
+            ms=5,
+            label=name,
+        )
+    front = pareto_bytes(final)
+    ax.plot(
+        [r["head_bytes"] / 1e6 for r in front],
+        [r["ppl_compressed"] / r["ppl_original"] for r in front],
+        color="black",
+        lw=2.5,
+        alpha=0.25,
+        label="Pareto front",
+    )
+    ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB")
+    ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5%")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="head MB as stored (codes, map, bias, scales, packed weights)",
+        ylabel="test perplexity × original",
+        title=f"SmolLM2 head at equal bytes ({'after stage ' + str(stage) if stage else 'uncalibrated'})",
+    )
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
@@ -177,10 +257,13 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
+    with_bytes = bytes_plot(_final(rows), out / "pretrained_ppl_vs_bytes.png", stage)
     text = (
         "# Compressed pretrained models\n\n## After the last stage\n\n"
         + final_markdown(rows)
-        + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n## Every stage\n\n"
+        + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n"
+        + ("![ppl vs bytes](pretrained_ppl_vs_bytes.png)\n\n" if with_bytes else "")
+        + "## Every stage\n\n"
         + pretrained_markdown(rows)
         + generations_markdown(root)
     )

@@ -18,14 +18,16 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
+from ..files import USER_CACHE
 from ..heads import VQLogitsHead
 from .data import eval_windows, token_counts, tokenize_corpus
 from .experiments import load_model
 
 
 @torch.no_grad()
-def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int = 16) -> dict:
+def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int = 16, cache=None) -> dict:
     dense, dcfg = load_model(dense_run)
     vq, vcfg = load_model(vq_run)
     if not isinstance(vq.head, VQLogitsHead):
@@ -34,7 +36,9 @@ def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int 
         raise ValueError(
             f"runs differ in corpus or tokenizer: {(dcfg.corpus, dcfg.tokenizer)} vs {(vcfg.corpus, vcfg.tokenizer)}"
         )
-    splits, _, meta = tokenize_corpus(vcfg.corpus, vcfg.tokenizer, vcfg.cache)
+    splits, _, meta = tokenize_corpus(
+        vcfg.corpus, vcfg.tokenizer, cache or vcfg.cache or USER_CACHE, splits=("train", "test")
+    )
     V, head = meta["vocab_size"], vq.head
     M, K = head.assignment, head.codebook_size
     counts = token_counts(splits["train"], V).double() + 1.0  # add-one
@@ -43,7 +47,8 @@ def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int 
         ("vq_total", "vq_code", "vq_within", "dense_total", "dense_code", "dense_within", "unigram_within"), 0.0
     )
     n = 0
-    for w in eval_windows(splits["test"], vq.cfg.block_size, max_tokens, batch):  # the tokens `perplexity` reads
+    windows = eval_windows(splits["test"], vq.cfg.block_size, max_tokens, batch)  # the tokens `perplexity` reads
+    for w in tqdm(windows, desc="analyze", unit="batch"):
         x, y = w[:, :-1], w[:, 1:].reshape(-1)
         code = M[y]
         # VQ: code term from the compact form, within term from the (context-free) bias
@@ -73,3 +78,19 @@ def within_code_analysis(dense_run, vq_run, max_tokens: int = 65536, batch: int 
     r["ppl_ratio"] = math.exp(r["gap_total"])
     r["tokens"] = n
     return r
+
+
+def summary_text(r: dict) -> str:
+    """The analysis in words and units, as ``vqlogits analyze`` prints it."""
+    return "\n".join(
+        [
+            f"{r['tokens']:,} test tokens. Loss in nats per token (perplexity ratio vq / dense: {r['ppl_ratio']:.3f}):",
+            f"  vq     {r['vq_total']:.4f} = code {r['vq_code']:.4f} + within code {r['vq_within']:.4f}",
+            f"  dense  {r['dense_total']:.4f} = code {r['dense_code']:.4f} + within code {r['dense_within']:.4f}"
+            "  (dense probabilities grouped by the vq map)",
+            f"  gap    {r['gap_total']:+.4f} = code {r['gap_code']:+.4f} + within code {r['gap_within']:+.4f}",
+            "What the context tells about the token inside its code, I(Y; H |"
+            f" code) under dense: {r['info_estimate']:.4f}"
+            " nats per token; a fixed map with a context-free within-code term cannot use it.",
+        ]
+    )

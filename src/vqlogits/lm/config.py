@@ -121,7 +121,9 @@ class TrainConfig:
         "checkpointing",
     )
     out: str = _opt("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
-    cache: str = _opt(".cache", "folder for embedded data and token caches", "data")
+    cache: str = _opt(
+        "", "folder for embedded data and token caches; empty: $VQLOGITS_CACHE, else ~/.cache/vqlogits", "data"
+    )
 
     def head_sizes(self, d_model: int, vocab_size: int) -> dict:
         """Head size options, from ``head_budget`` when set (see ``heads.size_for_budget``)."""

@@ -1,4 +1,4 @@
-"""Corpora, tokenizers and memory-mapped token caches.
+"""Corpora and memory-mapped token caches.
 
 A corpus is a list of documents. Local corpora are split into train / val / test by a hash of
 each document's path, so the split is deterministic and never depends on file order; the test
@@ -11,15 +11,17 @@ import glob
 import hashlib
 import itertools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..files import write_atomic, write_json
+from ..files import USER_CACHE, write_atomic, write_json
 from .devdocs import build_devdocs, load_devdocs
 from .embedded import pydocs_root, smollm2_gguf
+from .tokenizer import eos_id, load_tokenizer, token_byte_lengths
 
 SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -62,9 +64,26 @@ def _local_files(spec: str) -> list[Path]:
     return sorted(files)
 
 
+MAX_REPLACED = 0.001  # a text file may have at most this share of characters that are not valid UTF-8
+
+
+def read_text(path: Path) -> str | None:
+    """The file as UTF-8 text, a rare invalid byte replaced by U+FFFD; None for a file that is not
+    text: a NUL byte, or more than ``MAX_REPLACED`` of its characters invalid."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if b"\x00" in raw or replaced > MAX_REPLACED * max(1, len(text)):
+        return None
+    return text
+
+
 def _chunk_file(path: Path, lines_per_doc: int = 200) -> list[tuple[str, str]]:
     """A single file becomes documents of 200 lines, so it can still be split three ways."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    text = read_text(path)
+    if text is None:
+        raise ValueError(f"corpus {str(path)!r} is not UTF-8 text (NUL bytes, or over {MAX_REPLACED:.1%} invalid)")
+    lines = text.splitlines(keepends=True)
     return [(f"{path.name}:{i}", "".join(lines[i : i + lines_per_doc])) for i in range(0, len(lines), lines_per_doc)]
 
 
@@ -108,7 +127,7 @@ def _hf_splits(name: str, location: str | None) -> dict[str, list[tuple[str, str
     raise ValueError(f"unknown hub corpus {name!r}")
 
 
-def load_documents(corpus: str, cache: str | Path = ".cache") -> dict[str, list[tuple[str, str]]]:
+def load_documents(corpus: str, cache: str | Path = USER_CACHE) -> dict[str, list[tuple[str, str]]]:
     """(id, text) documents per split for ``pydocs``, ``devdocs``, ``wikitext-103[:DIR]``,
     ``c4[:DIR]``, or a file / folder / glob."""
     name, _, location = corpus.partition(":")
@@ -122,131 +141,29 @@ def load_documents(corpus: str, cache: str | Path = ".cache") -> dict[str, list[
     if len(files) == 1:
         return split_documents(_chunk_file(files[0]))
     root = Path(corpus) if Path(corpus).is_dir() else None
-    docs = [(str(f.relative_to(root) if root else f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
+    texts = {f: read_text(f) for f in files}
+    skipped = [str(f) for f, t in texts.items() if t is None]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not UTF-8 text: {shown}", stacklevel=2)
+    docs = [(str(f.relative_to(root) if root else f), t) for f, t in texts.items() if t is not None]
+    if not docs:
+        raise ValueError(f"corpus {corpus!r}: none of its {len(files)} files is UTF-8 text")
     return split_documents(docs)
 
 
-def load_corpus(corpus: str, cache: str | Path = ".cache") -> dict[str, list[str]]:
+def load_corpus(corpus: str, cache: str | Path = USER_CACHE) -> dict[str, list[str]]:
     """The texts of ``load_documents``."""
     return {s: [text for _, text in docs] for s, docs in load_documents(corpus, cache).items()}
 
 
-def fetch(names: list[str], cache: str | Path = ".cache") -> dict[str, str]:
+def fetch(names: list[str], cache: str | Path = USER_CACHE) -> dict[str, str]:
     """Fetch the named embedded data (``pydocs``, ``devdocs``, ``smollm2``); returns where each lies."""
     known = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": smollm2_gguf}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown embedded data {unknown}; choose from {sorted(known)}")
     return {n: str(known[n](cache)) for n in names}
-
-
-# --- tokenizers ---------------------------------------------------------------------------------
-
-
-def _smollm2_tokenizer_path(cache: str | Path) -> Path:
-    return Path(cache) / "smollm2" / "tokenizer" / "tokenizer.json"
-
-
-def smollm2_tokenizer_file(cache: str | Path = ".cache") -> Path:
-    """SmolLM2's tokenizer.json, converted once from its GGUF (fetched on first use)."""
-    folder = Path(cache) / "smollm2"
-    out = _smollm2_tokenizer_path(cache)
-    if not out.exists():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=smollm2_gguf(cache).name)
-        tok.save_pretrained(str(out.parent))
-    return out
-
-
-def load_tokenizer(spec: str, docs: dict[str, list[str]] | None = None, cache: str | Path = ".cache"):
-    """A ``tokenizers.Tokenizer`` from ``smollm2``, ``bpe:N`` (trained on the train split), or a path."""
-    from tokenizers import Tokenizer
-
-    if spec == "smollm2":
-        return Tokenizer.from_file(str(smollm2_tokenizer_file(cache)))
-    if spec.startswith("bpe:"):
-        size = int(spec[4:]) if spec[4:].isdigit() else 0
-        if size < 257:
-            raise ValueError(f"tokenizer {spec!r}: a byte-level BPE needs N >= 257 (256 bytes + end-of-text)")
-        if docs is None:
-            raise ValueError("tokenizer 'bpe:N' needs the corpus to train on")
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=size,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(docs["train"], trainer)
-        return tok
-    path = Path(spec)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    if not path.exists():
-        raise ValueError(f"tokenizer {spec!r}: expected 'smollm2', 'bpe:N', or a tokenizer.json / folder")
-    return Tokenizer.from_file(str(path))
-
-
-def vocab_hint(spec: str, cache: str | Path = ".cache") -> int | None:
-    """The vocabulary size of a tokenizer spec when it is known without reading the corpus:
-    ``bpe:N`` (at most N), a tokenizer file, or a SmolLM2 tokenizer already converted; else None."""
-    if spec.startswith("bpe:"):
-        return int(spec[4:]) if spec[4:].isdigit() else None
-    path = _smollm2_tokenizer_path(cache) if spec == "smollm2" else Path(spec)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path)).get_vocab_size()
-
-
-def _byte_of_symbol() -> dict[str, int]:
-    """The inverse of byte-level BPE's byte -> printable-character table (GPT-2's): printable
-    Latin-1 bytes stand for themselves, the other 68 bytes for chr(256 + n) in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {chr(b): b for b in printable}
-    others = [b for b in range(256) if b not in set(printable)]
-    table.update({chr(256 + n): b for n, b in enumerate(others)})
-    return table
-
-
-def token_byte_lengths(tok) -> np.ndarray:
-    """(V,) int64: how many UTF-8 bytes of the text each token id stands for.
-
-    For a byte-level BPE (``bpe:N``, SmolLM2's) a token's symbols are bytes, so this is exact and a
-    document's token lengths add up to its UTF-8 length (``corpus_stats`` checks it). Special tokens
-    count 0 bytes: the end-of-text that ``tokenize_corpus`` appends to each document is not text,
-    though predicting it costs nats. A ``ValueError`` for a tokenizer that is not byte-level."""
-    spec = json.loads(tok.to_str())
-    if spec.get("normalizer") or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ValueError(
-            "bits per byte needs a byte-level BPE tokenizer without a normalizer (each token a string of bytes)"
-        )
-    symbols = _byte_of_symbol()
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
-    for piece, i in tok.get_vocab().items():
-        if piece in special:
-            continue
-        if not all(c in symbols for c in piece):
-            raise ValueError(
-                f"token {piece!r} (id {i}) is not a byte-level BPE symbol string: bits per byte needs a byte-level"
-                " tokenizer"
-            )
-        out[i] = len(piece)
-    return out
-
-
-def eos_id(tok) -> int:
-    for name in ("<|endoftext|>", "</s>", "<eos>"):
-        if (i := tok.token_to_id(name)) is not None:
-            return i
-    return 0
 
 
 # --- token cache --------------------------------------------------------------------------------
@@ -275,35 +192,25 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     write_atomic(path, write)
 
 
-def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
-    """Token ids per split as read-only memory maps, plus the tokenizer. Cached by the corpus text
-    and the tokenizer (a tokenizer file by its contents); each split is saved atomically, so a
-    killed run resumes at the next split. Beside the ids, ``{split}.doc_tokens.npy`` holds each
-    document's token count (with its end-of-text)."""
+def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = USER_CACHE, splits: tuple[str, ...] = SPLITS):
+    """Token ids of each of ``splits`` as read-only memory maps, plus the tokenizer and its meta.
+    Cached by the corpus text and the tokenizer (a tokenizer file by its contents); a split is
+    tokenized the first time a command asks for it, and saved atomically, so a killed run resumes
+    at the next split. Beside the ids, ``{split}.doc_tokens.npy`` holds each document's token
+    count (with its end-of-text). A ``bpe:N`` tokenizer is trained on the train split's text."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"splits must be among {SPLITS}, got {unknown}")
     docs = load_corpus(corpus, cache)
-    key = _docs_key(corpus, docs, tokenizer)
-    folder = Path(cache) / "tokens" / key
+    folder = Path(cache) / "tokens" / _docs_key(corpus, docs, tokenizer)
     tok_path = folder / "tokenizer.json"
-    if not (folder / "meta.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        if not tok_path.exists():
-            write_atomic(tok_path, lambda tmp: load_tokenizer(tokenizer, docs, cache).save(str(tmp)))
-        from tokenizers import Tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    if not tok_path.exists():
+        write_atomic(tok_path, lambda tmp: load_tokenizer(tokenizer, docs, cache).save(str(tmp)))
+    from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(tok_path))
-        eos = eos_id(tok)
-        dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
-        for s in SPLITS:
-            if (folder / f"{s}.doc_tokens.npy").exists():
-                continue
-            ids, lengths = [], []
-            batches = tqdm(_batched(docs[s], 256, tok), desc=f"tokenize {s}", total=(len(docs[s]) + 255) // 256)
-            for enc in batches:
-                for e in enc:
-                    ids.append(np.asarray(e.ids + [eos], dtype=dtype))
-                    lengths.append(len(e.ids) + 1)
-            _save_npy(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
-            _save_npy(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))
+    tok = Tokenizer.from_file(str(tok_path))
+    if not (folder / "meta.json").exists():
         meta = {
             "corpus": corpus,
             "tokenizer": tokenizer,
@@ -311,14 +218,23 @@ def tokenize_corpus(corpus: str, tokenizer: str, cache: str | Path = ".cache"):
             "docs": {s: len(docs[s]) for s in SPLITS},
         }
         write_json(folder / "meta.json", meta)
-    from tokenizers import Tokenizer
-
+    eos = eos_id(tok)
+    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
+    for s in splits:
+        if (folder / f"{s}.doc_tokens.npy").exists():
+            continue
+        ids, lengths = [], []
+        for enc in tqdm(_batched(docs[s], 256, tok), desc=f"tokenize {s}", total=(len(docs[s]) + 255) // 256):
+            for e in enc:
+                ids.append(np.asarray(e.ids + [eos], dtype=dtype))
+                lengths.append(len(e.ids) + 1)
+        _save_npy(folder / f"{s}.npy", np.concatenate(ids) if ids else np.zeros(0, dtype))
+        _save_npy(folder / f"{s}.doc_tokens.npy", np.asarray(lengths, dtype=np.int64))  # last: the split is complete
     meta = json.loads((folder / "meta.json").read_text())
-    arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in SPLITS}
-    return arrays, Tokenizer.from_file(str(tok_path)), meta
+    return {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in splits}, tok, meta
 
 
-def corpus_stats(corpus: str, tokenizer: str, cache: str | Path = ".cache") -> dict:
+def corpus_stats(corpus: str, tokenizer: str, cache: str | Path = USER_CACHE) -> dict:
     """Documents, UTF-8 bytes, the bytes its tokens stand for (``token_byte_lengths``; equal to
     ``bytes`` for a byte-level tokenizer, None for another) and tokens per split, and documents and
     tokens per source (a devdocs

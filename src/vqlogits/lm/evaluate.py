@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import eval_windows, token_byte_lengths
+from .data import eval_windows
 from .model import GPT
+from .tokenizer import token_byte_lengths
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def evaluate_split(
 ) -> dict:
     """Next-token loss over consecutive windows of ``data`` (up to ``max_tokens`` targets; the
     first token of the split is never a target): its total ``nats``, ``tokens``, ``ppl`` =
-    exp(nats / tokens), and with ``byte_lengths`` (``data.token_byte_lengths``) the UTF-8
+    exp(nats / tokens), and with ``byte_lengths`` (``tokenizer.token_byte_lengths``) the UTF-8
     ``bytes`` of the target tokens' text and ``bpb`` = nats / bytes / ln 2."""
     device = next(model.parameters()).device
     nats, tokens, n_bytes = 0.0, 0, 0

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
-from ..files import RunLocked, load_plain
+from ..files import USER_CACHE, RunLocked, load_plain
 from ..heads import HEADS, KINDS
 from .data import tokenize_corpus
 from .evaluate import split_scores
@@ -33,7 +33,9 @@ def evaluate(run_dir: str | Path, corpus: str | None = None, max_tokens: int | N
     one (over ``max_tokens`` targets per split; default: the run's ``final_eval_tokens``)."""
     model, cfg = load_model(run_dir)
     max_tokens = max_tokens or cfg.final_eval_tokens
-    splits, tok, meta = tokenize_corpus(corpus or cfg.corpus, cfg.tokenizer, cfg.cache)
+    splits, tok, meta = tokenize_corpus(
+        corpus or cfg.corpus, cfg.tokenizer, cfg.cache or USER_CACHE, splits=("val", "test")
+    )
     if meta["vocab_size"] != model.cfg.vocab_size:
         raise ValueError(f"tokenizer vocabulary {meta['vocab_size']} differs from the model's {model.cfg.vocab_size}")
     return {"run": str(run_dir), "corpus": corpus or cfg.corpus, **split_scores(model, splits, tok, max_tokens)}

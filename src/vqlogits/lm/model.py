@@ -114,12 +114,19 @@ class Block(nn.Module):
             nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache``: this block's keys and values so far (``{}`` to start one), extended in place;
+        after the first call, one new position at a time."""
         B, T, C = x.shape
         q, k, v = (
             self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         )  # (B, H, T, C/H) each
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        past = cache is not None and "k" in cache
+        if past:
+            k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=not past)  # a new position sees everything before it
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 
@@ -140,13 +147,34 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=std)
         self.head = cfg.build_head()
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, d) final hidden states."""
-        pos = torch.arange(idx.shape[1], device=idx.device)
+    def hidden(self, idx: torch.Tensor, cache: list[dict] | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d) final hidden states. ``cache``: one dict per block (see
+        ``Block.forward``); positions continue from the tokens it holds."""
+        start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return self.ln_f(x)
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, new: int, do_sample: bool = False, generator=None, **sampling
+    ) -> torch.Tensor:
+        """Decoding with a KV cache through ``head.greedy``, or ``head.sample(h, **sampling)``
+        (temperature, top_k, top_p): (B, T) -> (B, T + new), at most ``block_size`` positions in all;
+        the same tokens as recomputing every prefix."""
+        if idx.shape[1] + new > self.cfg.block_size:
+            raise ValueError(f"prompt of {idx.shape[1]} + new={new} tokens exceeds block_size={self.cfg.block_size}")
+        cache = [{} for _ in self.blocks]
+        out, h = [idx], self.hidden(idx, cache)[:, -1]
+        for i in range(new):
+            out.append(
+                (self.head.sample(h, generator=generator, **sampling) if do_sample else self.head.greedy(h))[:, None]
+            )
+            if i + 1 < new:
+                h = self.hidden(out[-1], cache)[:, -1]
+        return torch.cat(out, 1)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_hidden: bool = False):
         """Mean next-token loss if ``targets`` is given, else the logits of the last position (B, V).

@@ -62,6 +62,9 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "val_sd": val_sd,
                 "test_ppl": test,
                 "test_sd": test_sd,
+                # Bits per byte: None for runs from before it was recorded, or a tokenizer that is not byte-level.
+                "val_bpb": _mean_or_none([r.get("val_bpb") for r in rs]),
+                "test_bpb": _mean_or_none([r.get("test_bpb") for r in rs]),
                 "test_vs_dense_pct": None if dense_test is None else 100 * (test / dense_test - 1),
                 "test_vs_dense_ci": ci,
                 "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
@@ -82,16 +85,21 @@ def _vs(r: dict) -> str:
     return "" if r["test_vs_dense_pct"] is None else f"{r['test_vs_dense_pct']:+.1f}%"
 
 
+def _mean_or_none(values: list) -> float | None:
+    return None if any(v is None for v in values) else statistics.fmean(values)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | train tok/s "
-    head += "| decode FLOPs/token |\n"
-    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    head = "| config | seeds | head params | reduction | val ppl | test ppl | test vs dense | test bits/byte "
+    head += "| train tok/s | decode FLOPs/token |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
         flops = f"{r['decode_flops']:,}" if r.get("decode_flops") else ""
+        bpb = "–" if r.get("test_bpb") is None else f"{r['test_bpb']:.4f}"
         lines.append(
             f"| {r['config']} | {r['seeds']} | {r['head_params']:,} | {r['reduction_pct']:.1f}% | "
-            f"{r['val_ppl']:.1f}{_sd(r['val_sd'])} | {r['test_ppl']:.1f}{_sd(r['test_sd'])} | {_vs(r)} |"
+            f"{r['val_ppl']:.1f}{_sd(r['val_sd'])} | {r['test_ppl']:.1f}{_sd(r['test_sd'])} | {_vs(r)} | {bpb} |"
             f" {r['tokens_per_s']:,.0f} | {flops} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -234,6 +242,12 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
 def write_report(paths: list[str | Path], out: str | Path, extra: str = "", intro: str = "") -> Path:
     """report.md (table + plots) for the runs under ``paths``; returns its path."""
     runs = load_runs(paths)
+    data = sorted({(str(r["config"].get("corpus")), str(r["config"].get("tokenizer"))) for r in runs})
+    if len(data) > 1:
+        raise ValueError(
+            f"the runs differ in corpus or tokenizer ({', '.join(f'{c} / {t}' for c, t in data)}): their perplexities "
+            "do not compare, so report each set separately (bits per byte compares tokenizers: vqlogits equal-compute)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = all_rows = summarize(runs)

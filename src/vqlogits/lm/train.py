@@ -20,14 +20,25 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..cluster import kmeans
-from ..files import load_checkpoint, load_plain, run_lock, save_atomic, save_checkpoint, writable_folder, write_json
+from ..files import (
+    USER_CACHE,
+    load_checkpoint,
+    load_plain,
+    output_folder,
+    run_lock,
+    save_atomic,
+    save_checkpoint,
+    write_atomic,
+    write_json,
+)
 from ..heads import KINDS, DenseHead, VQLogitsHead
 from ..heads.vq import balanced_assignment, code_means
 from .config import TrainConfig, check_head_fits, check_same_config, decay_start, model_config
-from .data import get_batch, token_counts, tokenize_corpus, vocab_hint
+from .data import get_batch, token_counts, tokenize_corpus
 from .evaluate import perplexity, split_scores
 from .learned_map import LEARNABLE, MapLearner
 from .model import GPT, PRESETS
+from .tokenizer import vocab_hint
 
 # ---- pieces -----------------------------------------------------------------------------------
 
@@ -102,7 +113,7 @@ def stable_snapshot(cfg: TrainConfig) -> dict:
     if not path.exists():
         raise ValueError(f"init_from={cfg.init_from!r}: no {path} (a wsd run writes stable.pt when its decay starts)")
     state = load_plain(path)
-    check_same_config(cfg, state["config"], path, ignore=("steps", "out", "init_from"))
+    check_same_config(cfg, state["config"], path, ignore=("steps", "out", "init_from", "cache"))
     if state["step"] > decay_start(cfg):
         raise ValueError(
             f"init_from={cfg.init_from!r}: its snapshot is at step {state['step']},"
@@ -136,28 +147,31 @@ def _mean_across(value: float, world: int) -> float:
     return float(t) / world
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or resume) the run in ``cfg.out`` and return its results (also written to results.json).
-    While it trains, the folder is locked: a second process on it gets ``RunLocked``."""
+    ``cfg.out`` is a new or empty folder or a training run's (resumed); a folder with other files
+    is refused unless ``overwrite`` (``files.output_folder``). While it trains, the folder is
+    locked: a second process on it gets ``RunLocked``."""
     cfg.check()
     rank, world, device = _distributed()
-    out = writable_folder(cfg.out)
-    with run_lock(out) if rank == 0 else nullcontext():
+    with output_folder(cfg.out, "run", overwrite and rank == 0) as out, run_lock(out) if rank == 0 else nullcontext():
         return _train(cfg, progress, rank, world, device, out)
 
 
 def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
     ckpt_path = out / "ckpt.pt"
     state = load_checkpoint(ckpt_path)  # the newest readable of ckpt.pt and ckpt.pt.prev
-    if state is not None:  # init_from only decides where a run starts
-        check_same_config(cfg, state["config"], ckpt_path, ignore=("init_from",))
+    if state is not None:  # init_from only decides where a run starts; the cache only where data lies
+        check_same_config(cfg, state["config"], ckpt_path, ignore=("init_from", "cache"))
     elif cfg.init_from:
         state = stable_snapshot(cfg)
-    if (V := vocab_hint(cfg.tokenizer, cfg.cache)) is not None:  # head sizes, before the corpus is read
+    if (V := vocab_hint(cfg.tokenizer, cfg.cache or USER_CACHE)) is not None:  # head sizes, before the corpus is read
         check_head_fits(cfg, V)
     if rank != 0:
         dist.barrier()  # rank 0 fills the token cache first
-    splits, tok, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache)
+    splits, tok, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache or USER_CACHE)
+    if rank == 0 and not (out / "tokenizer.json").exists():  # the run's text in and out without the cache
+        write_atomic(out / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
     if world > 1 and rank == 0:
         dist.barrier()
     V = meta["vocab_size"]

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from test_train import write_corpus
-from vqlogits.lm.data import load_tokenizer, token_byte_lengths
 from vqlogits.lm.evaluate import evaluate_split
 from vqlogits.lm.experiments import sweep
 from vqlogits.lm.model import GPT, ModelConfig, body_train_flops, size_body
+from vqlogits.lm.tokenizer import load_tokenizer, token_byte_lengths
 from vqlogits.lm.train import TrainConfig, train
 
 TEXTS = ["naïve café — 東京 ok", "plain ascii text, with punctuation!", "tabs\tand\nnewlines \u00a0 nbsp"]
@@ -150,3 +150,65 @@ def test_sweep_retrains_a_lost_snapshot(base, tmp_path):
     sweep(replace(base, steps=4), ["dense"], [], ["random"], [0], out, wsd_steps=[4, 8])
     again = json.loads((out / "dense-s0" / "steps8" / "results.json").read_text())
     assert again["test_ppl"] == first["test_ppl"] and again["history"]["loss"] == first["history"]["loss"]
+
+
+@pytest.mark.parametrize("head,extra", [("dense", {}), ("vq", dict(codebook_size=8))])
+def test_cached_generation_equals_recomputing_every_prefix(head, extra):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(50, 2, 2, 16, 32, head=head, **extra)).eval()
+    ids = torch.randint(0, 50, (3, 5))
+    ours = model.generate(ids, 20)
+    seq = ids
+    with torch.no_grad():
+        for _ in range(20):
+            seq = torch.cat([seq, model.head.greedy(model.hidden(seq)[:, -1])[:, None]], 1)
+    assert torch.equal(ours, seq)
+    with pytest.raises(ValueError, match="exceeds block_size=32"):
+        model.generate(ids, 40)
+
+
+def test_equal_compute_report(base, tmp_path):
+    from vqlogits.bench.equal_compute import CHEAP, DENSE, report
+
+    root = tmp_path / "study"
+    target = train(replace(base, out=str(tmp_path / "probe")), progress=False)["train_flops_per_token"]
+    for design, cfg in (
+        ("dense-tiny", replace(base)),
+        ("vq-grown", replace(base, head="vq", head_budget=0.3, d_model=32, flops_per_token=target)),
+    ):
+        for seed in (0, 1):
+            sweep(
+                cfg,
+                [cfg.head],
+                [],
+                ["random"],
+                [seed],
+                root / design,
+                budgets=[0.3] if cfg.head == "vq" else [],
+                wsd_steps=[4, 8],
+            )
+    md = report(root, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {r["design"] for r in summary["rows"]} == {"dense-tiny", "vq-grown"} and {
+        r["steps"] for r in summary["rows"]
+    } == {4, 8}
+    assert all(r["seeds"] == 2 and len(r["test_bpb_seeds"]) == 2 for r in summary["rows"])
+    v = summary["verdicts"][-1]
+    assert v["steps"] == 8 and v[f"best {DENSE}"] == "dense-tiny" and v[f"best {CHEAP}"] == "vq-grown"
+    lo, hi = v[f"{CHEAP} vs best dense"]["ci95"]
+    assert lo <= v[f"{CHEAP} vs best dense"]["pct"] <= hi
+    assert summary["best_dense"] == "dense-tiny" and summary["decode"]["vq-grown"]["weights"] == "trained"
+    assert summary["decode"]["dense-tiny"]["bytes_per_s"] > 0
+    for name in ("bpb_vs_train_flops.png", "bpb_vs_decode_flops.png", "bpb_vs_params.png"):
+        assert (tmp_path / "out" / name).exists()
+    assert "## 8 steps" in md.read_text()
+
+
+def test_pareto_front():
+    from vqlogits.bench.equal_compute import pareto
+
+    rows = [
+        dict(design=d, steps=1, x=x, test_bpb=b)
+        for d, x, b in (("a", 1, 3.0), ("b", 2, 2.0), ("c", 3, 2.5), ("d", 3, 1.0))
+    ]
+    assert pareto(rows, "x") == {("a", 1), ("b", 1), ("d", 1)}

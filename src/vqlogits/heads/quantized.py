@@ -1,0 +1,152 @@
+"""A pretrained head whose rows are stored quantized: ``bits`` per weight in groups (``quant``).
+
+The logits are ``h @ W_hat.T (+ b)`` with ``W_hat`` the dequantized rows; every path (forward,
+loss, greedy, sampling) computes with them in fp32, so the head is exact for its own weights, and
+only the bytes shrink: ``packed`` holds the integers bit-packed (uint8), ``scale`` and ``offset``
+the fp16 numbers of each group, in memory and on disk. Decoding dequantizes the rows in chunks,
+so it costs more time per token than an fp32 GEMV (bench measures it); calibration trains
+``scale``, ``offset`` and the bias, the integers stay.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import quant
+from .._checks import check_dims, check_hidden, check_state_shapes
+from .base import FullLogitsMixin
+
+_CHUNK = 8192  # rows dequantized at a time when only the argmax is needed
+
+
+class QuantizedHead(FullLogitsMixin, nn.Module):
+    """``logits = h @ dequantize(packed, scale, offset).T (+ bias)``, rows quantized group-wise.
+
+    Stored (``state_dict``): ``packed`` (V, bytes) uint8, ``scale`` and ``offset`` (V, G) fp16, the
+    bias. Trained (calibration): ``gain`` and ``shift`` (V, G), zero at load, with
+    scale = scale0 * exp(gain) and offset = offset0 + scale0 * shift: moves relative to a group's
+    step, so one learning rate suits every group; they fold back into fp16 when saved."""
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        bits: int = 4,
+        group_size: int = 32,
+        bias: bool = False,
+        *,
+        validate: bool = True,
+    ):
+        super().__init__()
+        check_dims(d_model, vocab_size)
+        quant.check(bits, group_size, d_model)
+        self.d_model, self.vocab_size, self.validate = d_model, vocab_size, validate
+        self.bits, self.group_size = bits, group_size
+        groups = d_model // group_size
+        self.register_buffer("packed", torch.zeros(vocab_size, -(-d_model * bits // 8), dtype=torch.uint8))
+        self.register_buffer("scale0", torch.ones(vocab_size, groups, dtype=torch.float16))
+        self.register_buffer("offset0", torch.zeros(vocab_size, groups, dtype=torch.float16))
+        self.gain = nn.Parameter(torch.zeros(vocab_size, groups))
+        self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+
+    @classmethod
+    def from_weight(
+        cls, weight: torch.Tensor, bits: int = 4, group_size: int = 32, method: str = "hqq", bias: bool = False
+    ) -> "QuantizedHead":
+        """Quantize a (V, d) output matrix (``quant.quantize``)."""
+        V, d = weight.shape
+        head = cls(d, V, bits, group_size, bias)
+        q, scale, offset = quant.quantize(weight, bits, group_size, method)
+        with torch.no_grad():
+            head.packed.copy_(quant.pack(q, bits))
+            head.scale0.copy_(scale)
+            head.offset0.copy_(offset)
+        return head
+
+    def _groups(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) of rows ``start:stop`` in fp32, with the trained moves."""
+        s0 = self.scale0[start:stop].float()
+        return s0 * torch.exp(self.gain[start:stop]), self.offset0[start:stop].float() + s0 * self.shift[start:stop]
+
+    def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The dequantized rows ``start:stop``, fp32 (differentiable in gain and shift)."""
+        q = quant.unpack(self.packed[start:stop], self.bits, self.d_model)
+        return quant.dequantize(q, *self._groups(start, stop), self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (V, d) matrix."""
+        return self.rows()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        check_hidden(h, self.d_model)
+        return F.linear(h.float(), self.rows(), self.bias)
+
+    def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+        """``F.cross_entropy(h @ self.weight.T + b, targets)``, row-chunked (``chunked_loss``)."""
+        return self.chunked_loss(h, targets, ignore_index, reduction)
+
+    @torch.no_grad()
+    def greedy(self, h: torch.Tensor) -> torch.Tensor:
+        """``self(h).argmax(-1)`` (ties to the smallest id), ``_CHUNK`` rows dequantized at a time."""
+        check_hidden(h, self.d_model)
+        flat = h.reshape(-1, self.d_model).float()
+        best = torch.full((flat.shape[0],), float("-inf"))
+        ids = torch.zeros(flat.shape[0], dtype=torch.long)
+        for start in range(0, self.vocab_size, _CHUNK):
+            logits = flat @ self.rows(start, start + _CHUNK).T
+            if self.bias is not None:
+                logits += self.bias[start : start + _CHUNK]
+            value, where = logits.max(-1)
+            better = value > best  # strict: an earlier chunk's equal logit keeps the smaller id
+            best, ids = torch.where(better, value, best), torch.where(better, where + start, ids)
+        return ids.reshape(h.shape[:-1])
+
+    def loss_flops(self, targets: torch.Tensor) -> int:
+        return 6 * targets.numel() * self.vocab_size * self.d_model
+
+    def stored_bytes(self) -> int:
+        """Packed integers, fp16 scales and offsets, and the bias (fp32)."""
+        extra = 0 if self.bias is None else 4 * self.vocab_size
+        return quant.stored_bytes(self.vocab_size, self.d_model, self.bits, self.group_size) + extra
+
+    def decode_cost(self) -> dict:
+        """One token: 2 V d FLOPs of the logits; the bytes read are the stored ones."""
+        return {"flops": 2 * self.vocab_size * self.d_model, "bytes": self.stored_bytes()}
+
+    # ---- what is stored: packed integers, fp16 scales and offsets (the trained moves folded in) ----
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        scale, offset = self._groups()
+        destination[prefix + "packed"] = self.packed
+        destination[prefix + "scale"], destination[prefix + "offset"] = scale.detach().half(), offset.detach().half()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        expected = {"packed": self.packed.shape, "scale": self.scale0.shape, "offset": self.offset0.shape}
+        if self.bias is not None:
+            expected["bias"] = (self.vocab_size,)
+        check_state_shapes(state_dict, prefix, expected)
+        with torch.no_grad():
+            for name, target in (
+                ("packed", self.packed),
+                ("scale", self.scale0),
+                ("offset", self.offset0),
+                ("bias", self.bias),
+            ):
+                if target is None:
+                    continue
+                if prefix + name in state_dict:
+                    target.copy_(state_dict[prefix + name])
+                elif strict:
+                    missing.append(prefix + name)
+            self.gain.zero_()
+            self.shift.zero_()
+
+    def extra_repr(self) -> str:
+        sizes = f"bits={self.bits}, group_size={self.group_size}, bias={self.bias is not None}"
+        return f"d_model={self.d_model}, vocab_size={self.vocab_size}, {sizes}"

@@ -1,0 +1,157 @@
+"""Quantized heads and parts: exact packing, the rounding bound, HQQ against RTN, the head against
+its dequantized dense equivalent (logits, loss, gradients, greedy, sampling), storage as stored."""
+
+import json
+
+import pytest
+import safetensors
+import torch
+import torch.nn.functional as F
+
+from conftest import chi_square_p
+from vqlogits import quant
+from vqlogits.functional import sampling_probs
+from vqlogits.heads import QuantizedHead
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_packing_is_exact(bits):
+    g = torch.Generator().manual_seed(bits)
+    for d in (8, 13, 96):
+        q = torch.randint(0, 2**bits, (5, d), generator=g, dtype=torch.uint8)
+        packed = quant.pack(q, bits)
+        assert packed.dtype == torch.uint8 and packed.shape == (5, -(-d * bits // 8))  # really that many bytes
+        assert torch.equal(quant.unpack(packed, bits, d), q)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_rtn_error_is_within_its_bound(bits):
+    w = torch.randn(300, 64) * 0.05 + 0.01
+    q, scale, offset = quant.quantize(w, bits, 32, "rtn")
+    assert int(q.max()) <= 2**bits - 1 and scale.dtype == offset.dtype == torch.float16
+    err = (quant.dequantize(q, scale, offset, 32) - w).abs().view(300, 2, 32)
+    low = w.view(300, 2, 32).amin(-1)
+    bound = torch.maximum(scale.float() / 2, (offset.float() - low).abs())[..., None] * (1 + 1e-5)
+    assert bool((err <= bound).all())
+    assert float((err / bound).max()) > 0.9  # and it is nearly reached: the bound is the right size
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_hqq_beats_round_to_nearest(bits):
+    w = torch.randn(512, 96, generator=torch.Generator().manual_seed(0)) * 0.05
+    errors = {m: float((quant.dequantize(*quant.quantize(w, bits, 32, m), 32) - w).norm()) for m in quant.METHODS}
+    assert errors["hqq"] < errors["rtn"]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="bits must be an int in \\[1, 8\\], got 9"):
+        quant.check(9, 32, 64)
+    with pytest.raises(ValueError, match="group_size must be a positive int that divides the row length 64, got 48"):
+        quant.quantize(torch.randn(4, 64), 4, 48)
+
+
+@pytest.fixture(scope="module")
+def head():
+    torch.manual_seed(0)
+    W = torch.randn(700, 48) * 0.3
+    W[5] = W[600]  # duplicate rows: tied logits, the smaller id wins
+    h = QuantizedHead.from_weight(W, bits=4, group_size=16, bias=True)
+    with torch.no_grad():
+        h.bias.copy_(torch.randn(700) * 0.1)
+        h.gain.copy_(torch.randn_like(h.gain) * 0.01)  # a calibrated head: moved scales and offsets
+        h.shift.copy_(torch.randn_like(h.shift) * 0.1)
+    return h
+
+
+def test_logits_loss_and_gradients_equal_the_dequantized_dense_head(head):
+    h = torch.randn(3, 7, 48, dtype=torch.float32, requires_grad=True)
+    y = torch.randint(0, 700, (3, 7))
+    W = head.weight.detach()
+    torch.testing.assert_close(head(h), h @ W.T + head.bias)
+    ref_h = h.detach().clone().requires_grad_(True)
+    loss = head.loss(h, y)
+    ref = F.cross_entropy((ref_h.double() @ W.double().T + head.bias.double()).flatten(0, 1), y.flatten())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_greedy_and_sampling(head):
+    h = torch.cat([torch.randn(20, 48), head.weight[5:6].detach() * 10])
+    assert torch.equal(head.greedy(h), (h @ head.weight.T + head.bias).argmax(-1))
+    probs = sampling_probs(head(h[:1]).detach(), temperature=0.8, top_k=30)[0]
+    draws = head.sample(h[:1].expand(20000, -1), temperature=0.8, top_k=30, generator=torch.Generator().manual_seed(0))
+    assert chi_square_p(torch.bincount(draws, minlength=700), probs) > 1e-3
+
+
+def test_storage_is_packed_and_fp16(head, tmp_path):
+    state = head.state_dict()
+    assert set(state) == {"packed", "scale", "offset", "bias"}  # the moves are folded into scale and offset
+    assert state["packed"].dtype == torch.uint8 and state["packed"].shape == (700, 48 * 4 // 8)
+    assert state["scale"].dtype == state["offset"].dtype == torch.float16
+    again = QuantizedHead(48, 700, bits=4, group_size=16, bias=True)
+    again.load_state_dict(state)
+    assert float(again.gain.abs().max()) == 0 and torch.equal(again.packed, head.packed)
+    torch.testing.assert_close(again.weight, head.weight, rtol=2e-3, atol=2e-3)  # fp16 scales and offsets
+    assert head.stored_bytes() == 700 * 24 + 700 * 3 * 2 * 2 + 700 * 4
+
+
+def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
+    from test_hf import _tiny
+    from test_train import write_corpus
+    from vqlogits import load_pretrained
+    from vqlogits.cli import main
+    from vqlogits.hf import compress
+    from vqlogits.hf.calibrate import calibrate
+    from vqlogits.hf.folder import describe
+    from vqlogits.lm.data import load_corpus
+    from vqlogits.lm.tokenizer import load_tokenizer
+
+    corpus = write_corpus(tmp_path / "text", n_docs=30)
+    source = tmp_path / "llama"
+    source.mkdir()
+    tok = load_tokenizer("bpe:300", load_corpus(str(corpus)))
+    tok.save(str(source / "tokenizer.json"))
+    original = _tiny("llama", tok.get_vocab_size())
+    original.save_pretrained(source)
+    cache = tmp_path / "cache"
+    out = compress(str(source), 8, tmp_path / "q4", head="quantized", bits=4, group_size=16, cache=cache)
+    with safetensors.safe_open(out / "model.safetensors", "pt") as f:
+        assert f.get_tensor("lm_head.packed").dtype == torch.uint8
+    summary = describe(out)
+    assert summary["head_bytes"] == quant.stored_bytes(300, 32, 4, 16) and summary["head_params"] == 300 * 32
+    model = load_pretrained(out)
+    ids = torch.randint(1, 300, (2, 6))
+    W = original.get_output_embeddings().weight.detach()
+    hidden = model.base_model(ids).last_hidden_state
+    assert float((model.get_output_embeddings()(hidden) - hidden @ W.T).abs().max()) < 0.05  # 4-bit rows of W
+    assert main(["generate", str(out), "w1 w2", "--max-new-tokens", "3"]) == 0
+    before = model.get_output_embeddings().state_dict()["scale"].clone()
+    summary = calibrate(
+        out, str(corpus), budget_minutes=60, max_steps=5, stages="1", hidden_tokens=1024, block=32, cache=cache
+    )
+    assert summary["stages"]["1"]["steps"] == 5
+    assert not torch.equal(load_pretrained(out).get_output_embeddings().state_dict()["scale"], before)  # it trained
+    parts = compress(
+        str(source),
+        8,
+        tmp_path / "ht4",
+        head="hybrid-twolevel",
+        head_budget=0.5,
+        part_bits=4,
+        corpus=str(corpus),
+        cache=cache,
+    )
+    plain = compress(
+        str(source), 8, tmp_path / "ht", head="hybrid-twolevel", head_budget=0.5, corpus=str(corpus), cache=cache
+    )
+    meta = json.loads((parts / "vqlogits.json").read_text())
+    assert set(meta["quantized_parts"]) == {"codebook", "token_vectors"}
+    with safetensors.safe_open(parts / "model.safetensors", "pt") as f:
+        assert "lm_head.codebook.packed" in f.keys() and "lm_head.codebook" not in f.keys()
+    assert describe(parts)["head_bytes"] < 0.5 * describe(plain)["head_bytes"]
+    assert describe(parts)["head_params"] == describe(plain)["head_params"]
+    a, b = load_pretrained(parts).get_output_embeddings(), load_pretrained(plain).get_output_embeddings()
+    assert float((a.codebook - b.codebook).abs().max()) <= float(b.codebook.abs().max()) / 7  # 4 bits of each row
+    capsys.readouterr()
