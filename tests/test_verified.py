@@ -1,5 +1,5 @@
 """Verified decoding through an indexed head: the dense model's greedy tokens exactly (batch 1 and
-more, any block size, end-of-sequence, a fallback when the drafts disagree), and samples from the
+more, any block size, end-of-sequence, a fallback when the blocks emit too little per step), and samples from the
 dense model's distribution (chi-square against the exact joint law of two tokens)."""
 
 import pytest
@@ -10,6 +10,7 @@ from conftest import chi_square_p
 from vqlogits.functional import sampling_probs
 from vqlogits.heads import IndexedHead
 from vqlogits.hf import generate
+from vqlogits.hf.generate import break_even
 from vqlogits.hf.load import use_head
 
 
@@ -80,7 +81,16 @@ def test_low_acceptance_falls_back_and_stays_exact():
     stats = {}
     ours = generate(fast, ids, max_new_tokens=40, block=4, stats=stats)
     assert torch.equal(ours, original.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=0))
-    assert stats["fallback_at"] is not None and stats["accepted"] < 0.5 * stats["drafted"]
+    assert stats["fallback_at"] is not None
+    assert stats["block_tokens"] < break_even(fast, fast.get_output_embeddings()) * stats["backbone_steps"]
+
+
+def test_break_even_counts_the_backbone_s_weights_but_not_its_embedding():
+    _, fast = _pair()
+    # per layer: q, o 32 x 32; k, v 32 x 16 (2 of 4 heads); gate, up, down 32 x 64; 2 norms; + the final norm
+    body = 2 * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64 + 2 * 32) + 32
+    share = 300 * 32 / (300 * 32 + body)
+    assert break_even(fast, fast.get_output_embeddings()) == pytest.approx((1 - share) / (1 - share / 2), rel=1e-12)
 
 
 def test_verify_needs_an_indexed_head_and_approximate_is_opt_in():

@@ -60,7 +60,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group
 
 @contextlib.contextmanager
 def _silent():
-    """torchao's import prints lines about CUDA extensions a CPU build lacks."""
+    """Output at the file-descriptor level, and warnings, dropped: torchao's import prints lines
+    about CUDA extensions a CPU build lacks, from C++ and from torch's logging."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -76,6 +77,18 @@ def _silent():
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
+
+
+def preload_torchao() -> None:
+    """Import torchao and transformers' torchao quantizer, when installed, with their import-time
+    lines silenced: transformers imports both whenever torchao is installed, and those lines would
+    open every command's output."""
+    with _silent():
+        try:
+            import torchao  # noqa: F401
+            import transformers.quantizers.quantizer_torchao  # noqa: F401
+        except ImportError:
+            pass
 
 
 def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:

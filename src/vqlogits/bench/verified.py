@@ -141,6 +141,7 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
     row["identical"] = bool(torch.equal(tokens["verified"], tokens["dense fp32"]))
     row["acceptance"] = stats["accepted"] / max(1, stats["drafted"])
     row["tokens per block"] = stats["block_tokens"] / max(1, stats["blocks"])
+    row["tokens per backbone step"] = stats["block_tokens"] / max(1, stats["backbone_steps"])
     row["fallback_at"] = stats["fallback_at"]
     row["speed-up"] = row["verified tok/s"] / row["dense fp32 tok/s"]
     return row
@@ -153,18 +154,21 @@ def markdown(results: dict) -> str:
     lines.append(
         "| model | batch | K / probes | "
         + " | ".join(modes)
-        + " | identical | acceptance | tokens / block | head ms/token: dense → verified "
-        + "| head share: dense → verified |"
+        + " | identical | acceptance | tokens / block | tokens / backbone step | fell back at "
+        + "| head ms/token: dense → verified | head share: dense → verified |"
     )
-    lines.append("|---|---:|---|" + "---:|" * len(modes) + "---|---:|---:|---:|---:|")
+    lines.append("|---|---:|---|" + "---:|" * len(modes) + "---|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:
         base = r["dense fp32 tok/s"]
         cells = [
             f"{r[f'{m} tok/s']:.1f}" + ("" if m == "dense fp32" else f" ({r[f'{m} tok/s'] / base:.2f}×)") for m in modes
         ]
+        fell = "–" if r["fallback_at"] is None else f"token {r['fallback_at']}"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['clusters']} / {r['probes']} | " + " | ".join(cells) + f" | "
             f"{'yes' if r['identical'] else 'NO'} | {100 * r['acceptance']:.2f}% | {r['tokens per block']:.1f} | "
+            f"{r.get('tokens per backbone step', float('nan')):.2f} | "
+            f"{fell} | "
             f"{r['dense fp32 head ms/token']:.2f} → {r['verified head ms/token']:.2f} | "
             f"{100 * r['dense fp32 head share']:.0f}% → {100 * r['verified head share']:.0f}% |"
         )

@@ -5,6 +5,7 @@ One file per job: ``load`` (HF folders, GGUF, SmolLM2), ``folder`` (the vqlogits
 them), ``calibrate``, ``training`` (the O(K) loss under HF), ``generate``, ``evaluate``, ``report``.
 """
 
+from . import _quiet  # noqa: F401  (first: torchao's import lines silenced before transformers imports it)
 from .compress import compress
 from .evaluate import evaluate_pretrained
 from .folder import load_pretrained, save_pretrained

@@ -24,8 +24,21 @@ from .folder import load_pretrained
 from .load import vqlogits_head
 
 MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per token stops falling around here
-MIN_ACCEPTANCE = 0.5  # below this share of kept drafts (after WARMUP_BLOCKS blocks), decode with the dense head
-WARMUP_BLOCKS = 4
+WARMUP_BLOCKS = 4  # blocks before the break-even check
+
+
+def break_even(model, head) -> float:
+    """Emitted tokens per backbone step below which verified decoding costs more than dense.
+
+    A draft the batch does not keep costs a backbone step that emits nothing. With s the head's
+    share of a step's weight reads at batch 1 (V d against the backbone's parameters other than
+    the input embedding, whose lookup reads one row) and a verified head that costs r of the dense
+    head per token, verified costs (1 - s) / e + s r of dense at e tokens per step; r = 1/2 (the
+    bf16 screen's share alone, an under-estimate of what it saves) gives e* = (1 - s) / (1 - s / 2).
+    """
+    body = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
+    share = head.vocab_size * head.d_model / (head.vocab_size * head.d_model + body)
+    return (1 - share) / (1 - share / 2)
 
 
 class _Verified:
@@ -34,7 +47,15 @@ class _Verified:
     def __init__(self, head, do_sample, temperature, top_k, top_p, generator, probes):
         self.head, self.do_sample, self.generator, self.probes = head, do_sample, generator, probes
         self.filters = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        self.stats = {"blocks": 0, "drafted": 0, "accepted": 0, "block_tokens": 0, "emitted": 0, "fallback_at": None}
+        self.stats = {
+            "blocks": 0,
+            "drafted": 0,
+            "accepted": 0,
+            "block_tokens": 0,
+            "backbone_steps": 0,
+            "emitted": 0,
+            "fallback_at": None,
+        }
 
     def draft(self, hidden):
         """A draft token per row, (B,), and what the verification needs of it."""
@@ -98,8 +119,9 @@ def generate(
     exactly the dense model's tokens (greedy: the argmax of the exact logits, ties to the smallest
     id) or samples from exactly its distribution, drafting ``block`` tokens at a time (doubled after
     a block kept whole, halved after one that kept less than half, at most ``MAX_BLOCK``); when
-    fewer than ``MIN_ACCEPTANCE`` of the drafts are kept, or when the batch's drafts would read more
-    than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head.
+    the blocks emit fewer tokens per backbone step than ``break_even`` (after ``WARMUP_BLOCKS``
+    blocks; a batch keeps only the prefix all its rows agree on), or when the batch's drafts would
+    read more than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head.
     ``verify=False``: the approximate greedy of the probed clusters, or ``IndexedHead.sample``.
     A batch keeps, each block, the prefix that every row kept (the shortest), so it stays exact.
     ``draft_probes``: clusters a draft reads (default K / 32: drafts need only agree often, the
@@ -122,6 +144,7 @@ def generate(
     if indexed and verify is not False:
         probes = draft_probes or max(1, head.clusters // 32)
         verified = _Verified(head, do_sample, temperature, top_k, top_p, generator, probes)
+        least = break_even(model, head)
     counts = verified.stats if verified is not None else {}
     if (
         verified is not None and head.draft_share(hidden, verified.probes) > 0.5
@@ -155,8 +178,9 @@ def generate(
             counts["drafted"] += B * k
             counts["accepted"] += int(kept.sum())
             counts["block_tokens"] += m + 1
+            counts["backbone_steps"] += k + 1  # the drafts' and the emitted token's
             block = min(MAX_BLOCK, 2 * block) if m == k else max(1, block // 2) if 2 * m < k else block
-            if counts["blocks"] >= WARMUP_BLOCKS and counts["accepted"] < MIN_ACCEPTANCE * counts["drafted"]:
+            if counts["blocks"] >= WARMUP_BLOCKS and counts["block_tokens"] < least * counts["backbone_steps"]:
                 counts["fallback_at"] = new + m + 1
         if eos_token_id is not None:  # a finished row repeats its end-of-sequence token
             is_eos = (emitted == eos_token_id).int()
