@@ -126,7 +126,7 @@ def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
     W = original.get_output_embeddings().weight.detach()
     with torch.no_grad():
         hidden = model.base_model(ids).last_hidden_state
-    assert float((model.get_output_embeddings()(hidden) - hidden @ W.T).abs().max()) < 0.05  # 4-bit rows of W
+        assert float((model.get_output_embeddings()(hidden) - hidden @ W.T).abs().max()) < 0.05  # 4-bit rows of W
     assert main(["generate", str(out), "w1 w2", "--max-new-tokens", "3"]) == 0
     before = model.get_output_embeddings().state_dict()["scale"].clone()
     summary = calibrate(
