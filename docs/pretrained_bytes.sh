@@ -26,11 +26,12 @@ model() {  # name, calibrate options, compress options...
 }
 mkdir -p "$OUT"
 [ -s "$OUT/bf16.json" ] || into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.bench.eval smollm2 bfloat16
-for B in 8 4 3 2; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
-model q4-g48 "" --head quantized --bits 4 --group-size 48
-for F in 0.085 0.05; do
-  model ht-b$F "--reassign-every 0" --head hybrid-twolevel --head-budget $F
-  model ht-b$F-parts4 "--reassign-every 0" --head hybrid-twolevel --head-budget $F --part-bits 4
-done
+# The decisive models first (a partial run still compares quantization, VQ and both near 4-18 MB).
+for B in 4 2; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
 model ht-b0.2-parts4 "--reassign-every 0" --head hybrid-twolevel --head-budget 0.2 --part-bits 4
+for P in "--part-bits 4" ""; do
+  for F in 0.085 0.05; do model ht-b$F${P:+-parts4} "--reassign-every 0" --head hybrid-twolevel --head-budget $F $P; done
+done
+for B in 3 8; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
+model q4-g48 "" --head quantized --bits 4 --group-size 48
 vqlogits report "$OUT" --out "${REPORT:-docs/pretrained/bytes}"

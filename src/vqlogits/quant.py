@@ -59,7 +59,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group
 
 
 @contextlib.contextmanager
-def _silent():
+def silenced():
     """Output at the file-descriptor level, and warnings, dropped: torchao's import prints lines
     about CUDA extensions a CPU build lacks, from C++ and from torch's logging."""
     sys.stdout.flush()
@@ -79,18 +79,6 @@ def _silent():
             os.close(fd)
 
 
-def preload_torchao() -> None:
-    """Import torchao and transformers' torchao quantizer, when installed, with their import-time
-    lines silenced: transformers imports both whenever torchao is installed, and those lines would
-    open every command's output."""
-    with _silent():
-        try:
-            import torchao  # noqa: F401
-            import transformers.quantizers.quantizer_torchao  # noqa: F401
-        except ImportError:
-            pass
-
-
 def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:
     half = x.half()
     return torch.where(half.float() < x, torch.nextafter(half, torch.tensor(float("inf"), dtype=torch.float16)), half)
@@ -108,7 +96,7 @@ def quantize(
     top = 2**bits - 1
     groups = w.float().reshape(n, d // group_size, group_size)
     if method == "hqq":
-        with _silent():
+        with silenced():
             from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_affine_hqq as hqq
         # torchao's convention: w = (q - zero) * scale, per group of each row.
         _, scale, zero, _ = hqq(

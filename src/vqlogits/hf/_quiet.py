@@ -1,6 +1,11 @@
-"""Imported first by the package: torchao, which transformers imports whenever it is installed, is
-imported here with its lines about missing CUDA extensions silenced."""
+"""Imported first by the package: transformers imports its torchao quantizer whenever torchao is
+installed, and that import prints lines about CUDA extensions a CPU build lacks; here it runs
+silenced, once."""
 
-from ..quant import preload_torchao
+from ..quant import silenced
 
-preload_torchao()
+with silenced():
+    try:
+        import transformers.quantizers.quantizer_torchao  # noqa: F401
+    except ImportError:  # torchao is optional
+        pass
