@@ -10,7 +10,7 @@ from conftest import chi_square_p
 from vqlogits.functional import sampling_probs
 from vqlogits.heads import IndexedHead
 from vqlogits.hf import generate
-from vqlogits.hf.generate import break_even
+from vqlogits.hf.generate import break_even, draft_probes_for
 from vqlogits.hf.load import use_head
 
 
@@ -85,6 +85,18 @@ def test_low_acceptance_falls_back_and_stays_exact():
     assert stats["block_tokens"] < break_even(fast, fast.get_output_embeddings()) * stats["backbone_steps"]
 
 
+def test_draft_probes_grow_with_the_batch_and_a_wide_batch_decodes_dense():
+    assert [draft_probes_for(1024, b) for b in (1, 2, 4, 16, 64)] == [32, 64, 128, 512, 1024]
+    assert draft_probes_for(16, 1) == 1
+    original, fast = _pair(clusters=64, scale=20)
+    for batch in (1, 16):  # 2 probes a draft, or 32 for each of 16 rows: more than half the clusters
+        ids = torch.randint(1, 300, (batch, 5), generator=torch.Generator().manual_seed(11))
+        stats = {}
+        ours = generate(fast, ids, max_new_tokens=12, stats=stats)
+        assert torch.equal(ours, original.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0))
+        assert (stats["fallback_at"] == 0) == (batch == 16) and (stats["blocks"] > 0) == (batch == 1)
+
+
 def test_break_even_counts_the_backbone_s_weights_but_not_its_embedding():
     _, fast = _pair()
     # per layer: q, o 32 x 32; k, v 32 x 16 (2 of 4 heads); gate, up, down 32 x 64; 2 norms; + the final norm
@@ -137,7 +149,8 @@ def test_verified_sampling_draws_the_dense_joint_distribution(new, kw):
     prompt = torch.randint(1, 40, (1, 4), generator=torch.Generator().manual_seed(1))
     n, g = 12000, torch.Generator().manual_seed(0)
     stats = {}
-    out = generate(fast, prompt.expand(n, -1), max_new_tokens=new, do_sample=True, generator=g, stats=stats, **kw)
+    rows = prompt.expand(n, -1)  # n independent samples; one probe a draft, so that drafts run at this batch
+    out = generate(fast, rows, max_new_tokens=new, do_sample=True, generator=g, stats=stats, draft_probes=1, **kw)
     counts = torch.bincount(out[:, -2] * 40 + out[:, -1], minlength=1600)
     law = _joint_law(original, prompt, new, **kw)
     assert chi_square_p(counts, law) > 1e-3
