@@ -105,8 +105,10 @@ def test_verified_decoding_bench_on_a_tiny_model(tmp_path):
         {
             "environment": {"threads": 1, "torch": "x"},
             "rows": [{"model": "tiny", **row}],
-            "sweep": [{"model": "tiny", **row}],
+            "sweep": [{"model": "tiny", "spread": tuned["spread"], **row}],
         },
         tmp_path,
     )
-    assert (tmp_path / "verified.png").exists() and "| tiny | 1 |" in (tmp_path / "verified.md").read_text()
+    text = (tmp_path / "verified.md").read_text()
+    assert (tmp_path / "verified.png").exists() and "| tiny | 1 |" in text
+    assert f"| tiny | {tuned['spread']:.2f} |" in text  # the sweep's table

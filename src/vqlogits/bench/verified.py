@@ -147,6 +147,17 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
     return row
 
 
+def _drafting(r: dict) -> str:
+    """Acceptance, tokens per block and per backbone step, and where dense took over ("–" without drafts)."""
+    fell = "–" if r["fallback_at"] is None else f"token {r['fallback_at']}"
+    if r["fallback_at"] == 0:
+        return f"– | – | – | {fell}"
+    return (
+        f"{100 * r['acceptance']:.2f}% | {r['tokens per block']:.1f} | "
+        f"{r.get('tokens per backbone step', float('nan')):.2f} | {fell}"
+    )
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [f"Greedy decoding, {env['threads']} thread(s), torch {env['torch']}; tokens/s (× dense fp32).\n"]
@@ -163,15 +174,23 @@ def markdown(results: dict) -> str:
         cells = [
             f"{r[f'{m} tok/s']:.1f}" + ("" if m == "dense fp32" else f" ({r[f'{m} tok/s'] / base:.2f}×)") for m in modes
         ]
-        fell = "–" if r["fallback_at"] is None else f"token {r['fallback_at']}"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['clusters']} / {r['probes']} | " + " | ".join(cells) + f" | "
-            f"{'yes' if r['identical'] else 'NO'} | {100 * r['acceptance']:.2f}% | {r['tokens per block']:.1f} | "
-            f"{r.get('tokens per backbone step', float('nan')):.2f} | "
-            f"{fell} | "
+            f"{'yes' if r['identical'] else 'NO'} | {_drafting(r)} | "
             f"{r['dense fp32 head ms/token']:.2f} → {r['verified head ms/token']:.2f} | "
             f"{100 * r['dense fp32 head share']:.0f}% → {100 * r['verified head share']:.0f}% |"
         )
+    if results.get("sweep"):
+        lines.append("\nSpeed against acceptance (other spreads of the synthetic head; one repeat each):\n")
+        columns = ["model", "spread", "acceptance", "tokens / block", "tokens / backbone step", "fell back at"]
+        lines.append("| " + " | ".join(columns + ["approximate", "verified"]) + " |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results["sweep"]:
+            base = r["dense fp32 tok/s"]
+            lines.append(
+                f"| {r['model']} | {r['spread']:.2f} | {_drafting(r)} | {r['approximate tok/s'] / base:.2f}× | "
+                f"{r['verified tok/s'] / base:.2f}× |"
+            )
     lines.append("\nAgreement with dense fp32 tokens (a first disagreement changes the rest of the text):\n")
     lines.append("| model | batch | dense bf16 | approximate | verified |\n|---|---:|---:|---:|---:|")
     for r in results["rows"]:
