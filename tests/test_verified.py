@@ -10,7 +10,7 @@ from conftest import chi_square_p
 from vqlogits.functional import sampling_probs
 from vqlogits.heads import IndexedHead
 from vqlogits.hf import generate
-from vqlogits.hf.generate import MAX_BLOCK, break_even, draft_probes_for, first_block
+from vqlogits.hf.generate import break_even, draft_probes_for
 from vqlogits.hf.load import use_head
 
 
@@ -97,35 +97,6 @@ def test_draft_probes_grow_with_the_batch_and_a_wide_batch_decodes_dense():
         assert (stats["fallback_at"] == 0) == (batch == 16) and (stats["blocks"] > 0) == (batch == 1)
 
 
-def test_the_first_block_is_the_largest_that_breaks_even():
-    def per_step(keep, k):  # expected tokens per backbone step of a block of k, in closed form
-        return (1 - keep ** (k + 1)) / ((1 - keep) * (k + 1))
-
-    assert first_block(1.0, 0.9) == MAX_BLOCK and first_block(0.0, 0.9) == 0 and first_block(0.5, 0.9) == 0
-    for keep, least in [(0.99, 0.88), (0.977, 0.88), (0.9, 0.88), (0.8, 0.6)]:
-        k = first_block(keep, least)
-        assert 1 <= k < MAX_BLOCK and per_step(keep, k) >= least > per_step(keep, k + 1)
-    blocks = [first_block(keep, 0.88) for keep in (0.9, 0.95, 0.99)]
-    assert blocks == sorted(blocks)  # more agreement, longer blocks
-
-
-def test_a_long_prompt_sizes_the_first_block_or_decodes_dense(monkeypatch):
-    ids = torch.randint(1, 300, (1, 16), generator=torch.Generator().manual_seed(13))
-    original, fast = _pair()
-    head = fast.get_output_embeddings()
-    wrong = lambda h, exact=False, probes=None: (head.verify_greedy(h) + 1) % 300  # noqa: E731
-    monkeypatch.setattr(head, "greedy", wrong)  # no draft is kept: dense from the start
-    stats = {}
-    ours = generate(fast, ids, max_new_tokens=20, stats=stats)
-    assert torch.equal(ours, original.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0))
-    assert stats["fallback_at"] == 0 and stats["blocks"] == 0
-    monkeypatch.setattr(head, "greedy", lambda h, exact=False, probes=None: head.verify_greedy(h))  # a perfect drafter
-    stats = {}
-    ours = generate(fast, ids, max_new_tokens=60, stats=stats)
-    assert torch.equal(ours, original.generate(ids, max_new_tokens=60, do_sample=False, pad_token_id=0))
-    assert stats["blocks"] == 2 and stats["accepted"] == stats["drafted"]  # 33 + 27 tokens: the first block is 32
-
-
 def test_break_even_counts_the_backbone_s_weights_but_not_its_embedding():
     _, fast = _pair()
     # per layer: q, o 32 x 32; k, v 32 x 16 (2 of 4 heads); gate, up, down 32 x 64; 2 norms; + the final norm
@@ -144,7 +115,7 @@ def test_verify_needs_an_indexed_head_and_approximate_is_opt_in():
 
         use_head(original, VQLogitsHead(32, 300, 8))
         generate(original, ids, verify=True)
-    with pytest.raises(ValueError, match="block must be None or an int"):
+    with pytest.raises(ValueError, match="block must be an int"):
         generate(fast, ids, block=0)
 
 

@@ -25,7 +25,6 @@ from .load import vqlogits_head
 
 MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per token stops falling around here
 WARMUP_BLOCKS = 4  # blocks before the break-even check
-PROMPT_CHECK = (8, 32)  # the first block is sized on the last 32 prompt positions, given at least 8
 
 
 def break_even(model, head) -> float:
@@ -40,20 +39,6 @@ def break_even(model, head) -> float:
     body = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
     share = head.vocab_size * head.d_model / (head.vocab_size * head.d_model + body)
     return (1 - share) / (1 - share / 2)
-
-
-def first_block(keep: float, least: float) -> int:
-    """The largest block whose expected tokens per backbone step reach ``least`` when the batch
-    keeps each draft with probability ``keep``; 0 when none does (decode with the dense head).
-
-    A block of k drafts costs k + 1 backbone steps and emits the kept prefix plus one token, on
-    average sum_{j<=k} keep^j; per step that falls as k grows.
-    """
-    best = 0
-    for k in range(1, MAX_BLOCK + 1):
-        if sum(keep**j for j in range(k + 1)) >= least * (k + 1):
-            best = k
-    return best
 
 
 def draft_probes_for(clusters: int, batch: int) -> int:
@@ -106,20 +91,6 @@ class _Verified:
         kept = torch.where(agree.all(1), k, (~agree).int().argmax(1))  # (B,)
         return dense, kept
 
-    def keep_rate(self, states):
-        """states (B, n, d) of the prompt -> how often the batch would keep a draft there: the share of
-        positions where every row's draft is the dense token (greedy), or the mean over positions of
-        the product over rows of the acceptance probability 1 - TV(p, q) (sampling)."""
-        B, n, d = states.shape
-        flat = states.reshape(-1, d)
-        if not self.do_sample:
-            agree = self.head.greedy(flat, exact=False, probes=self.probes) == self.head.verify_greedy(flat)
-            return float(agree.view(B, n).all(0).float().mean())
-        p = sampling_probs(self.head.dense_logits(flat), **self.filters)
-        q = self.head.proposal(flat, probes=self.probes, **self.filters)
-        accept = torch.minimum(p, q).sum(-1).view(B, n)  # (B, n): 1 - TV
-        return float(accept.prod(0).mean())
-
     def dense_step(self, hidden):
         """The dense model's own next token, (B,)."""
         if not self.do_sample:
@@ -144,7 +115,7 @@ def generate(
     generator=None,
     eos_token_id: int | None = None,
     verify: bool | None = None,
-    block: int | None = None,
+    block: int = 8,
     on_tokens=None,
     stats: dict | None = None,
     draft_probes: int | None = None,
@@ -155,10 +126,7 @@ def generate(
     top_p)``; greedy decoding gives the same tokens. Indexed heads: ``verify`` (the default) gives
     exactly the dense model's tokens (greedy: the argmax of the exact logits, ties to the smallest
     id) or samples from exactly its distribution, drafting ``block`` tokens at a time (doubled after
-    a block kept whole, halved after one that kept less than half, at most ``MAX_BLOCK``). By
-    default the first block is sized on the prompt (``PROMPT_CHECK``): how often the batch would
-    have kept a draft at its last positions gives ``first_block``, and 0 decodes dense from the
-    start (8 for a shorter prompt). When
+    a block kept whole, halved after one that kept less than half, at most ``MAX_BLOCK``); when
     the blocks emit fewer tokens per backbone step than ``break_even`` (after ``WARMUP_BLOCKS``
     blocks; a batch keeps only the prefix all its rows agree on), or when the batch's drafts would
     read more than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head.
@@ -175,11 +143,10 @@ def generate(
     indexed = kind_of(head).index
     if verify and not indexed:
         raise ValueError(f"verify=True needs an indexed head (vqlogits accelerate), got {kind_of(head).name!r}")
-    if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= MAX_BLOCK):
-        raise ValueError(f"block must be None or an int in [1, {MAX_BLOCK}], got {block!r}")
+    if not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= MAX_BLOCK:
+        raise ValueError(f"block must be an int in [1, {MAX_BLOCK}], got {block!r}")
     backbone, cache = model.base_model, DynamicCache()
-    states = backbone(input_ids=input_ids, cache=cache, use_cache=True).last_hidden_state  # (B, T, d)
-    hidden = states[:, -1]
+    hidden = _step(backbone, input_ids, cache)
     B, out, done = input_ids.shape[0], [input_ids], torch.zeros(input_ids.shape[0], dtype=torch.bool)
     verified = None
     if indexed and verify is not False:
@@ -191,12 +158,6 @@ def generate(
         verified is not None and head.draft_share(hidden, verified.probes) > 0.5
     ):  # a batch whose drafts read most rows: dense is cheaper
         counts["fallback_at"] = 0
-    if block is None:
-        block = 8
-        if verified is not None and counts["fallback_at"] is None and input_ids.shape[1] >= PROMPT_CHECK[0]:
-            block = first_block(verified.keep_rate(states[:, -PROMPT_CHECK[1] :]), least)
-            if block == 0:
-                counts["fallback_at"] = 0
     new = 0
     while new < max_new_tokens and not (eos_token_id is not None and bool(done.all())):
         k = min(block, max_new_tokens - new - 1)
