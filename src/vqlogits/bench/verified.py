@@ -213,7 +213,8 @@ def plot(results: dict, path: Path) -> None:
         rs = sorted((r for r in results["sweep"] if r["model"] == model), key=lambda r: r["acceptance"])
         ax.plot([100 * r["acceptance"] for r in rs], [r["speed-up"] for r in rs], "o-", label=model)
     for r in results["rows"]:
-        ax.plot([100 * r["acceptance"]], [r["speed-up"]], "k*", ms=9)
+        if r["batch"] == 1:  # the plot is of batch 1; a wider batch may draft nothing
+            ax.plot([100 * r["acceptance"]], [r["speed-up"]], "k*", ms=9)
     ax.axhline(1, color="gray", lw=0.8)
     ax.axhline(2, color="gray", ls=":", lw=0.8, label="2×")
     ax.set(
