@@ -255,3 +255,29 @@ def test_ratio_interval_is_a_paired_t_interval_over_windows():
     assert ratio_interval([0.1, 0.1, 0.1]) == pytest.approx([math.exp(0.1)] * 2)
     # mean 0.1, standard error 0.1, t(1 df) = 12.706
     assert ratio_interval([0.0, 0.2]) == pytest.approx([math.exp(0.1 - 1.2706), math.exp(0.1 + 1.2706)])
+
+
+def test_evaluation_runs_each_backbone_once_per_split(tmp_path):
+    """Cached hidden states give exactly the uncached comparison, and a changed backbone misses."""
+    from vqlogits.hf.evaluate import compare_heads
+
+    model = _tiny("llama", 300).eval()
+    data = torch.randint(0, 300, (700,), generator=torch.Generator().manual_seed(0)).numpy()
+    dense = model.get_output_embeddings().weight.detach()
+    other = dense + 0.1 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(1))
+    head = lambda h: h @ other.T  # noqa: E731
+    calls = []
+    model.base_model.register_forward_hook(lambda *_: calls.append(1))
+    plain = compare_heads(model.base_model, head, dense, data, block=64, max_tokens=300)
+    n = len(calls)
+    assert n > 1 and not plain["ppl_original"] == plain["ppl_compressed"]
+    first = compare_heads(model.base_model, head, dense, data, block=64, max_tokens=300, cache=tmp_path)
+    again = compare_heads(model.base_model, head, dense, data, block=64, max_tokens=300, cache=tmp_path)
+    assert plain == first == again and len(calls) == 2 * n  # the third call read the cache
+    compare_heads(model.base_model, head, dense, data, block=64, max_tokens=200, cache=tmp_path)
+    assert len(calls) > 2 * n  # other windows: computed
+    calls.clear()
+    with torch.no_grad():
+        model.base_model.norm.weight.mul_(1.5)
+    moved = compare_heads(model.base_model, head, dense, data, block=64, max_tokens=300, cache=tmp_path)
+    assert calls and moved["ppl_original"] != plain["ppl_original"]

@@ -62,7 +62,9 @@ def evaluate_cast(
     cast = dense.to(getattr(torch, dtype)).float()
     splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
     result = {"folder": f"{spec} head cast to {dtype}", "corpus": corpus, "split": "test", "head": f"dense {dtype}"}
-    result.update(compare_heads(model.base_model, lambda h: h @ cast.T, dense, splits["test"], max_tokens=max_tokens))
+    result.update(
+        compare_heads(model.base_model, lambda h: h @ cast.T, dense, splits["test"], max_tokens=max_tokens, cache=cache)
+    )
     nbytes = dense.numel() * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
     return {
         **result,

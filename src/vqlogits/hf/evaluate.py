@@ -2,35 +2,72 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..files import USER_CACHE
+from ..files import USER_CACHE, load_plain, save_atomic
 from ..lm.data import eval_windows, tokenize_corpus
 from ..stats import ratio_interval
 from .folder import dense_head_weight, describe, load_pretrained, read_meta
 from .load import load_causal_lm
 
 
+def _digest(tensors) -> str:
+    """A digest of the tensors' names, dtypes, shapes and bytes: equal digests, equal contents."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def window_hidden_states(backbone, windows: list[torch.Tensor], cache: str | Path | None = None) -> list[torch.Tensor]:
+    """``backbone(input_ids=w[:, :-1]).last_hidden_state[0]`` for every window, each (T, d).
+
+    With ``cache``, they are kept in ``cache/hidden/`` under a digest of the backbone's weights and
+    the windows' tokens, so every head evaluated on one backbone and split runs the backbone once."""
+    path = None
+    if cache is not None:
+        key = _digest([*backbone.state_dict().items(), *(("w", w) for w in windows)])
+        path = Path(cache) / "hidden" / f"{key}.pt"
+        if path.exists():
+            return list(load_plain(path)["h"])
+    hs = [backbone(input_ids=w[:, :-1]).last_hidden_state[0] for w in tqdm(windows, desc="hidden states", leave=False)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic({"h": tuple(hs)}, path)
+    return hs
+
+
 @torch.no_grad()
 def compare_heads(
-    backbone, vq, dense_weight: torch.Tensor, data, block: int = 256, max_tokens: int = 16384, original_backbone=None
+    backbone,
+    vq,
+    dense_weight: torch.Tensor,
+    data,
+    block: int = 256,
+    max_tokens: int = 16384,
+    original_backbone=None,
+    cache: str | Path | None = None,
 ) -> dict:
     """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens.
 
     The original model is ``original_backbone`` (default: the same backbone) with the dense head.
-    """
-    original_backbone = original_backbone or backbone
+    ``cache``: where hidden states are kept between calls (``window_hidden_states``)."""
+    windows = list(eval_windows(data, block, max_tokens, batch=1))
+    hs = window_hidden_states(backbone, windows, cache)
+    hs_o = hs if original_backbone in (None, backbone) else window_hidden_states(original_backbone, windows, cache)
     nll_o = nll_c = kl = agree = 0.0
     count = 0
     gaps = []  # per window: mean log-loss of compressed minus original
-    for w in tqdm(eval_windows(data, block, max_tokens, batch=1), desc="compare", leave=False):
-        x, y = w[:, :-1], w[0, 1:]
-        h = backbone(input_ids=x).last_hidden_state[0]  # (T, d)
-        h_o = h if original_backbone is backbone else original_backbone(input_ids=x).last_hidden_state[0]
+    for w, h, h_o in tqdm(zip(windows, hs, hs_o, strict=True), total=len(windows), desc="compare", leave=False):
+        y = w[0, 1:]
         logp_o = torch.log_softmax(h_o @ dense_weight.T, dim=-1)  # (T, V)
         logp_c = torch.log_softmax(vq(h), dim=-1)
         window_o, window_c = -float(logp_o.gather(1, y[:, None]).sum()), -float(logp_c.gather(1, y[:, None]).sum())
@@ -78,6 +115,7 @@ def evaluate_pretrained(
             splits[split],
             max_tokens=max_tokens,
             original_backbone=None if original is None else original.base_model,
+            cache=cache,
         )
     )
     stored = describe(folder)  # bytes as stored: codes, map, bias, scales and packed weights
