@@ -281,3 +281,15 @@ def test_evaluation_runs_each_backbone_once_per_split(tmp_path):
         model.base_model.norm.weight.mul_(1.5)
     moved = compare_heads(model.base_model, head, dense, data, block=64, max_tokens=300, cache=tmp_path)
     assert calls and moved["ppl_original"] != plain["ppl_original"]
+
+
+def test_quantized_decode_bench_rows(source, corpus, tmp_path):
+    from vqlogits.bench.quantized import bench_quantized, markdown
+
+    rows = bench_quantized(str(source), bits=(4, 2), corpus=str(corpus), batches=(1, 2), tokens=64, steps=2, repeats=2)
+    assert [r["batch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["fp32_agreement"] == 1.0 and all(r[f"{n}_head_s"] > 0 and r[f"{n}_tok_s"] > 0 for n in ("q4", "q2"))
+        assert 0 <= r["q2_agreement"] <= r["q4_agreement"] + 0.2
+    table = markdown(rows)
+    assert "head q4 ms/token" in table and table.count("\n") == 4

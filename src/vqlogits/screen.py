@@ -61,7 +61,9 @@ def argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> tor
 class BF16Screen:
     """A (V, d) fp32 matrix W, with its bf16 copy and the per-row norms the bound needs.
 
-    W itself is kept by reference (it is read in fp64 for the candidates only)."""
+    W itself is kept by reference (it is read in fp64 for the candidates only). Subclasses screen
+    with another bf16-output kernel (``screen_int4.Int4Screen``): they set the norms of their own
+    low-precision copy through ``_set_norms`` and override ``_screen`` and ``_rows``."""
 
     def __init__(self, weight: torch.Tensor):
         if weight.dim() != 2 or weight.dtype != torch.float32:
@@ -69,15 +71,25 @@ class BF16Screen:
         self.weight = weight
         self.low = weight.bfloat16()  # (V, d)
         low32 = self.low.float()
-        self.w_norm = weight.norm(dim=-1)  # (V,)
-        self.e_norm = (weight - low32).norm(dim=-1)
-        self.low_norm = low32.norm(dim=-1)
-        self.max_abs = float(low32.abs().max()) if weight.numel() else 0.0
-        self.maxes_e_w_low = (float(self.e_norm.max()), float(self.w_norm.max()), float(self.low_norm.max()))
+        max_abs = float(low32.abs().max()) if weight.numel() else 0.0
+        self._set_norms(weight.norm(dim=-1), (weight - low32).norm(dim=-1), low32.norm(dim=-1), max_abs)
+
+    def _set_norms(self, w_norm: torch.Tensor, e_norm: torch.Tensor, low_norm: torch.Tensor, max_abs: float) -> None:
+        """Per token (V,): |w|, |w - w~| and |w~| for the copy w~ the screen multiplies; max|w~|."""
+        self.w_norm, self.e_norm, self.low_norm, self.max_abs = w_norm, e_norm, low_norm, max_abs
+        self.maxes_e_w_low = tuple(float(t.max()) if t.numel() else 0.0 for t in (e_norm, w_norm, low_norm))
+
+    def _screen(self, x_low: torch.Tensor) -> torch.Tensor:
+        """(n, d) bf16 -> (n, V) bf16: ``bf16(x~ @ w~.T)``, accumulated in fp32."""
+        return x_low @ self.low.T
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The fp32 rows ``W[ids]``."""
+        return self.weight[ids]
 
     @property
     def vocab_size(self) -> int:
-        return self.weight.shape[0]
+        return self.w_norm.shape[0]
 
     def _terms(self, x: torch.Tensor):
         """Per row: |x~|, |r|, max|x~|, and the bf16 copy x~, for x (n, d) fp32."""
@@ -95,9 +107,9 @@ class BF16Screen:
             return torch.zeros(0, dtype=torch.long), {"screened": 0, "candidates": 0}
         x = x.float()
         low, x_norm, r_norm, x_max = self._terms(x)
-        screen = low @ self.low.T  # (n, V) bf16: the screen's only pass over W
+        screen = self._screen(low)  # (n, V) bf16: the screen's only pass over W
         top = screen.argmax(-1)
-        floor = (x.double() * self.weight[top].double()).sum(-1)  # (n,), exact logits of the screen's picks
+        floor = (x.double() * self._rows(top).double()).sum(-1)  # (n,), exact logits of the screen's picks
         # Below the fp64 value by more than its own rounding (gamma_d^64 |x| |w| < 2^-40 |x| |w|).
         floor = floor - 2.0**-40 * x_norm.squeeze(1).double() * self.w_norm[top].double()
         tau = (d * (self.max_abs + x_max + 2) + 1) * TINY  # (n,)
@@ -120,7 +132,7 @@ class BF16Screen:
         rows, cols = torch.cat([rows[keep], every]), torch.cat([cols[keep], top])  # the pick whose logit is floor
         union, where = torch.unique(cols, return_inverse=True)
         exact = torch.full((n, union.numel()), float("-inf"), dtype=torch.float64)
-        values = x.double() @ self.weight[union].double().T  # (n, U): the candidates in fp64
+        values = x.double() @ self._rows(union).double().T  # (n, U): the candidates in fp64
         exact[rows, where] = values[rows, where]
         return argmax_smallest_id(exact, union, self.vocab_size), {
             "screened": n * self.vocab_size,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import quant
+from .. import quant, screen_int4
 from .._checks import check_dims, check_hidden, check_state_shapes
 from .base import FullLogitsMixin
 
@@ -51,6 +51,7 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         self.gain = nn.Parameter(torch.zeros(vocab_size, groups))
         self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+        self._screen: tuple | None = None  # (the parts' versions, Int4Screen)
 
     @classmethod
     def from_weight(
@@ -66,15 +67,16 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
             head.offset0.copy_(offset)
         return head
 
-    def _groups(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, offset) of rows ``start:stop`` in fp32, with the trained moves."""
-        s0 = self.scale0[start:stop].float()
-        return s0 * torch.exp(self.gain[start:stop]), self.offset0[start:stop].float() + s0 * self.shift[start:stop]
+    def _groups(self, index: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) of rows ``index`` in fp32, with the trained moves."""
+        s0 = self.scale0[index].float()
+        return s0 * torch.exp(self.gain[index]), self.offset0[index].float() + s0 * self.shift[index]
 
-    def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """The dequantized rows ``start:stop``, fp32 (differentiable in gain and shift)."""
-        q = quant.unpack(self.packed[start:stop], self.bits, self.d_model)
-        return quant.dequantize(q, *self._groups(start, stop), self.group_size)
+    def rows(self, start: int = 0, stop: int | None = None, *, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The dequantized rows ``start:stop`` (or ``ids``), fp32 (differentiable in gain and shift)."""
+        index = slice(start, stop) if ids is None else ids
+        q = quant.unpack(self.packed[index], self.bits, self.d_model)
+        return quant.dequantize(q, *self._groups(index), self.group_size)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -91,9 +93,13 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """``self(h).argmax(-1)`` (ties to the smallest id), ``_CHUNK`` rows dequantized at a time."""
+        """``self(h).argmax(-1)`` (ties to the smallest id). 4-bit rows on the CPU: the exact fp64
+        argmax through ``screen_int4.Int4Screen`` (PyTorch's int4 kernel, a proven bound);
+        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
+        if self.bias is None and screen_int4.available(self.bits, self.group_size, self.d_model, h.device):
+            return self._int4_screen().argmax(flat)[0].reshape(h.shape[:-1])
         best = torch.full((flat.shape[0],), float("-inf"))
         ids = torch.zeros(flat.shape[0], dtype=torch.long)
         for start in range(0, self.vocab_size, _CHUNK):
@@ -104,6 +110,21 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
             better = value > best  # strict: an earlier chunk's equal logit keeps the smaller id
             best, ids = torch.where(better, value, best), torch.where(better, where + start, ids)
         return ids.reshape(h.shape[:-1])
+
+    def _int4_screen(self) -> screen_int4.Int4Screen:
+        """Built on first use, rebuilt when calibration has moved the scales or offsets: the kernel's
+        layout is a second copy of the 4-bit codes (V d / 2 bytes) plus bf16 scales and zeros."""
+        version = tuple(
+            (t.data_ptr(), t._version) for t in (self.packed, self.scale0, self.offset0, self.gain, self.shift)
+        )
+        if self._screen is None or self._screen[0] != version:
+            q = quant.unpack(self.packed, self.bits, self.d_model)
+            scale, offset = (t.detach() for t in self._groups())
+            self._screen = (version, screen_int4.Int4Screen(q, scale, offset, self.group_size, self._exact_rows))
+        return self._screen[1]
+
+    def _exact_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows(ids=ids).detach()
 
     def loss_flops(self, targets: torch.Tensor) -> int:
         return 6 * targets.numel() * self.vocab_size * self.d_model
