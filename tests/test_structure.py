@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vqlogits"
 FLOORS = [
     ("files", "stats", "_checks", "quant"),
     ("kernels", "cluster"),
-    ("functional", "screen"),
+    ("functional", "screen", "screen_int4"),
     ("sampling",),
     ("heads",),
     ("lm",),
