@@ -293,3 +293,32 @@ def test_quantized_decode_bench_rows(source, corpus, tmp_path):
         assert 0 <= r["q2_agreement"] <= r["q4_agreement"] + 0.2
     table = markdown(rows)
     assert "head q4 ms/token" in table and table.count("\n") == 4
+
+
+def test_distillation_loss_of_a_quantized_head_runs_its_forward_once(monkeypatch):
+    import torch.nn.functional as F
+
+    from vqlogits.heads import QuantizedHead
+    from vqlogits.hf.calibrate import distill_loss
+
+    torch.manual_seed(0)
+    head = QuantizedHead.from_weight(torch.randn(300, 32) * 0.3, bits=4, group_size=16)
+    with torch.no_grad():
+        head.gain.normal_(0, 0.05)
+        head.shift.normal_(0, 0.1)
+    h, teacher, y = torch.randn(40, 32), 2 * torch.randn(40, 300), torch.randint(0, 300, (40,))
+    params = [head.gain, head.shift]
+    calls = []
+    monkeypatch.setattr(
+        QuantizedHead, "rows", lambda self, *a, _rows=QuantizedHead.rows, **k: calls.append(1) or _rows(self, *a, **k)
+    )
+    fast = distill_loss(h, head, teacher, y, kl_weight=0.7)
+    grads = torch.autograd.grad(fast, params)
+    assert len(calls) == 1
+    logp_s = torch.log_softmax(h.double() @ head.rows().double().T, -1)
+    ref = F.nll_loss(logp_s, y) + 0.7 * F.kl_div(
+        logp_s, torch.log_softmax(teacher.double(), -1), log_target=True, reduction="batchmean"
+    )
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, torch.autograd.grad(ref, params), strict=True):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)

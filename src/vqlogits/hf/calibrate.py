@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..files import (
@@ -45,18 +46,19 @@ def distill_loss(
 
     VQ heads (vq, hybrid): the KL without the student's (N, V) logits, through
     ``functional.vq_soft_cross_entropy`` (the teacher's (N, V) probabilities are needed anyway, but
-    carry no gradient). Other heads: the student's log-probabilities from ``head(h)``.
+    carry no gradient). Other heads: both terms from one ``head(h)`` (N, V), so a head whose
+    forward is dear (a quantized head dequantizes its rows) runs it once a step.
     """
-    loss = head.loss(h, targets)
     if not kl_weight:
-        return loss
+        return head.loss(h, targets)
     if isinstance(head, VQLogitsHead):
         logp_t = torch.log_softmax(teacher_logits.to(compute_dtype(h.dtype)), dim=-1)  # (N, V), no grad
         cross = vq_soft_cross_entropy(h, logp_t.exp(), head.codebook, head.assignment, head.bias)
-        return loss + kl_weight * ((logp_t.exp() * logp_t).sum(-1) + cross).mean()
+        return head.loss(h, targets) + kl_weight * ((logp_t.exp() * logp_t).sum(-1) + cross).mean()
     logp_t = torch.log_softmax(teacher_logits.float(), dim=-1)
-    logp_s = torch.log_softmax(head(h).float(), dim=-1)
-    return loss + kl_weight * (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+    logp_s = torch.log_softmax(head(h).float(), dim=-1)  # (N, V)
+    ce = F.nll_loss(logp_s, targets)
+    return ce + kl_weight * (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
 
 
 def _blocks(model):
