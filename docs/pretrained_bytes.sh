@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # docs/PRETRAINED.md, "at equal bytes": SmolLM2-135M-Instruct's head quantized (8, 4, 3 and 2 bits in
-# groups of 32, HQQ rounding; 4 bits in groups of 48, which do not align with the GGUF's Q4_1 blocks
-# of 32) against hybrid-twolevel at 20%, 8.5% and 5% of the head's parameters, in fp32 and with 4-bit
-# parts (20% with 4-bit parts is the one hybrid that can reach the 4 MB goal near the original's
-# perplexity), and the head cast to bf16. Every model is evaluated on the whole pydocs test split, uncalibrated and
-# after the same calibration: stage 1 (the head on cached hidden states, the learned map for the
-# hybrids; a quantized head trains its scales and offsets) for STAGE1_MIN CPU-minutes, caching included.
-# Resumable: a finished step is skipped. One job on one core (CORE, one thread).
-# Cost: about 15 minutes a model (compress 1-3, two evaluations 2 x 3, calibration 4-10): 11 models ~ 2.8 h.
+# groups of 32, HQQ rounding; 4 bits in groups of 48 too) against hybrid-twolevel at 20%, 8.5% and 5%
+# of the head's parameters, in fp32 and with 4-bit parts (20% with 4-bit parts is the one hybrid
+# that fits the 4 MB goal), and the head cast to bf16. The GGUF stores the model's blocks as Q4_1
+# but this head (the tied token embedding) as Q8_0, blocks of 32: 8 bits in groups of 32 nearly
+# reproduce it, 4 bits do not, and groups of 48 straddle its blocks. Every model is evaluated on
+# the whole pydocs test split, uncalibrated and after the same calibration: STAGE1_STEPS steps of
+# stage 1 (the head on 32,768 cached hidden states of the pydocs train split, 512 per step, CE +
+# KL to the original; the hybrids keep their k-means map, a quantized head trains its scales and
+# offsets). Resumable: a finished step is skipped. One job on one core (CORE, one thread).
+# Cost: about 20 minutes a model (compress 1-3, two evaluations of 4-9, calibration 4-15): 10 models ~ 3.5 h.
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-bytes}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
@@ -27,11 +29,13 @@ model() {  # name, calibrate options, compress options...
 mkdir -p "$OUT"
 [ -s "$OUT/bf16.json" ] || into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.bench.eval smollm2 bfloat16
 # The decisive models first (a partial run still compares quantization, VQ and both near 4-18 MB).
-for B in 4 2; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
+# 8 bits early: the GGUF stores this head as Q8_0, so q8 is the original's rows, and its stage 1
+# measures what the calibration's adaptation to pydocs alone is worth.
+for B in 4 2 8; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
 model ht-b0.2-parts4 "--reassign-every 0" --head hybrid-twolevel --head-budget 0.2 --part-bits 4
 for P in "--part-bits 4" ""; do
   for F in 0.085 0.05; do model ht-b$F${P:+-parts4} "--reassign-every 0" --head hybrid-twolevel --head-budget $F $P; done
 done
-for B in 3 8; do model q$B-g32 "" --head quantized --bits $B --group-size 32; done
+model q3-g32 "" --head quantized --bits 3 --group-size 32
 model q4-g48 "" --head quantized --bits 4 --group-size 48
 vqlogits report "$OUT" --out "${REPORT:-docs/pretrained/bytes}"
