@@ -90,3 +90,10 @@ def test_where_the_kernel_applies():
     head = QuantizedHead.from_weight(torch.randn(40, 48), bits=4, group_size=16)  # the chunked fp32 path
     h = torch.randn(6, 48)
     assert torch.equal(head.greedy(h), (h @ head.weight.T).argmax(-1)) and head._screen is None
+
+
+def test_hidden_states_sliced_from_a_sequence():
+    head = QuantizedHead.from_weight(torch.randn(64, 32), bits=4, group_size=32)
+    h = torch.randn(3, 5, 32)[:, -1]  # (3, 32), strided, as decoding slices the last position
+    assert not h.is_contiguous()
+    assert torch.equal(head.greedy(h), truth(h, head.weight.detach()))

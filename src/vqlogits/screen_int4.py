@@ -67,11 +67,11 @@ class Int4Screen(BF16Screen):
             e_norm.append((w - exact_low).norm(dim=-1) + kernel_rounding)
             low_norm.append(exact_low.norm(dim=-1) + kernel_rounding)
             max_abs = max(max_abs, float(exact_low.abs().max()) * (1 + 4 * U_FP32))
-        self._V = V
         self._set_norms(*(torch.cat(t).float() * (1 + 2**-20) for t in (w_norm, e_norm, low_norm)), max_abs)
 
     def _screen(self, x_low: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int4pack_mm_for_cpu(x_low, self.packed, self.group_size, self.scales_zeros)[:, : self._V]
+        out = torch._weight_int4pack_mm_for_cpu(x_low.contiguous(), self.packed, self.group_size, self.scales_zeros)
+        return out[:, : self.vocab_size]  # (n, V): the padding rows cut
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self._rows_of(ids)
