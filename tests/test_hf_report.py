@@ -63,3 +63,35 @@ def test_final_table_has_one_row_per_head_and_map(tmp_path):
 def test_no_evaluations_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no compressed model"):
         load_evals(tmp_path)
+
+
+def test_equal_bytes_table_and_fronts(tmp_path):
+    # q: 4 MB, ×2.0 uncalibrated, ×1.2 after stage 1; big: 40 MB, ×1.1 then ×1.05; small: 1 MB, ×3.0, not calibrated
+    _model(tmp_path, "q", "quantized", 1000, (20.0, 12.0), 50, head_bytes=4_000_000)
+    _model(tmp_path, "big", "quantized", 1000, (11.0, 10.5), 50, head_bytes=40_000_000)
+    _model(tmp_path, "small", "hybrid-twolevel", 100, (30.0,), 0, head_bytes=1_000_000)
+    _model(tmp_path, "worse", "hybrid", 300, (15.0, 11.0), 0, head_bytes=50_000_000)  # big: smaller and better
+    for name in ("q", "big"):
+        meta = tmp_path / name / "vqlogits.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "bits": 4, "group_size": 32}))
+    reference = {"ppl_original": 10.0, "ppl_compressed": 10.01, "kl_original_to_compressed": 0.0, "top1_agreement": 1.0}
+    (tmp_path / "bf16.json").write_text(
+        json.dumps(
+            {
+                **reference,
+                "head": "dense bfloat16",
+                "head_params": 1000,
+                "dense_head_params": 1000,
+                "head_bytes": 80_000_000,
+            }
+        )
+    )
+    report = pretrained_report(tmp_path, tmp_path / "out").read_text()
+    table = report.split("## At equal bytes\n\n")[1].split("\n\n")[0].splitlines()[2:]
+    assert [row.split(" | ")[0] for row in table] == ["| small", "| q", "| big", "| worse", "| bf16"]  # by bytes
+    assert table[0].endswith("| – | – | – | yes / – |")  # not calibrated: no stage-1 point
+    assert "| ×2.000 [2.000, 2.000] | 0.100 | 90.0% | ×1.200 [1.200, 1.200] |" in table[1]
+    assert table[1].endswith("yes / yes |") and table[2].endswith("yes / yes |")
+    assert table[3].endswith("– / – |")  # off both fronts
+    assert "(no calibration)" in table[4] and table[4].endswith("yes / yes |")  # the reference is in both panels
+    assert (tmp_path / "out" / "pretrained_ppl_vs_bytes.png").stat().st_size > 0

@@ -45,6 +45,7 @@ def load_evals(root: str | Path) -> list[dict]:
                     "stage": "k-means only",
                     "stage_key": "kmeans",
                     "steps": 0,
+                    "reference": True,
                 }
             )
     if not rows:
@@ -166,43 +167,81 @@ def pareto_bytes(rows: list[dict]) -> list[dict]:
     return sorted(front, key=key)
 
 
-def bytes_plot(final: list[dict], path: Path, stage: int) -> bool:
-    """Perplexity × original against the head's bytes as stored, each series a line, the Pareto front
-    marked; False (no plot) when no row has its bytes."""
+def _ratio(r: dict) -> float:
+    return r["ppl_compressed"] / r["ppl_original"]
+
+
+def _bytes_panel(rows: list[dict], key: str) -> list[dict]:
+    """The rows with bytes at stage ``key`` ("kmeans": uncalibrated, "stage1"), and the references
+    (e.g. the bf16 cast), which have no calibration, in every panel."""
+    return [r for r in rows if "head_bytes" in r and (r["stage_key"] == key or r.get("reference"))]
+
+
+def bytes_markdown(rows: list[dict]) -> str:
+    """One row per model with its bytes, by bytes: perplexity × original [95% interval], KL and
+    top-1 agreement uncalibrated and after stage 1, and whether it is on each one's Pareto front."""
+    panels = {key: _bytes_panel(rows, key) for key in ("kmeans", "stage1")}
+    fronts = {key: {id(r) for r in pareto_bytes(panel)} for key, panel in panels.items()}
+    out = [
+        "| model | head MB as stored | uncalibrated: ppl × original [95%] | KL | top-1 |"
+        " after stage 1: ppl × original [95%] | KL | top-1 | on the front (uncalibrated / stage 1) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def cells(r: dict | None) -> str:
+        if r is None:
+            return "– | – | –"
+        lo, hi = r.get("ppl_ratio_interval95") or (_ratio(r), _ratio(r))
+        kl, top1 = r["kl_original_to_compressed"], 100 * r["top1_agreement"]
+        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%"
+
+    models = {r["model"] for r in panels["kmeans"] + panels["stage1"]}
+    found = {key: {r["model"]: r for r in panel} for key, panel in panels.items()}
+    for name in sorted(models, key=lambda m: (found["kmeans"].get(m) or found["stage1"][m])["head_bytes"]):
+        first, later = found["kmeans"].get(name), found["stage1"].get(name)
+        on = [
+            "yes" if r is not None and id(r) in fronts[key] else "–"
+            for key, r in (("kmeans", first), ("stage1", later))
+        ]
+        mb = (first or later)["head_bytes"] / 1e6
+        later_cells = "(no calibration) | | " if later is not None and later.get("reference") else cells(later)
+        out.append(f"| {name} | {mb:.2f} | {cells(first)} | {later_cells} | {' / '.join(on)} |")
+    return "\n".join(out) + "\n"
+
+
+def bytes_plot(rows: list[dict], path: Path) -> bool:
+    """Perplexity × original against the head's bytes as stored, uncalibrated and after stage 1
+    side by side, each series a line, each panel's Pareto front marked; False (no plot) when no row
+    has its bytes."""
     import matplotlib.pyplot as plt
 
-    final = [r for r in final if "head_bytes" in r]
-    if not final:
+    if not _bytes_panel(rows, "kmeans"):
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in sorted({r["series"] for r in final}):
-        rs = sorted((r for r in final if r["series"] == name), key=lambda r: r["head_bytes"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, key, title in zip(axes, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
+        panel = _bytes_panel(rows, key)
+        for name in sorted({r["series"] for r in panel}):
+            rs = sorted((r for r in panel if r["series"] == name), key=lambda r: r["head_bytes"])
+            ax.plot([r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs], "o-", ms=5, label=name)
+        front = pareto_bytes(panel)
         ax.plot(
-            [r["head_bytes"] / 1e6 for r in rs],
-            [r["ppl_compressed"] / r["ppl_original"] for r in rs],
-            "o-",
-            ms=5,
-            label=name,
+            [r["head_bytes"] / 1e6 for r in front],
+            [_ratio(r) for r in front],
+            color="black",
+            lw=2.5,
+            alpha=0.25,
+            label="Pareto front",
         )
-    front = pareto_bytes(final)
-    ax.plot(
-        [r["head_bytes"] / 1e6 for r in front],
-        [r["ppl_compressed"] / r["ppl_original"] for r in front],
-        color="black",
-        lw=2.5,
-        alpha=0.25,
-        label="Pareto front",
-    )
-    ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB")
-    ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5%")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="head MB as stored (codes, map, bias, scales, packed weights)",
-        ylabel="test perplexity × original",
-        title=f"SmolLM2 head at equal bytes ({'after stage ' + str(stage) if stage else 'uncalibrated'})",
-    )
-    ax.legend(fontsize=6)
+        ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB")
+        ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5%")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="head MB as stored (codes, map, bias, scales, packed weights)",
+            title=f"SmolLM2 head at equal bytes, {title}",
+        )
+    axes[0].set_ylabel("test perplexity × original")
+    axes[1].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -257,12 +296,16 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
-    with_bytes = bytes_plot(_final(rows), out / "pretrained_ppl_vs_bytes.png", stage)
+    with_bytes = bytes_plot(rows, out / "pretrained_ppl_vs_bytes.png")
     text = (
         "# Compressed pretrained models\n\n## After the last stage\n\n"
         + final_markdown(rows)
         + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n"
-        + ("![ppl vs bytes](pretrained_ppl_vs_bytes.png)\n\n" if with_bytes else "")
+        + (
+            "## At equal bytes\n\n" + bytes_markdown(rows) + "\n![ppl vs bytes](pretrained_ppl_vs_bytes.png)\n\n"
+            if with_bytes
+            else ""
+        )
         + "## Every stage\n\n"
         + pretrained_markdown(rows)
         + generations_markdown(root)
