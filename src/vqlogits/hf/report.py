@@ -209,39 +209,54 @@ def bytes_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _family(r: dict) -> tuple[str, str]:
+    """(line, point label) on the bytes plot: a quantized head's widths on one line per group size,
+    a VQ head's sizes on one line per head and parts."""
+    if r["series"].startswith("quantized, "):
+        bits, rest = r["series"][len("quantized, ") :].split(" ", 1)  # "4-bit", "groups of 32"
+        return f"quantized, {rest}", bits
+    return r["series"], "" if r.get("reference") else f"{_share(r):g}%"
+
+
 def bytes_plot(rows: list[dict], path: Path) -> bool:
     """Perplexity × original against the head's bytes as stored, uncalibrated and after stage 1
-    side by side, each series a line, each panel's Pareto front marked; False (no plot) when no row
-    has its bytes."""
+    side by side, one line per family (``_family``), each panel's Pareto front marked; False (no
+    plot) when no row has its bytes."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if not _bytes_panel(rows, "kmeans"):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    families = sorted({_family(r)[0] for r in _bytes_panel(rows, "kmeans")})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(families)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, key, title in zip(axes, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
         panel = _bytes_panel(rows, key)
-        for name in sorted({r["series"] for r in panel}):
-            rs = sorted((r for r in panel if r["series"] == name), key=lambda r: r["head_bytes"])
-            ax.plot([r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs], "o-", ms=5, label=name)
+        for name in families:
+            rs = sorted((r for r in panel if _family(r)[0] == name), key=lambda r: r["head_bytes"])
+            xs, ys = [r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs]
+            ax.plot(xs, ys, "o-", ms=5, color=colors[name], label=name)
+            for r, x, y in zip(rs, xs, ys, strict=True):
+                ax.annotate(_family(r)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         front = pareto_bytes(panel)
         ax.plot(
             [r["head_bytes"] / 1e6 for r in front],
             [_ratio(r) for r in front],
             color="black",
-            lw=2.5,
-            alpha=0.25,
+            lw=5,
+            alpha=0.2,
             label="Pareto front",
         )
-        ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB")
-        ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5%")
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="head MB as stored (codes, map, bias, scales, packed weights)",
-            title=f"SmolLM2 head at equal bytes, {title}",
-        )
+        ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB (goal)")
+        ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5% (goal)")
+        ax.set(xscale="log", yscale="log", xlabel="head MB as stored (codes, map, bias, scales, packed weights)")
+        ax.set_title(f"SmolLM2 head at equal bytes, {title}")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
     axes[0].set_ylabel("test perplexity × original")
-    axes[1].legend(fontsize=6)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
