@@ -148,3 +148,9 @@ def test_decode_cost_ranks_heads_sensibly():
     assert costs["vq"]["bytes"] < costs["dense"]["bytes"] / 30  # K d + tables vs V d
     assert costs["twolevel"]["flops"] < costs["dense"]["flops"] / 10
     assert costs["vq-lowrank"]["flops"] > costs["vq"]["flops"]  # the residual costs O(V r)
+
+
+def test_a_narrow_adaptive_head_keeps_a_dimension_per_cluster():
+    head = build_head("adaptive", 12, 300)  # 12 // 4**2 = 0: the default division would leave the tail none
+    assert all(proj[0].out_features >= 1 for proj in head.asm.tail)
+    assert build_head("adaptive", 128, 300).asm.div_value == 4.0  # wide enough: unchanged

@@ -28,7 +28,10 @@ class AdaptiveHead(FullLogitsMixin, nn.Module):
         super().__init__()
         check_dims(d_model, vocab_size)
         self.d_model, self.vocab_size, self.validate = d_model, vocab_size, validate
-        self.asm = nn.AdaptiveLogSoftmaxWithLoss(d_model, vocab_size, cutoffs or default_cutoffs(vocab_size), div_value)
+        cutoffs = cutoffs or default_cutoffs(vocab_size)
+        while d_model // div_value ** len(cutoffs) < 1:  # the last cluster keeps at least one dimension
+            div_value = max(1.0, div_value * 0.8)
+        self.asm = nn.AdaptiveLogSoftmaxWithLoss(d_model, vocab_size, cutoffs, div_value)
         self.register_buffer("rank", torch.arange(vocab_size))  # token id -> frequency rank
 
     def set_frequencies(self, counts: torch.Tensor) -> None:
