@@ -1,11 +1,13 @@
 """A pretrained head whose rows are stored quantized: ``bits`` per weight in groups (``quant``).
 
 The logits are ``h @ W_hat.T (+ b)`` with ``W_hat`` the dequantized rows; every path (forward,
-loss, greedy, sampling) computes with them in fp32, so the head is exact for its own weights, and
-only the bytes shrink: ``packed`` holds the integers bit-packed (uint8), ``scale`` and ``offset``
-the fp16 numbers of each group, in memory and on disk. Decoding dequantizes the rows in chunks,
-so it costs more time per token than an fp32 GEMV (bench measures it); calibration trains
-``scale``, ``offset`` and the bias, the integers stay.
+loss, greedy, sampling) computes with them in fp32, so the head is exact for its own weights:
+``packed`` holds the integers bit-packed (uint8), ``scale`` and ``offset`` the fp16 numbers of
+each group, in memory and on disk. Greedy decoding at 4 bits, without a bias, on the CPU, in
+groups the int4 kernel takes, screens with that kernel (``screen_int4``; the exact fp64 argmax,
+a few times cheaper than the fp32 GEMV); otherwise it dequantizes the rows in chunks, slower than
+an fp32 GEMV (bench/quantized.py measures both). Calibration trains ``scale``, ``offset`` and the
+bias, the integers stay.
 """
 
 from __future__ import annotations
