@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from . import quant
 from .screen import U_FP32, BF16Screen
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the kernel accepts
@@ -39,7 +40,8 @@ def available(bits: int, group_size: int, d: int, device: torch.device | str = "
 
 class Int4Screen(BF16Screen):
     """Codes ``q`` (V, d) in [0, 15], fp32 ``scale`` and ``offset`` (V, G), and ``rows``: ids ->
-    the fp32 rows ``q * scale + offset`` that the exact pass reads."""
+    the fp32 rows ``quant.dequantize(q, scale, offset)[ids]`` that the exact pass reads (kept
+    as a function, so the screen holds no unpacked copy)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int, rows):
         V, d = q.shape
@@ -62,7 +64,7 @@ class Int4Screen(BF16Screen):
             s, z = s_low[part].double()[..., None], z_low[part].double()[..., None]
             exact_low = (centred * s + z).view(n, d)  # w^, exact
             kernel_rounding = 2 * U_FP32 * (centred.abs() * s.abs() + z.abs()).view(n, d).norm(dim=-1)
-            w = rows(torch.arange(start, start + n)).double()
+            w = quant.dequantize(q[part], scale[part], offset[part], group_size).double()  # what rows() returns
             w_norm.append(w.norm(dim=-1))
             e_norm.append((w - exact_low).norm(dim=-1) + kernel_rounding)
             low_norm.append(exact_low.norm(dim=-1) + kernel_rounding)
