@@ -283,6 +283,27 @@ def test_evaluation_runs_each_backbone_once_per_split(tmp_path):
     assert calls and moved["ppl_original"] != plain["ppl_original"]
 
 
+def test_two_heads_compare_pairwise_over_windows():
+    """``window_gaps`` of two heads on one split give the interval of their perplexity ratio."""
+    from vqlogits.hf.evaluate import compare_heads
+    from vqlogits.stats import paired_ratio, ratio_interval
+
+    model = _tiny("llama", 300).eval()
+    data = torch.randint(0, 300, (700,), generator=torch.Generator().manual_seed(0)).numpy()
+    dense = model.get_output_embeddings().weight.detach()
+    noise = [0.05 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    a, b = (compare_heads(model.base_model, lambda h, e=e: h @ (dense + e).T, dense, data, 64, 300) for e in noise)
+    assert len(a["window_gaps"]) == len(b["window_gaps"]) > 2
+    assert ratio_interval(a["window_gaps"]) == a["ppl_ratio_interval95"]
+    lo, hi = paired_ratio(a["window_gaps"], b["window_gaps"])  # equal windows: the ratio is exp(mean difference)
+    assert lo < a["ppl_compressed"] / b["ppl_compressed"] < hi and lo != hi
+    same = compare_heads(model.base_model, lambda h: h @ dense.T, dense, data, 64, 300)  # the original itself
+    assert same["window_gaps"] == [0.0] * len(same["window_gaps"])
+    assert paired_ratio(a["window_gaps"], same["window_gaps"]) == a["ppl_ratio_interval95"]
+    with pytest.raises(ValueError, match="gaps_b"):
+        paired_ratio(a["window_gaps"], b["window_gaps"][:-1])
+
+
 def test_quantized_decode_bench_rows(source, corpus, tmp_path):
     from vqlogits.bench.quantized import bench_quantized, markdown
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from vqlogits.hf.report import load_evals, plotted, pretrained_report
 
 
-def _model(root, name, head, head_params, ppls, reassign_every, head_bytes=None):
+def _model(root, name, head, head_params, ppls, reassign_every, head_bytes=None, gaps=None):
     folder = root / name
     folder.mkdir()
     calibration = [
@@ -29,6 +30,7 @@ def _model(root, name, head, head_params, ppls, reassign_every, head_bytes=None)
                     "dense_head_params": 1000,
                     "eval_tokens": 8192 if key != "full" else 69000,
                     **({"head_bytes": head_bytes} if head_bytes else {}),  # older evaluations lack it
+                    **({"window_gaps": gaps} if gaps else {}),
                 }
             )
         )
@@ -67,8 +69,8 @@ def test_no_evaluations_is_an_error(tmp_path):
 
 def test_equal_bytes_table_and_fronts(tmp_path):
     # q: 4 MB, ×2.0 uncalibrated, ×1.2 after stage 1; big: 40 MB, ×1.1 then ×1.05; small: 1 MB, ×3.0, not calibrated
-    _model(tmp_path, "q", "quantized", 1000, (20.0, 12.0), 50, head_bytes=4_000_000)
-    _model(tmp_path, "big", "quantized", 1000, (11.0, 10.5), 50, head_bytes=40_000_000)
+    _model(tmp_path, "q", "quantized", 1000, (20.0, 12.0), 50, head_bytes=4_000_000, gaps=[0.2, 0.1])
+    _model(tmp_path, "big", "quantized", 1000, (11.0, 10.5), 50, head_bytes=40_000_000, gaps=[0.05, 0.05])
     _model(tmp_path, "small", "hybrid-twolevel", 100, (30.0,), 0, head_bytes=1_000_000)
     _model(tmp_path, "worse", "hybrid", 300, (15.0, 11.0), 0, head_bytes=50_000_000)  # big: smaller and better
     for name in ("q", "big"):
@@ -89,9 +91,13 @@ def test_equal_bytes_table_and_fronts(tmp_path):
     report = pretrained_report(tmp_path, tmp_path / "out").read_text()
     table = report.split("## At equal bytes\n\n")[1].split("\n\n")[0].splitlines()[2:]
     assert [row.split(" | ")[0] for row in table] == ["| small", "| q", "| big", "| worse", "| bf16"]  # by bytes
-    assert table[0].endswith("| – | – | – | yes / – |")  # not calibrated: no stage-1 point
+    assert table[0].endswith("| – | – | – | – | yes / – |")  # not calibrated: no stage-1 point
     assert "| ×2.000 [2.000, 2.000] | 0.100 | 90.0% | ×1.200 [1.200, 1.200] |" in table[1]
-    assert table[1].endswith("yes / yes |") and table[2].endswith("yes / yes |")
-    assert table[3].endswith("– / – |")  # off both fronts
+    assert table[1].endswith("yes / yes |") and table[2].endswith("| (the best) | yes / yes |")
+    # q against big (the best after stage 1 with per-window gaps; bf16 has none): differences 0.15, 0.05,
+    # mean 0.1, standard error 0.05, t(1 df) 12.706
+    lo, hi = math.exp(0.1 - 12.706 * 0.05), math.exp(0.1 + 12.706 * 0.05)
+    assert f"| ×{12.0 / 10.5:.3f} [{lo:.3f}, {hi:.3f}] | yes / yes |" in table[1]
+    assert table[3].endswith(f"| ×{11.0 / 10.5:.3f} | – / – |")  # off both fronts; no gaps, no interval
     assert "(no calibration)" in table[4] and table[4].endswith("yes / yes |")  # the reference is in both panels
     assert (tmp_path / "out" / "pretrained_ppl_vs_bytes.png").stat().st_size > 0

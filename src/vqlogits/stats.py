@@ -70,3 +70,12 @@ def ratio_interval(gaps: list[float]) -> list[float] | None:
         return None
     mean, half = statistics.fmean(gaps), t975(len(gaps) - 1) * statistics.stdev(gaps) / math.sqrt(len(gaps))
     return [math.exp(mean - half), math.exp(mean + half)]
+
+
+def paired_ratio(gaps_a: list[float], gaps_b: list[float]) -> list[float] | None:
+    """95% interval of perplexity a / b for two heads evaluated against one original on the same
+    windows (``window_gaps`` of each): ``ratio_interval`` of the per-window differences, which
+    cancel what the windows share."""
+    if len(gaps_a) != len(gaps_b):
+        raise ValueError(f"gaps_b: {len(gaps_b)} windows, but gaps_a has {len(gaps_a)}; evaluate both on one split")
+    return ratio_interval([a - b for a, b in zip(gaps_a, gaps_b, strict=True)])

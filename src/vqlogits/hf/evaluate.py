@@ -56,7 +56,9 @@ def compare_heads(
     original_backbone=None,
     cache: str | Path | None = None,
 ) -> dict:
-    """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens.
+    """Perplexity of both heads, KL(original || compressed) and top-1 agreement on held-out tokens,
+    and ``window_gaps``: each window's mean log-loss, compressed minus original, in nats per token
+    (two heads evaluated on the same windows compare pairwise through them, ``stats.paired_ratio``).
 
     The original model is ``original_backbone`` (default: the same backbone) with the dense head.
     ``cache``: where hidden states are kept between calls (``window_hidden_states``)."""
@@ -80,6 +82,7 @@ def compare_heads(
         "ppl_original": math.exp(nll_o / count),
         "ppl_compressed": math.exp(nll_c / count),
         "ppl_ratio_interval95": ratio_interval(gaps),
+        "window_gaps": gaps,
         "kl_original_to_compressed": kl / count,
         "top1_agreement": agree / count,
         "eval_tokens": count,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..files import write_json
+from ..stats import paired_ratio
 
 # (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
 STAGES = (
@@ -177,15 +178,33 @@ def _bytes_panel(rows: list[dict], key: str) -> list[dict]:
     return [r for r in rows if "head_bytes" in r and (r["stage_key"] == key or r.get("reference"))]
 
 
+def _versus(r: dict | None, best: dict | None) -> str:
+    """``r``'s perplexity over ``best``'s, with the 95% interval paired over their common windows."""
+    if r is None or best is None:
+        return "–"
+    if r is best:
+        return "(the best)"
+    text = f"×{r['ppl_compressed'] / best['ppl_compressed']:.3f}"
+    if len(r.get("window_gaps") or ()) == len(best["window_gaps"]) and r["eval_tokens"] == best["eval_tokens"]:
+        lo, hi = paired_ratio(r["window_gaps"], best["window_gaps"])
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
 def bytes_markdown(rows: list[dict]) -> str:
     """One row per model with its bytes, by bytes: perplexity × original [95% interval], KL and
-    top-1 agreement uncalibrated and after stage 1, and whether it is on each one's Pareto front."""
+    top-1 agreement uncalibrated and after stage 1; after stage 1 also × the best model after stage
+    1 (paired over windows; calibration adapts every head to the corpus, so the calibrated best,
+    not the original, is the fair yardstick there); whether it is on each one's Pareto front."""
     panels = {key: _bytes_panel(rows, key) for key in ("kmeans", "stage1")}
     fronts = {key: {id(r) for r in pareto_bytes(panel)} for key, panel in panels.items()}
+    paired = [r for r in panels["stage1"] if r.get("window_gaps")]
+    best = min(paired, key=_ratio) if paired else None
     out = [
         "| model | head MB as stored | uncalibrated: ppl × original [95%] | KL | top-1 |"
-        " after stage 1: ppl × original [95%] | KL | top-1 | on the front (uncalibrated / stage 1) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        " after stage 1: ppl × original [95%] | KL | top-1 | × best after stage 1 [95%, paired] |"
+        " on the front (uncalibrated / stage 1) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
     def cells(r: dict | None) -> str:
@@ -205,7 +224,9 @@ def bytes_markdown(rows: list[dict]) -> str:
         ]
         mb = (first or later)["head_bytes"] / 1e6
         later_cells = "(no calibration) | | " if later is not None and later.get("reference") else cells(later)
-        out.append(f"| {name} | {mb:.2f} | {cells(first)} | {later_cells} | {' / '.join(on)} |")
+        out.append(
+            f"| {name} | {mb:.2f} | {cells(first)} | {later_cells} | {_versus(later, best)} | {' / '.join(on)} |"
+        )
     return "\n".join(out) + "\n"
 
 
