@@ -53,7 +53,7 @@ def test_the_bound_holds_at_decoding_shapes():
     # The kernel's assumptions (fp32 dequantization and accumulation, one rounding) at SmolLM2's head shape.
     g = torch.Generator().manual_seed(2)
     head = QuantizedHead.from_weight(torch.randn(49152, 576, generator=g) * 0.05, 4, 32, method="rtn")
-    screen = head._int4_screen()
+    screen = head._greedy_screen()
     h = torch.randn(17, 576, generator=g) * 3
     S = torch.cat([screen._screen(h[:1].bfloat16()), screen._screen(h[1:].bfloat16())]).double()  # 1 and 16 rows
     err = (S - h.double() @ head.weight.detach().double().T).abs()
@@ -87,9 +87,10 @@ def test_where_the_kernel_applies():
     q, s = torch.zeros(16, 48, dtype=torch.long), torch.ones(16, 3)
     with pytest.raises(ValueError, match="group_size must be one of .* got 16"):
         Int4Screen(q, s, s, 16, lambda ids: None)
-    head = QuantizedHead.from_weight(torch.randn(40, 48), bits=4, group_size=16)  # the chunked fp32 path
+    head = QuantizedHead.from_weight(torch.randn(40, 48), bits=4, group_size=16)  # no int4 kernel: the int8 one
     h = torch.randn(6, 48)
-    assert torch.equal(head.greedy(h), (h @ head.weight.T).argmax(-1)) and head._screen is None
+    assert torch.equal(head.greedy(h), truth(h, head.weight.detach()))
+    assert type(head._screen[1]).__name__ == "Int8Screen"
 
 
 def test_hidden_states_sliced_from_a_sequence():

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vqlogits"
 FLOORS = [
     ("files", "stats", "_checks", "quant"),
     ("kernels", "cluster"),
-    ("functional", "screen", "screen_int4"),
+    ("functional", "screen", "screen_int4", "screen_int8"),
     ("sampling",),
     ("heads",),
     ("lm",),

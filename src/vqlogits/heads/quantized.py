@@ -3,11 +3,14 @@
 The logits are ``h @ W_hat.T (+ b)`` with ``W_hat`` the dequantized rows; every path (forward,
 loss, greedy, sampling) computes with them in fp32, so the head is exact for its own weights:
 ``packed`` holds the integers bit-packed (uint8), ``scale`` and ``offset`` the fp16 numbers of
-each group, in memory and on disk. Greedy decoding at 4 bits, without a bias, on the CPU, in
-groups the int4 kernel takes, screens with that kernel (``screen_int4``; the exact fp64 argmax,
-a few times cheaper than the fp32 GEMV); otherwise it dequantizes the rows in chunks, slower than
-an fp32 GEMV (bench/quantized.py measures both). Calibration trains ``scale``, ``offset`` and the
-bias, the integers stay.
+each group, in memory and on disk. Greedy decoding without a bias on the CPU is the exact fp64
+argmax through a certified screen: at 4 bits, in groups the int4 kernel takes, that kernel
+(``screen_int4``); at any other width or group size, PyTorch's int8 kernel on a per-row int8
+copy of the dequantized rows (``screen_int8``). Both are a few times cheaper than the fp32 GEMV
+and hold a second copy of the codes while decoding (V d / 2 or V d bytes). Otherwise (a bias, a
+width not a multiple of 16) it dequantizes the rows in chunks, slower than an fp32 GEMV
+(bench/quantized.py measures them). Calibration trains ``scale``, ``offset`` and the bias, the
+integers stay.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import quant, screen_int4
+from .. import quant, screen_int4, screen_int8
 from .._checks import check_dims, check_hidden, check_state_shapes
 from .base import FullLogitsMixin
 
@@ -53,7 +56,7 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         self.gain = nn.Parameter(torch.zeros(vocab_size, groups))
         self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
-        self._screen: tuple | None = None  # (the parts' versions, Int4Screen)
+        self._screen: tuple | None = None  # (the parts' versions, Int4Screen or Int8Screen)
 
     @classmethod
     def from_weight(
@@ -95,13 +98,13 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """``self(h).argmax(-1)`` (ties to the smallest id). 4-bit rows on the CPU: the exact fp64
-        argmax through ``screen_int4.Int4Screen`` (PyTorch's int4 kernel, a proven bound);
+        """``self(h).argmax(-1)`` (ties to the smallest id). Without a bias, on the CPU: the exact
+        fp64 argmax through ``_greedy_screen`` (PyTorch's int4 or int8 kernel, a proven bound);
         otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
-        if self.bias is None and screen_int4.available(self.bits, self.group_size, self.d_model, h.device):
-            return self._int4_screen().argmax(flat)[0].reshape(h.shape[:-1])
+        if self.bias is None and screen_int8.available(self.d_model, h.device):
+            return self._greedy_screen().argmax(flat)[0].reshape(h.shape[:-1])
         best = torch.full((flat.shape[0],), float("-inf"))
         ids = torch.zeros(flat.shape[0], dtype=torch.long)
         for start in range(0, self.vocab_size, _CHUNK):
@@ -113,16 +116,22 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
             best, ids = torch.where(better, value, best), torch.where(better, where + start, ids)
         return ids.reshape(h.shape[:-1])
 
-    def _int4_screen(self) -> screen_int4.Int4Screen:
-        """Built on first use, rebuilt when calibration has moved the scales or offsets: the kernel's
-        layout is a second copy of the 4-bit codes (V d / 2 bytes) plus bf16 scales and zeros."""
+    def _greedy_screen(self) -> screen_int4.Int4Screen | screen_int8.Int8Screen:
+        """Built on first use, rebuilt when calibration has moved the scales or offsets: the int4
+        kernel's layout of the codes where it applies (V d / 2 bytes plus bf16 scales and zeros),
+        else a per-row int8 copy of the rows (V d bytes plus bf16 scales)."""
         version = tuple(
             (t.data_ptr(), t._version) for t in (self.packed, self.scale0, self.offset0, self.gain, self.shift)
         )
         if self._screen is None or self._screen[0] != version:
-            q = quant.unpack(self.packed, self.bits, self.d_model)
-            scale, offset = (t.detach() for t in self._groups())
-            self._screen = (version, screen_int4.Int4Screen(q, scale, offset, self.group_size, self._exact_rows))
+            if screen_int4.available(self.bits, self.group_size, self.d_model):
+                q = quant.unpack(self.packed, self.bits, self.d_model)
+                scale, offset = (t.detach() for t in self._groups())
+                screen = screen_int4.Int4Screen(q, scale, offset, self.group_size, self._exact_rows)
+            else:
+                chunk = lambda start, stop: self.rows(start, stop).detach()  # noqa: E731
+                screen = screen_int8.Int8Screen(chunk, self._exact_rows, self.vocab_size, self.d_model)
+            self._screen = (version, screen)
         return self._screen[1]
 
     def _exact_rows(self, ids: torch.Tensor) -> torch.Tensor:

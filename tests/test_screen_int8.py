@@ -1,0 +1,97 @@
+"""The int8-kernel screen of a quantized head of any width against an fp64 ground truth: near-ties
+and ties through ``QuantizedHead.greedy``, the bound at decoding's shapes, and a case that the
+halved bound gets wrong."""
+
+import pytest
+import torch
+
+from test_screen import truth
+from vqlogits.heads import QuantizedHead
+from vqlogits.screen import U_BF16, gamma
+from vqlogits.screen_int8 import Int8Screen, available
+
+pytestmark = pytest.mark.skipif(not available(64), reason="no int8 CPU kernel in this PyTorch")
+
+
+def _screen_of(W):
+    return Int8Screen(lambda a, b: W[a:b], lambda ids: W[ids], W.shape[0], W.shape[1])
+
+
+@pytest.mark.parametrize("bits, group_size", [(8, 32), (3, 32), (2, 16), (4, 48)])
+def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
+    g = torch.Generator().manual_seed(bits)
+    base = torch.randn(100, 96, generator=g) * 0.2
+    W = base.repeat_interleave(10, 0) + 1e-4 * torch.randn(1000, 96, generator=g)  # groups of near-equal rows
+    head = QuantizedHead.from_weight(W[:995], bits=bits, group_size=group_size, method="rtn")
+    head.scale0[3] *= 1.5  # row 3 on top for h along it, and row 7 its exact copy: the smaller id must win
+    head.offset0[3] *= 1.5
+    head.packed[7], head.scale0[7], head.offset0[7] = head.packed[3], head.scale0[3], head.offset0[3]
+    h = torch.cat([base[:20] * 4, torch.randn(20, 96, generator=g) * 30, head.weight[3:4].detach().expand(3, -1) * 5])
+    ids = head.greedy(h)
+    assert isinstance(head._screen[1], Int8Screen) == (bits != 4 or group_size not in (32, 64))
+    assert torch.equal(ids, truth(h, head.weight.detach())) and int(ids[-1]) == 3
+    assert head._screen[1].argmax(h)[1]["candidates"] < h.shape[0] * 50  # it excludes almost every token
+    with torch.no_grad():  # a calibration step moves scales and offsets: the screen follows
+        head.gain.add_(0.05 * torch.randn(head.gain.shape, generator=g))
+        head.shift.add_(0.2 * torch.randn(head.shift.shape, generator=g))
+    assert torch.equal(head.greedy(h), truth(h, head.weight.detach()))
+    assert torch.equal(head.greedy(h[:5].view(5, 1, 96)).view(5), truth(h[:5], head.weight.detach()))
+
+
+def test_the_bound_holds_at_decoding_shapes():
+    # The kernel's assumptions (exact products, fp32 sums, fp32 scaling, one rounding) at SmolLM2's width.
+    g = torch.Generator().manual_seed(2)
+    head = QuantizedHead.from_weight(torch.randn(8192, 576, generator=g) * 0.05, 8, 32, method="rtn")
+    screen = head._greedy_screen()
+    assert isinstance(screen, Int8Screen) and screen.codes.dtype == torch.int8
+    h = torch.randn(17, 576, generator=g) * 3
+    S = torch.cat([screen._screen(h[:1].bfloat16()), screen._screen(h[1:].bfloat16())]).double()  # 1 and 16 rows
+    err = (S - h.double() @ head.weight.detach().double().T).abs()
+    _, x_norm, r_norm, _ = screen._terms(h)
+    bound = (
+        x_norm * screen.e_norm
+        + r_norm * screen.w_norm
+        + gamma(2 * 576) * x_norm * screen.low_norm
+        + U_BF16 / (1 - U_BF16) * S.abs().float()
+    )
+    assert bool((err <= bound.double()).all())
+    assert float((err / bound.double()).max()) > 0.01  # and it is not vacuous
+    ids, stats = screen.argmax(h)
+    assert torch.equal(ids, truth(h, head.weight.detach())) and stats["candidates"] < 17 * 100
+
+
+def test_the_adversarial_case_needs_the_whole_bound():
+    """x = 2^-3 over 160 entries; rows of codes times s' = 2^-7, which the int8 copy holds exactly.
+    Token a (id 1) sums to 16 + 63 2^-10, token b (id 0) to 16 + 62 2^-10: both just below
+    16.0625, half a bf16 step above 16, so the kernel rounds both to 16 (almost u |S| for a) and
+    ranks b first; only the whole bound keeps a."""
+    c = torch.zeros(2, 160)
+    c[:, :129] = 127  # 16,383, and the row maximum: s' = 127 2^-7 / 127
+    c[0, 129], c[1, 129] = 63, 64  # b: 16,446, a: 16,447
+    W = c * 2.0**-7
+    screen = _screen_of(W)
+    assert float(screen.e_norm.max()) == 0.0  # the requantization is exact here
+    x = torch.full((1, 160), 2.0**-3)
+    assert int(truth(x, W)) == 1
+    S = screen._screen(x.bfloat16())
+    assert float(S[0, 0]) == float(S[0, 1]) == 16.0
+    assert int(screen.argmax(x)[0]) == 1
+    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0  # half the bound drops a: wrong
+
+
+def test_where_the_kernel_applies():
+    assert available(576) and available(48) and not available(40) and not available(576, "meta")
+    with pytest.raises(ValueError, match="d must be a multiple of 16 .* got 40"):
+        _screen_of(torch.randn(5, 40))
+    head = QuantizedHead.from_weight(torch.randn(30, 40), bits=3, group_size=8, method="rtn")  # chunked fp32
+    h = torch.randn(6, 40)
+    assert torch.equal(head.greedy(h), (h @ head.weight.T).argmax(-1)) and head._screen is None
+    zero = _screen_of(torch.zeros(3, 16))  # all-zero rows: a tie at 0, the smallest id
+    assert int(zero.argmax(torch.randn(1, 16))[0]) == 0
+
+
+def test_hidden_states_sliced_from_a_sequence():
+    head = QuantizedHead.from_weight(torch.randn(64, 32), bits=8, group_size=32, method="rtn")
+    h = torch.randn(3, 5, 32)[:, -1]  # (3, 32), strided, as decoding slices the last position
+    assert not h.is_contiguous()
+    assert torch.equal(head.greedy(h), truth(h, head.weight.detach()))
