@@ -1,8 +1,8 @@
 """Greedy decoding with quantized heads on a pretrained model's own weights: head time per token and
 end-to-end tokens/s against the fp32 head and the head cast to bf16, all in one run.
 
-A 4-bit head in groups the int4 kernel takes decodes through ``screen_int4.Int4Screen`` (exact
-fp64 argmax of its own rows); other widths dequantize their rows in chunks (fp32)."""
+A 4-bit head in groups the int4 kernel takes decodes through ``screen_int4.Int4Screen``, other
+widths through ``screen_int8.Int8Screen``: both the exact fp64 argmax of the head's own rows."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .timing import decode_tokens_per_s, median_seconds
 @torch.no_grad()
 def bench_quantized(
     spec: str = "smollm2",
-    bits: tuple = (4, 8, 2),
+    bits: tuple = (4, 8, 3, 2),
     group_size: int = 32,
     corpus: str = "pydocs",
     batches: tuple = (1, 16),
