@@ -184,6 +184,21 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     assert again["stages"]["1"]["steps"] == summary["stages"]["1"]["steps"]
 
 
+def test_calibrations_of_one_backbone_share_its_hidden_states(source, corpus, tmp_path):
+    """Stage 1's hidden states live in the cache under the backbone's digest, not in each folder:
+    a second head of the same model reads them, and calibrates exactly as from a fresh cache."""
+    import safetensors.torch
+
+    kw = dict(budget_minutes=60, max_steps=3, stages="1", hidden_tokens=1024, block=32)
+    shared, fresh = tmp_path / "shared", tmp_path / "fresh"
+    for name, k, cache in (("a", 8, shared), ("b", 16, shared), ("c", 16, fresh)):
+        calibrate(compress(str(source), k, tmp_path / name), str(corpus), cache=cache, **kw)
+        assert not list((tmp_path / name).glob("calib_hidden*"))
+    assert len(list((shared / "hidden").glob("*.pt"))) == 1  # b read a's
+    b, c = (safetensors.torch.load_file(tmp_path / n / "model.safetensors") for n in "bc")
+    assert b.keys() == c.keys() and all(torch.equal(b[key], c[key]) for key in b)
+
+
 def test_cli_compress_and_generate(source, tmp_path, capsys):
     assert main(["compress", "--model", str(source), "--codebook-size", "16", "--out", str(tmp_path / "c")]) == 0
     capsys.readouterr()

@@ -93,10 +93,12 @@ def test_calibration_refuses_crafted_checkpoints_and_hidden_cache(tmp_path, corp
     out = compress(str(source), 8, tmp_path / "vq")
     marker = tmp_path / "pwned"
     kw = dict(budget_minutes=60, max_steps=2, stages="1", hidden_tokens=1024, block=32, cache=tmp_path / "cache")
-    plant(out / "calib_hidden.pt", marker)
-    with pytest.raises(UnsafeFileError, match=r"calib_hidden\.pt"):
+    calibrate(out, str(corpus), **kw)  # fills the hidden-state cache, shared by every head of this backbone
+    (hidden,) = (tmp_path / "cache" / "hidden").glob("*.pt")
+    plant(hidden, marker)
+    with pytest.raises(UnsafeFileError, match=hidden.name):
         calibrate(out, str(corpus), **kw)
-    (out / "calib_hidden.pt").unlink()
+    hidden.unlink()
     plant(out / "calib_stage1.pt", marker)
     with pytest.raises(UnsafeFileError, match=r"calib_stage1\.pt"):
         calibrate(out, str(corpus), **kw)

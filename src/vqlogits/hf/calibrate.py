@@ -26,9 +26,7 @@ from ..files import (
     USER_CACHE,
     check_folder,
     load_checkpoint,
-    load_plain,
     previous,
-    save_atomic,
     save_checkpoint,
     write_json,
 )
@@ -37,6 +35,7 @@ from ..heads import VQLogitsHead
 from ..lm.data import get_batch, tokenize_corpus
 from ..lm.learned_map import LEARNABLE, MapLearner
 from .folder import dense_head_weight, keep_teacher, load_pretrained, read_meta, save_pretrained
+from .hidden import cached_hidden_states
 
 
 def distill_loss(
@@ -168,23 +167,17 @@ def calibrate(
 
     if "1" in stages:
         ckpt = folder / "calib_stage1.pt"
-        cached = folder / "calib_hidden.pt"
-        caching_s, t0 = 0.0, time.perf_counter()
-        if not cached.exists():  # hidden states of the frozen backbone, computed once
-            hs, ys = [], []
-            with torch.no_grad():
-                for i in tqdm(range(max(1, hidden_tokens // (block * batch))), desc="hidden states", leave=False):
-                    x, y = get_batch(train, 10_000_000 + i, seed, batch, block)
-                    hs.append(model.base_model(input_ids=x).last_hidden_state.reshape(-1, head.d_model))
-                    ys.append(y.reshape(-1))
-            save_atomic({"h": torch.cat(hs), "y": torch.cat(ys)}, cached)
-            caching_s = time.perf_counter() - t0
-        data = load_plain(cached)
-        H, Y = data["h"], data["y"]
+        t0 = time.perf_counter()
+        n_batches = max(1, hidden_tokens // (block * batch))
+        batches = [get_batch(train, 10_000_000 + i, seed, batch, block) for i in range(n_batches)]
+        hs = cached_hidden_states(model.base_model, [x for x, _ in batches], cache)  # one backbone pass per cache
+        H = torch.cat([h.reshape(-1, head.d_model) for h in hs])  # (N, d)
+        Y = torch.cat([y.reshape(-1) for _, y in batches])
+        caching_s = time.perf_counter() - t0
         opt = torch.optim.Adam(head.parameters(), lr=lr_head)
         learner = MapLearner(head, reassign_frac, seed=seed) if reassign_every and isinstance(head, LEARNABLE) else None
         state = _resumable(ckpt, head, opt, learner)
-        state["elapsed"] += caching_s  # the budget covers the caching
+        state["elapsed"] += caching_s  # the budget covers the caching (or the cache's reading)
         rows = 512
         moved = []
 

@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..files import USER_CACHE, load_plain, save_atomic
+from ..files import USER_CACHE
 from ..lm.data import eval_windows, tokenize_corpus
 from ..stats import ratio_interval
 from .folder import dense_head_weight, describe, load_pretrained, read_meta
+from .hidden import cached_hidden_states
 from .load import load_causal_lm
-
-
-def _digest(tensors) -> str:
-    """A digest of the tensors' names, dtypes, shapes and bytes: equal digests, equal contents."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-@torch.no_grad()
-def window_hidden_states(backbone, windows: list[torch.Tensor], cache: str | Path | None = None) -> list[torch.Tensor]:
-    """``backbone(input_ids=w[:, :-1]).last_hidden_state[0]`` for every window, each (T, d).
-
-    With ``cache``, they are kept in ``cache/hidden/`` under a digest of the backbone's weights and
-    the windows' tokens, so every head evaluated on one backbone and split runs the backbone once."""
-    path = None
-    if cache is not None:
-        key = _digest([*backbone.state_dict().items(), *(("w", w) for w in windows)])
-        path = Path(cache) / "hidden" / f"{key}.pt"
-        if path.exists():
-            return list(load_plain(path)["h"])
-    hs = [backbone(input_ids=w[:, :-1]).last_hidden_state[0] for w in tqdm(windows, desc="hidden states", leave=False)]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic({"h": tuple(hs)}, path)
-    return hs
 
 
 @torch.no_grad()
@@ -61,10 +32,12 @@ def compare_heads(
     (two heads evaluated on the same windows compare pairwise through them, ``stats.paired_ratio``).
 
     The original model is ``original_backbone`` (default: the same backbone) with the dense head.
-    ``cache``: where hidden states are kept between calls (``window_hidden_states``)."""
+    ``cache``: where hidden states are kept between calls (``hidden.cached_hidden_states``)."""
     windows = list(eval_windows(data, block, max_tokens, batch=1))
-    hs = window_hidden_states(backbone, windows, cache)
-    hs_o = hs if original_backbone in (None, backbone) else window_hidden_states(original_backbone, windows, cache)
+    inputs = [w[:, :-1] for w in windows]
+    hs = [h[0] for h in cached_hidden_states(backbone, inputs, cache)]  # (T, d) each
+    same = original_backbone in (None, backbone)
+    hs_o = hs if same else [h[0] for h in cached_hidden_states(original_backbone, inputs, cache)]
     nll_o = nll_c = kl = agree = 0.0
     count = 0
     gaps = []  # per window: mean log-loss of compressed minus original
