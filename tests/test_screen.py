@@ -4,13 +4,38 @@ values, the bound itself at decoding's shapes, and a case that the halved bound 
 import pytest
 import torch
 
-from vqlogits.screen import U_BF16, BF16Screen
+from vqlogits.screen import U_BF16, BF16Screen, gamma
 
 
 def truth(h, W):
     logits = h.double() @ W.double().T
     best = logits.max(-1, keepdim=True).values
     return torch.where(logits == best, torch.arange(W.shape[0]), W.shape[0]).min(-1).values  # ties: smallest id
+
+
+def assert_within_bound(screen, h, S, logits):
+    """The screen's scores S (n, V) at h (n, d) lie within its proven bound of the fp64 logits, and
+    the bound is not vacuous (the kernel's assumptions, checked at the shapes decoding uses)."""
+    _, x_norm, r_norm, _ = screen._terms(h)
+    bound = (
+        x_norm * screen.e_norm
+        + r_norm * screen.w_norm
+        + gamma(2 * h.shape[1]) * x_norm * screen.low_norm
+        + U_BF16 / (1 - U_BF16) * S.abs().float()
+    ).double()
+    err = (S.double() - logits).abs()
+    assert bool((err <= bound).all())
+    assert float((err / bound).max()) > 0.01
+
+
+def assert_needs_the_whole_bound(screen, x, W):
+    """x (1, d) where token a (id 1) wins in fp64 but the screen scores a and b (id 0) both 16, so
+    b ranks first: the bound keeps a, half of it drops a and answers b."""
+    assert int(truth(x, W)) == 1
+    S = screen._screen(x.bfloat16())
+    assert float(S[0, 0]) == float(S[0, 1]) == 16.0
+    assert int(screen.argmax(x)[0]) == 1
+    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0
 
 
 def near_ties(V=3000, d=64, seed=0):
@@ -44,12 +69,7 @@ def test_the_bound_holds_at_decoding_shapes(n):
     g = torch.Generator().manual_seed(2)
     W, h = torch.randn(49152, 576, generator=g) * 0.05, torch.randn(n, 576, generator=g) * 3
     screen = BF16Screen(W)
-    S = (h.bfloat16() @ screen.low.T).double()
-    err = (S - h.double() @ W.double().T).abs()
-    low, x_norm, r_norm, _ = screen._terms(h)
-    bound = x_norm * screen.e_norm + r_norm * screen.w_norm + U_BF16 / (1 - U_BF16) * S.abs().float()
-    assert bool((err <= bound.double()).all())
-    assert float((err / bound.double()).max()) > 0.01  # and it is not vacuous
+    assert_within_bound(screen, h, h.bfloat16() @ screen.low.T, h.double() @ W.double().T)
 
 
 def _adversarial():
@@ -66,12 +86,7 @@ def _adversarial():
 
 def test_the_adversarial_case_needs_the_whole_bound():
     x, W = _adversarial()
-    assert int(truth(x, W)) == 1  # a
-    screen = BF16Screen(W)
-    S = x.bfloat16() @ screen.low.T
-    assert float(S[0, 0]) == float(S[0, 1]) == 16.0  # the screen ties them: b (id 0) ranks first
-    assert int(screen.argmax(x)[0]) == 1
-    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0  # half the bound drops a: wrong
+    assert_needs_the_whole_bound(BF16Screen(W), x, W)
 
 
 def test_empty_and_bad_input():

@@ -1,13 +1,13 @@
 """The int8-kernel screen of a quantized head of any width against an fp64 ground truth: near-ties
-and ties through ``QuantizedHead.greedy``, the bound at decoding's shapes, and a case that the
-halved bound gets wrong."""
+and ties through ``QuantizedHead.greedy`` (for the int4 screen too), the bound at decoding's
+shapes, and a case that the halved bound gets wrong."""
 
 import pytest
 import torch
 
-from test_screen import truth
+from test_screen import assert_needs_the_whole_bound, assert_within_bound, truth
+from vqlogits import screen_int4
 from vqlogits.heads import QuantizedHead
-from vqlogits.screen import U_BF16, gamma
 from vqlogits.screen_int8 import Int8Screen, available
 
 pytestmark = pytest.mark.skipif(not available(64), reason="no int8 CPU kernel in this PyTorch")
@@ -17,7 +17,7 @@ def _screen_of(W):
     return Int8Screen(lambda a, b: W[a:b], lambda ids: W[ids], W.shape[0], W.shape[1])
 
 
-@pytest.mark.parametrize("bits, group_size", [(8, 32), (3, 32), (2, 16), (4, 48)])
+@pytest.mark.parametrize("bits, group_size", [(8, 32), (3, 32), (2, 16), (4, 48), (4, 32)])
 def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
     g = torch.Generator().manual_seed(bits)
     base = torch.randn(100, 96, generator=g) * 0.2
@@ -28,7 +28,7 @@ def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
     head.packed[7], head.scale0[7], head.offset0[7] = head.packed[3], head.scale0[3], head.offset0[3]
     h = torch.cat([base[:20] * 4, torch.randn(20, 96, generator=g) * 30, head.weight[3:4].detach().expand(3, -1) * 5])
     ids = head.greedy(h)
-    assert isinstance(head._screen[1], Int8Screen) == (bits != 4 or group_size not in (32, 64))
+    assert isinstance(head._screen[1], Int8Screen) != screen_int4.available(bits, group_size, 96)
     assert torch.equal(ids, truth(h, head.weight.detach())) and int(ids[-1]) == 3
     assert head._screen[1].argmax(h)[1]["candidates"] < h.shape[0] * 50  # it excludes almost every token
     with torch.no_grad():  # a calibration step moves scales and offsets: the screen follows
@@ -45,17 +45,8 @@ def test_the_bound_holds_at_decoding_shapes():
     screen = head._greedy_screen()
     assert isinstance(screen, Int8Screen) and screen.codes.dtype == torch.int8
     h = torch.randn(17, 576, generator=g) * 3
-    S = torch.cat([screen._screen(h[:1].bfloat16()), screen._screen(h[1:].bfloat16())]).double()  # 1 and 16 rows
-    err = (S - h.double() @ head.weight.detach().double().T).abs()
-    _, x_norm, r_norm, _ = screen._terms(h)
-    bound = (
-        x_norm * screen.e_norm
-        + r_norm * screen.w_norm
-        + gamma(2 * 576) * x_norm * screen.low_norm
-        + U_BF16 / (1 - U_BF16) * S.abs().float()
-    )
-    assert bool((err <= bound.double()).all())
-    assert float((err / bound.double()).max()) > 0.01  # and it is not vacuous
+    S = torch.cat([screen._screen(h[:1].bfloat16()), screen._screen(h[1:].bfloat16())])  # 1 and 16 rows
+    assert_within_bound(screen, h, S, h.double() @ head.weight.detach().double().T)
     ids, stats = screen.argmax(h)
     assert torch.equal(ids, truth(h, head.weight.detach())) and stats["candidates"] < 17 * 100
 
@@ -72,11 +63,7 @@ def test_the_adversarial_case_needs_the_whole_bound():
     screen = _screen_of(W)
     assert float(screen.e_norm.max()) == 0.0  # the requantization is exact here
     x = torch.full((1, 160), 2.0**-3)
-    assert int(truth(x, W)) == 1
-    S = screen._screen(x.bfloat16())
-    assert float(S[0, 0]) == float(S[0, 1]) == 16.0
-    assert int(screen.argmax(x)[0]) == 1
-    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0  # half the bound drops a: wrong
+    assert_needs_the_whole_bound(screen, x, W)
 
 
 def test_where_the_kernel_applies():
