@@ -33,6 +33,8 @@ def load_evals(root: str | Path) -> list[dict]:
                     stage=name,
                     stage_key=key,
                     steps=calib[-1]["steps"] if calib else 0,
+                    bits=meta.get("bits"),  # a quantized head's width and group size, else None
+                    group_size=meta.get("group_size"),
                 )
                 rows.append(r)
     for f in sorted(Path(root).glob("*.json")):  # references beside the models, e.g. the head cast to bf16
@@ -233,9 +235,8 @@ def bytes_markdown(rows: list[dict]) -> str:
 def _family(r: dict) -> tuple[str, str]:
     """(line, point label) on the bytes plot: a quantized head's widths on one line per group size,
     a VQ head's sizes on one line per head and parts."""
-    if r["series"].startswith("quantized, "):
-        bits, rest = r["series"][len("quantized, ") :].split(" ", 1)  # "4-bit", "groups of 32"
-        return f"quantized, {rest}", bits
+    if r.get("bits") is not None:
+        return f"quantized, groups of {r['group_size']}", f"{r['bits']}-bit"
     return r["series"], "" if r.get("reference") else f"{_share(r):g}%"
 
 
