@@ -4,10 +4,10 @@
 ``(h.double() @ W.double().T).argmax(-1)`` for the fp32 rows W that ``chunk_rows(start, end)`` and
 ``exact_rows(ids)`` return (a quantized head's dequantized rows, of any width and group size),
 while reading a per-row symmetric int8 copy: ``w~ = s' c``, ``s' = bf16(max|w| / 127)``,
-``c = round(w / s')`` in [-127, 127]. One call of ``torch._weight_int8pack_mm`` (the kernel
-torchao's int8 weight-only CPU path runs: bf16 activations, the int8 codes times ``x~`` summed in
-fp32, times ``s'`` in fp32, one rounding to bf16), then fp64 for the few tokens its bound cannot
-exclude.
+``c = round(w / s')`` in [-127, 127]. One call of ``torch._weight_int8pack_mm`` (PyTorch's int8
+weight-only CPU kernel, which Inductor lowers int8 weight-only linears to: bf16 activations, the
+int8 codes times ``x~`` summed in fp32, times ``s'`` in fp32, one rounding to bf16), then fp64
+for the few tokens its bound cannot exclude.
 
 The bound is ``screen.BF16Screen``'s with ``w~ = s' c`` in place of ``bf16(w)``. ``w~`` is exact
 in fp32 (8 significant bits times 8), so are the kernel's products ``x~_i c_i``; the fp32 sum of
