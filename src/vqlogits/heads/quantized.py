@@ -7,10 +7,10 @@ each group, in memory and on disk. Greedy decoding without a bias on the CPU is 
 argmax through a certified screen: at 4 bits, in groups the int4 kernel takes, that kernel
 (``screen_int4``); at any other width or group size, PyTorch's int8 kernel on a per-row int8
 copy of the dequantized rows (``screen_int8``). They are 3.8x and 1.7x cheaper than the fp32
-GEMV on SmolLM2's head and hold a second copy of the codes while decoding (V d / 2 or V d bytes). Otherwise (a bias, a
-width not a multiple of 16) it dequantizes the rows in chunks, slower than an fp32 GEMV
-(bench/quantized.py measures them). Calibration trains ``scale``, ``offset`` and the bias, the
-integers stay.
+GEMV on SmolLM2's head and hold a second copy of the codes while decoding (V d / 2 or V d
+bytes). Otherwise (a bias, a width not a multiple of 16) it dequantizes the rows in chunks,
+slower than an fp32 GEMV (bench/quantized.py measures them). Calibration trains ``scale``,
+``offset`` and the bias, the integers stay.
 """
 
 from __future__ import annotations
