@@ -22,7 +22,7 @@ def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
     g = torch.Generator().manual_seed(bits)
     base = torch.randn(100, 96, generator=g) * 0.2
     W = base.repeat_interleave(10, 0) + 1e-4 * torch.randn(1000, 96, generator=g)  # groups of near-equal rows
-    head = QuantizedHead.from_weight(W[:995], bits=bits, group_size=group_size, method="rtn")
+    head = QuantizedHead.from_weight(W[:995], bits=bits, group_size=group_size, method="rtn")  # 995: int4 pads to 16
     head.scale0[3] *= 1.5  # row 3 on top for h along it, and row 7 its exact copy: the smaller id must win
     head.offset0[3] *= 1.5
     head.packed[7], head.scale0[7], head.offset0[7] = head.packed[3], head.scale0[3], head.offset0[3]
