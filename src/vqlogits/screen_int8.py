@@ -13,9 +13,9 @@ The bound is ``screen.BF16Screen``'s with ``w~ = s' c`` in place of ``bf16(w)``.
 in fp32 (8 significant bits times 8), so are the kernel's products ``x~_i c_i``; the fp32 sum of
 d of them is within ``gamma_d |x~| |c|``, and the scaling adds one fp32 rounding:
 ``|fl(s' A) - x~ . w~| <= gamma_{d+1} |x~| |w~|``, inside the ``gamma_2d |x~| |w~|`` term. The
-requantization error ``|w - w~|`` (about 1% of ``|w|``) enters as ``e``, computed exactly, so the
-screen admits more candidates than the bf16 one (a few per row on SmolLM2) but reads a quarter of
-the fp32 bytes. Subnormal flushes of inputs and of the unscaled partial sums each cost at most
+requantization error ``|w - w~|`` (half a step, ``max|w| / 254``, per entry at most) enters as
+``e``, computed exactly, so the screen admits more candidates than the bf16 one but reads a
+quarter of the fp32 bytes. Subnormal flushes of inputs and of the unscaled partial sums each cost at most
 ``d TINY max|w~|`` (``s' <= max|w~|``): the screen passes twice ``max|w~|`` to the flush term.
 A test checks the bound at decoding's shapes, and a case shows that half the bound gives a wrong
 answer. The kernel gives wrong results (or crashes) for widths that are not a multiple of 16;
