@@ -10,6 +10,9 @@
 # KL to the original; the hybrids keep their k-means map, a quantized head trains its scales and
 # offsets). Resumable: a finished step is skipped. One job on one core (CORE, one thread).
 # Cost: about 20 minutes a model (compress 1-3, two evaluations of 4-9, calibration 4-15): 10 models ~ 3.5 h.
+# The model folders (~1 GB each) stay on the machine; the report keeps the rows of models measured on
+# an earlier machine (its rows.json) unless they are measured again. ONLY="ht-b0.05 ..." runs just
+# the models named (bf16 names the reference).
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-bytes}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
@@ -17,7 +20,9 @@ vqlogits() { taskset -c "${CORE:-1}" vqlogits "$@"; }
 STAGE1_STEPS=${STAGE1_STEPS:-250}
 EVAL="--corpus pydocs --max-tokens 1000000"  # the whole test split (68,864 tokens)
 into() { "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }
+only() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 model() {  # name, calibrate options, compress options...
+  only "$1" || return 0
   local D=$OUT/$1 cal=$2; shift 2
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --corpus pydocs --out "$D" "$@"
   [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL
@@ -27,7 +32,9 @@ model() {  # name, calibrate options, compress options...
   fi
 }
 mkdir -p "$OUT"
-[ -s "$OUT/bf16.json" ] || into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.bench.eval smollm2 bfloat16
+if only bf16 && [ ! -s "$OUT/bf16.json" ]; then
+  into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.bench.eval smollm2 bfloat16
+fi
 # The decisive models first (a partial run still compares quantization, VQ and both near 4-18 MB).
 # 8 bits early: the GGUF stores this head as Q8_0, so q8 is the original's rows, and its stage 1
 # measures what the calibration's adaptation to pydocs alone is worth.
@@ -39,4 +46,5 @@ model q3-g32 "" --head quantized --bits 3 --group-size 32
 model q4-g48 "" --head quantized --bits 4 --group-size 48
 model ht-b0.05-parts4 "--reassign-every 0" --head hybrid-twolevel --head-budget 0.05 --part-bits 4
 for F in 0.085 0.05; do model ht-b$F "--reassign-every 0" --head hybrid-twolevel --head-budget $F; done
-vqlogits report "$OUT" --out "${REPORT:-docs/pretrained/bytes}"
+REPORT=${REPORT:-docs/pretrained/bytes}
+vqlogits report "$OUT" --out "$REPORT" $([ -f "$REPORT/rows.json" ] && echo --previous "$REPORT/rows.json")

@@ -101,3 +101,22 @@ def test_equal_bytes_table_and_fronts(tmp_path):
     assert table[3].endswith(f"| ×{11.0 / 10.5:.3f} | – / – |")  # off both fronts; no gaps, no interval
     assert "(no calibration)" in table[4] and table[4].endswith("yes / yes |")  # the reference is in both panels
     assert (tmp_path / "out" / "pretrained_ppl_vs_bytes.png").stat().st_size > 0
+
+
+def test_rows_of_an_earlier_report_are_kept_for_models_not_measured_again(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    _model(first, "a", "vq", 85, (50.0, 20.0), 50)
+    _model(first, "b", "vq", 20, (90.0, 40.0), 0)
+    pretrained_report(first, tmp_path / "out")
+    _model(second, "b", "vq", 20, (80.0,), 0)  # b measured again, on a new machine: its new rows win
+    _model(second, "c", "hybrid", 85, (30.0,), 0)
+    rows = json.loads(
+        (pretrained_report(second, tmp_path / "out", tmp_path / "out" / "rows.json").parent / "rows.json").read_text()
+    )
+    assert sorted((r["model"], r["stage_key"], r["ppl_compressed"]) for r in rows) == [
+        ("a", "kmeans", 50.0),
+        ("a", "stage1", 20.0),
+        ("b", "kmeans", 80.0),
+        ("c", "kmeans", 30.0),
+    ]

@@ -202,7 +202,9 @@ def load_plain(path: str | Path) -> dict:
     data raises ``UnsafeFileError``; a damaged one raises ``ValueError``; both name the file."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # random bytes read as a pickle warn of an odd protocol first
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         globals_ = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
         if not globals_:  # no object in it, just bytes the unpickler cannot read: random or cut
@@ -212,7 +214,7 @@ def load_plain(path: str | Path) -> dict:
             f"{path} holds objects other than plain data and tensors; vqlogits does not load it, because unpickling "
             f"them could run code (files written by vqlogits never need that). {blocked}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # the unpickler fails on damaged bytes in many ways: EOF, IndexError, KeyError...
         raise ValueError(
             f"{path} is damaged or truncated and cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None

@@ -306,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="folder for report.md, summary.json and plots (default: the first run folder)"
     )
+    p.add_argument(
+        "--previous",
+        default=None,
+        help="rows.json of an earlier pretrained report: its rows for models not under the run folder are kept",
+    )
 
     p = subparser(
         sub,

@@ -208,8 +208,10 @@ def _report(args):
     if any(next(Path(r).rglob("vqlogits.json"), None) for r in args.runs):
         from ..hf.report import pretrained_report
 
-        print(pretrained_report(args.runs[0], args.out).read_text())
+        print(pretrained_report(args.runs[0], args.out, args.previous).read_text())
     else:
+        if args.previous is not None:
+            raise ValueError(f"--previous: only a pretrained report keeps earlier rows, got {args.previous}")
         from ..lm.report import write_report
 
         print(write_report(args.runs, args.out or args.runs[0]).read_text())

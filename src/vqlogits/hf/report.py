@@ -285,7 +285,14 @@ def bytes_plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
+def with_previous(rows: list[dict], previous: str | Path) -> list[dict]:
+    """``rows`` plus the rows of an earlier report's rows.json for every model none of ``rows`` is
+    from: a study's model folders do not outlive a machine, the rows they gave do."""
+    measured = {r["model"] for r in rows}
+    return rows + [r for r in json.loads(Path(previous).read_text()) if r["model"] not in measured]
+
+
+def pretrained_report(root: str | Path, out: str | Path | None = None, previous: str | Path | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,6 +300,8 @@ def pretrained_report(root: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.ticker
 
     rows = load_evals(root)
+    if previous is not None:
+        rows = with_previous(rows, previous)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
