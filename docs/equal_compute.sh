@@ -7,7 +7,9 @@
 #
 #   docs/equal_compute.sh designs   # seed 0 of every design, one WSD chain each
 #   docs/equal_compute.sh seeds     # seeds 1 and 2 of the best dense and the best cheap-head design
+#                                   # (BEST, SEEDS and WSD_STEPS name others, e.g. a third seed at 4k only)
 #   docs/equal_compute.sh report    # docs/results/equal_compute/{summary.json, report.md, PNGs}
+#                                   # (decode speed needs an idle core; KEEP_SPEED=1 keeps the last one's)
 #
 # Resumable: rerun the same stage (restart it at the start of each session). Finished budgets are
 # skipped; only their results.json files are kept in git (runs/.gitignore), so a new machine
@@ -72,8 +74,8 @@ case $STAGE in
   seeds)
     # The best dense and the best cheap-head design at the largest budget, from the report.
     BEST=${BEST:-$(python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["best_dense"], s["best_cheap"])' docs/results/equal_compute/summary.json)}
-    for d in $BEST; do train "$d" 1,2; done ;;
+    for d in $BEST; do train "$d" "${SEEDS:-1,2}"; done ;;
   report)
-    taskset -c "$CORE" vqlogits equal-compute "$OUT" --out docs/results/equal_compute ;;
+    taskset -c "$CORE" vqlogits equal-compute "$OUT" --out docs/results/equal_compute ${KEEP_SPEED:+--no-speed} ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

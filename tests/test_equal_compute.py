@@ -202,6 +202,11 @@ def test_equal_compute_report(base, tmp_path):
     for name in ("bpb_vs_train_flops.png", "bpb_vs_decode_flops.png", "bpb_vs_params.png"):
         assert (tmp_path / "out" / name).exists()
     assert "## 8 steps" in md.read_text()
+    measured = summary["decode"]
+    report(root, tmp_path / "out", speed=False)  # keeps the speeds measured before, on an idle core
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["decode"] == measured
+    report(root, tmp_path / "elsewhere", speed=False)  # nothing measured there before: no speeds
+    assert json.loads((tmp_path / "elsewhere" / "summary.json").read_text())["decode"] == {}
 
 
 def test_pareto_front():

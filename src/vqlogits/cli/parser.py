@@ -320,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", help="the study's runs: one folder per design (docs/equal_compute.sh)")
     p.add_argument("--out", default="docs/results/equal_compute", help="folder for summary.json, report.md and plots")
-    p.add_argument("--no-speed", action="store_true", help="skip measuring decode speed")
+    p.add_argument(
+        "--no-speed",
+        action="store_true",
+        help="keep the decode speeds of the summary.json in --out instead of measuring",
+    )
 
     p = subparser(sub, "demo", "the main job: dense vs VQ-Logits on the embedded data", "vqlogits demo --out runs/demo")
     cache_option(p)
