@@ -247,9 +247,10 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     largest = max(r["steps"] for r in rows)
-    earlier = out / "summary.json"
-    speeds = {} if speed or not earlier.exists() else json.loads(earlier.read_text())["decode"]
-    speeds = {d: s for d, s in speeds.items() if any(r["design"] == d and r["steps"] == largest for r in rows)}
+    speeds, earlier = {}, out / "summary.json"
+    if not speed and earlier.exists():
+        designs = {r["design"] for r in rows if r["steps"] == largest}
+        speeds = {d: s for d, s in json.loads(earlier.read_text())["decode"].items() if d in designs}
     for r in rows if speed else ():
         if r["steps"] == largest:
             folder = next(
