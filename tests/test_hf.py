@@ -327,8 +327,10 @@ def test_quantized_decode_bench_rows(source, corpus, tmp_path):
     for r in rows:
         assert r["fp32_agreement"] == 1.0 and all(r[f"{n}_head_s"] > 0 and r[f"{n}_tok_s"] > 0 for n in ("q4", "q2"))
         assert 0 <= r["q2_agreement"] <= r["q4_agreement"] + 0.2
+        assert r["q4_fp64_per_row"] >= 1 and r["q2_fp64_per_row"] >= 1  # each row's pick, at least
+    assert rows[0]["q2_fp64_per_row"] == rows[1]["q2_fp64_per_row"]  # over the same positions
     table = markdown(rows)
-    assert "head q4 ms/token" in table and table.count("\n") == 4
+    assert "head q4 ms/token" in table and "q2 fp64 rows/token" in table and table.count("\n") == 4
 
 
 def test_distillation_loss_of_a_quantized_head_runs_its_forward_once(monkeypatch):

@@ -31,8 +31,10 @@ def bench_quantized(
     cache: str | Path = USER_CACHE,
 ) -> list[dict]:
     """One row per batch size: ``{name}_head_s`` (median over ``repeats`` on real hidden states of
-    ``corpus``'s test split), ``{name}_tok_s`` (greedy with a KV cache), and each head's top-1
-    agreement with the fp32 head over ``tokens`` test positions. Names: ``fp32``, ``bf16``
+    ``corpus``'s test split), ``{name}_tok_s`` (greedy with a KV cache), each head's top-1
+    agreement with the fp32 head over ``tokens`` test positions, and for the quantized heads
+    ``{name}_fp64_per_row``: the tokens per row its screen could not exclude, read in fp64 (0 where
+    it decodes without a screen). Names: ``fp32``, ``bf16``
     (``h.bfloat16() @ W16.T``, what casting the head does), ``q{B}``. Rounding: RTN (speed does not
     depend on it; quality is docs/pretrained_bytes.sh's)."""
     model, source = load_causal_lm(spec, cache)
@@ -50,6 +52,10 @@ def bench_quantized(
     agreement = {
         name: float((torch.cat([pick(r[None]) for r in h]) == top).float().mean()) for name, pick in picks.items()
     }
+    fp64_per_row = {}
+    for name, head in heads.items():
+        head.greedy(h)  # a row's candidates do not depend on the rows beside it
+        fp64_per_row[name] = head.last_stats["verified_rows"] / len(h)
     rows = []
     for batch in batches:
         row = {"model": spec, "group_size": group_size, "batch": batch, "tokens": tokens}
@@ -57,6 +63,7 @@ def bench_quantized(
         for name, pick in picks.items():
             row[f"{name}_head_s"], _ = median_seconds(lambda pick=pick: pick(x), repeats, warmup=2)
             row[f"{name}_agreement"] = agreement[name]
+        row.update({f"{name}_fp64_per_row": v for name, v in fp64_per_row.items()})
         row.update({f"{k}_tok_s": v for k, v in decode_tokens_per_s(model, picks, batch, steps, repeats=3).items()})
         rows.append(row)
     return rows
@@ -64,6 +71,7 @@ def bench_quantized(
 
 def markdown(rows: list[dict]) -> str:
     names = [k[: -len("_head_s")] for k in rows[0] if k.endswith("_head_s")]
+    screened = [k[: -len("_fp64_per_row")] for k in rows[0] if k.endswith("_fp64_per_row")]
     out = [
         "| batch | "
         + " | ".join(f"head {n} ms/token" for n in names)
@@ -71,14 +79,16 @@ def markdown(rows: list[dict]) -> str:
         + " | ".join(f"{n} tok/s" for n in names)
         + " | "
         + " | ".join(f"{n} top-1 = fp32" for n in names)
+        + "".join(f" | {n} fp64 rows/token" for n in screened)
         + " |",
-        "|---:|" + "---:|" * (3 * len(names)),
+        "|---:|" + "---:|" * (3 * len(names) + len(screened)),
     ]
     for r in rows:
         per_token = [f"{1e3 * r[f'{n}_head_s'] / r['batch']:.2f}" for n in names]
         speeds = [f"{r[f'{n}_tok_s']:.1f}" for n in names]
         agree = [f"{100 * r[f'{n}_agreement']:.2f}%" for n in names]
-        out.append(f"| {r['batch']} | " + " | ".join(per_token + speeds + agree) + " |")
+        fp64 = [f"{r[f'{n}_fp64_per_row']:.1f}" for n in screened]
+        out.append(f"| {r['batch']} | " + " | ".join(per_token + speeds + agree + fp64) + " |")
     return "\n".join(out) + "\n"
 
 

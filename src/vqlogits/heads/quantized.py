@@ -57,6 +57,7 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
         self._screen: tuple | None = None  # (the parts' versions, Int4Screen or Int8Screen)
+        self.last_stats: dict = {}
 
     @classmethod
     def from_weight(
@@ -100,11 +101,16 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
         """``self(h).argmax(-1)`` (ties to the smallest id). Without a bias, on the CPU: the exact
         fp64 argmax through ``_greedy_screen`` (PyTorch's int4 or int8 kernel, a proven bound);
-        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
+        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time. ``self.last_stats``:
+        ``rows``, ``screened_rows`` (rows x tokens the kernel read) and ``verified_rows`` (tokens
+        read in fp64; 0 without the screen), as ``IndexedHead.greedy``'s."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
+        self.last_stats = {"rows": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
         if self.bias is None and screen_int8.available(self.d_model, h.device):
-            return self._greedy_screen().argmax(flat)[0].reshape(h.shape[:-1])
+            ids, screened = self._greedy_screen().argmax(flat)
+            self.last_stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
+            return ids.reshape(h.shape[:-1])
         best = torch.full((flat.shape[0],), float("-inf"))
         ids = torch.zeros(flat.shape[0], dtype=torch.long)
         for start in range(0, self.vocab_size, _CHUNK):
