@@ -254,12 +254,22 @@ def bytes_plot(rows: list[dict], path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, key, title in zip(axes, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
         panel = _bytes_panel(rows, key)
-        for name in families:
+        for i, name in enumerate(families):
             rs = sorted((r for r in panel if _family(r)[0] == name), key=lambda r: r["head_bytes"])
             xs, ys = [r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs]
             ax.plot(xs, ys, "o-", ms=5, color=colors[name], label=name)
+            # Neighbouring families' labels on opposite sides of their points.
+            offset, ha = ((4, 4), "left") if i % 2 == 0 else ((-4, -11), "right")
             for r, x, y in zip(rs, xs, ys, strict=True):
-                ax.annotate(_family(r)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(
+                    _family(r)[1],
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=offset,
+                    ha=ha,
+                    fontsize=7,
+                    color=colors[name],
+                )
         front = pareto_bytes(panel)
         ax.plot(
             [r["head_bytes"] / 1e6 for r in front],
@@ -278,7 +288,7 @@ def bytes_plot(rows: list[dict], path: Path) -> bool:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
     axes[0].set_ylabel("test perplexity × original")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper right")  # the right panel's top is empty: calibration lowers every line
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
