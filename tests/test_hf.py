@@ -333,6 +333,16 @@ def test_quantized_decode_bench_rows(source, corpus, tmp_path):
     assert "head q4 ms/token" in table and "q2 fp64 rows/token" in table and table.count("\n") == 4
 
 
+def test_quantized_decode_bench_from_the_cli(source, corpus, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quantized", str(source), "--corpus", str(corpus), "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "quantized.json").read_text())
+    assert [r["batch"] for r in rows] == [1, 16] and all(r["q4_fp64_per_row"] >= 1 for r in rows)
+    assert (out / "quantized.md").read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert main(["bench", "--quantized", "--quick"]) == 2
+    assert "does not take --quick" in capsys.readouterr().err
+
+
 def test_distillation_loss_of_a_quantized_head_runs_its_forward_once(monkeypatch):
     import torch.nn.functional as F
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import USER_CACHE
+from ..files import USER_CACHE, write_atomic, write_json
 from ..heads import QuantizedHead
 from ..hf.accelerate import hidden_states
 from ..hf.load import load_causal_lm
@@ -92,10 +92,10 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-if __name__ == "__main__":
-    import json
-    import sys
-
-    rows = bench_quantized(*sys.argv[1:2])
-    print(json.dumps(rows, indent=1))
-    print(markdown(rows), file=sys.stderr)
+def write_report(rows: list[dict], out: str | Path) -> Path:
+    """``quantized.json`` (the rows) and ``quantized.md`` (``markdown``) under ``out``; the .md's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "quantized.json", rows)
+    write_atomic(out / "quantized.md", lambda tmp: tmp.write_text(markdown(rows)))
+    return out / "quantized.md"

@@ -343,5 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip dense measurements above this many TFLOP per call (default: 3)",
     )
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 10; --quick: 2)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per measurement (default: 10; --quick: 2; --quantized: 9)",
+    )
+    p.add_argument(
+        "--quantized",
+        metavar="MODEL",
+        nargs="?",
+        const="smollm2",
+        default=None,
+        help="instead: MODEL's own head quantized to 4, 8, 3 and 2 bits against fp32 and bf16 at decode, on the CPU "
+        "(quantized.md / json in --out; MODEL: smollm2 if omitted, or an HF folder)",
+    )
+    p.add_argument("--corpus", default="pydocs", help="--quantized: hidden states from this corpus (default: pydocs)")
+    cache_option(p)
     return parser

@@ -218,12 +218,25 @@ def _report(args):
 
 
 def _bench(args):
+    if args.quantized is not None:
+        return _bench_quantized(args)
     from ..bench.suite import QUICK, BenchConfig, markdown, run_bench
 
     kw = dict(QUICK) if args.quick else {}
     given = {"out": args.out, "device": args.device, "max_tflop": args.max_tflop, "repeats": args.repeats}
     kw.update({k: v for k, v in given.items() if v is not None})
     print(markdown(run_bench(BenchConfig(**kw))))
+
+
+def _bench_quantized(args):
+    from ..bench.quantized import bench_quantized, write_report
+
+    for option, value in (("--quick", args.quick), ("--device", args.device), ("--max-tflop", args.max_tflop)):
+        if value:
+            raise ValueError(f"--quantized measures CPU kernels on one model and does not take {option}, got {value!r}")
+    repeats = {} if args.repeats is None else {"repeats": args.repeats}
+    rows = bench_quantized(args.quantized, corpus=args.corpus, cache=args.cache, **repeats)
+    print(write_report(rows, args.out).read_text())
 
 
 def _equal_compute(args):
