@@ -209,6 +209,33 @@ def test_equal_compute_report(base, tmp_path):
     assert json.loads((tmp_path / "elsewhere" / "summary.json").read_text())["decode"] == {}
 
 
+def test_verdicts_give_each_gap_and_the_runner_up_dense_design():
+    from vqlogits.bench.equal_compute import ADAPTIVE, CHEAP, DENSE, verdicts
+
+    def row(design, kind, seeds):
+        return dict(
+            design=design, steps=4, train_flops=1.0, kind=kind, test_bpb=sum(seeds) / len(seeds),
+            test_bpb_seeds=seeds, decode_flops_per_byte=1.0,
+        )  # fmt: skip
+
+    rows = [
+        row("small-vocab", DENSE, [1.60, 1.61, 1.59]),
+        row("tiny", DENSE, [1.61, 1.62]),
+        row("wide", DENSE, [1.70]),
+        row("hybrid", CHEAP, [1.70, 1.72]),
+        row("adaptive", ADAPTIVE, [1.64]),
+    ]
+    (v,) = verdicts(rows)
+    assert v["best"] == v[f"best {DENSE}"] == "small-vocab" and v["runner-up dense head"] == "tiny"
+    runner_up = v["runner-up dense vs best dense"]
+    assert runner_up["pct"] == pytest.approx(100 * 0.015 / 1.60)
+    assert runner_up["ci95"][0] < 0 < runner_up["ci95"][1]  # 2 and 3 seeds this close: not decided
+    assert v[f"{CHEAP} vs best dense"]["pct"] == pytest.approx(100 * 0.11 / 1.60) and not v["moonshot"]
+    assert v[f"{ADAPTIVE} vs best dense"]["ci95"] is not None  # one seed borrows the other side's variance
+    (alone,) = verdicts(rows[:1])
+    assert "runner-up dense head" not in alone and f"{CHEAP} vs best dense" not in alone
+
+
 def test_pareto_front():
     from vqlogits.bench.equal_compute import pareto
 

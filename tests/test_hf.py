@@ -335,7 +335,9 @@ def test_quantized_decode_bench_rows(source, corpus, tmp_path):
 
 def test_quantized_decode_bench_from_the_cli(source, corpus, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", "--quantized", str(source), "--corpus", str(corpus), "--repeats", "1", "--out", str(out)]) == 0
+    assert (
+        main(["bench", "--quantized", str(source), "--corpus", str(corpus), "--repeats", "1", "--out", str(out)]) == 0
+    )
     rows = json.loads((out / "quantized.json").read_text())
     assert [r["batch"] for r in rows] == [1, 16] and all(r["q4_fp64_per_row"] >= 1 for r in rows)
     assert (out / "quantized.md").read_text() == capsys.readouterr().out.rstrip("\n") + "\n"

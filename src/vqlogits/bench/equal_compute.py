@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import load_plain, write_json
+from ..files import load_plain, write_atomic, write_json
 from ..lm.model import GPT, ModelConfig
 from ..stats import mean_std, welch_interval
 from .timing import median_seconds
@@ -102,7 +102,8 @@ def gap(a: dict, b: dict) -> dict:
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
-    """Per budget: the best design, the best dense design, the best cheap head, and the gaps."""
+    """Per budget: the best design, the best dense design, the best cheap head, and the gaps; the
+    runner-up dense design against the best says whether the best dense pick itself is decided."""
     out = []
     for steps in sorted({r["steps"] for r in rows}):
         at = [r for r in rows if r["steps"] == steps]
@@ -119,6 +120,10 @@ def verdicts(rows: list[dict]) -> list[dict]:
             for k in (ADAPTIVE, CHEAP):
                 if by_kind[k] is not None:
                     v[f"{k} vs best dense"] = gap(by_kind[k], dense)
+            dense_order = sorted((r for r in at if r["kind"] == DENSE), key=lambda r: r["test_bpb"])
+            if len(dense_order) > 1:
+                v["runner-up dense head"] = dense_order[1]["design"]
+                v["runner-up dense vs best dense"] = gap(dense_order[1], dense)
         if (
             dense is not None and cheap is not None
         ):  # the moonshot: >= 5% better, CI excluding 0, no more decode FLOPs per byte
@@ -275,7 +280,10 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
         text += f"## {v['steps']:,} steps ({v['train_flops']:.2e} training FLOPs)\n\n"
         text += f"Best: **{v['best']}**; best dense: {v[f'best {DENSE}']}; best cheap head: {v[f'best {CHEAP}']}. "
         text += f"Cheap head vs best dense: {_gap_text(v.get(f'{CHEAP} vs best dense'))}; "
-        text += f"adaptive vs best dense: {_gap_text(v.get(f'{ADAPTIVE} vs best dense'))}.\n\n"
+        text += f"adaptive vs best dense: {_gap_text(v.get(f'{ADAPTIVE} vs best dense'))}"
+        if "runner-up dense head" in v:
+            text += f"; runner-up dense ({v['runner-up dense head']}): {_gap_text(v['runner-up dense vs best dense'])}"
+        text += ".\n\n"
         at = [r for r in rows if r["steps"] == v["steps"]]
         text += _table(at, pareto(rows, "train_flops")) + "\n"
     if speeds:
@@ -293,5 +301,5 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
         + "\n".join(f"![{i}]({i})" for i in images)
         + "\n"
     )
-    (out / "report.md").write_text(text)
+    write_atomic(out / "report.md", lambda tmp: tmp.write_text(text))
     return out / "report.md"
