@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +21,6 @@ import torch
 from ..files import load_plain, write_atomic, write_json
 from ..lm.model import GPT, ModelConfig
 from ..stats import mean_std, welch_interval
-from .timing import median_seconds
 
 DENSE, ADAPTIVE, CHEAP = "dense head", "adaptive softmax", "cheap head (ours)"
 
@@ -150,25 +150,40 @@ def pareto(rows: list[dict], x: str) -> set[tuple[str, int]]:
     return front
 
 
-@torch.no_grad()
-def decode_speed(run_folder: str | Path, prompt: int = 16, new: int = 64, repeats: int = 5) -> dict:
-    """Greedy tokens/s of a run's model at batch 1 with a KV cache (``GPT.generate``), median over
-    repeats; its trained weights when model.pt is there, else fresh ones of the same shape."""
+def _decode_model(run_folder: str | Path) -> tuple[GPT, str]:
+    """A run's model with its trained weights when model.pt is there, else fresh ones of the same
+    shape (decode speed does not depend on the values)."""
     path = Path(run_folder) / "model.pt"
     if path.exists():
         state = load_plain(path)
         model = GPT(ModelConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
-        weights = "trained"
-    else:
-        r = json.loads((Path(run_folder) / "results.json").read_text())
-        model, weights = GPT(ModelConfig(**r["model_config"])), "random (model.pt is not on this machine)"
-    model.eval()
-    prompt = min(prompt, model.cfg.block_size // 4)
-    new = min(new, model.cfg.block_size - prompt)  # within the context the model was trained for
-    ids = torch.randint(0, model.cfg.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
-    seconds, _ = median_seconds(lambda: model.generate(ids, new), repeats, warmup=1)
-    return {"tokens_per_s": new / seconds, "weights": weights, "threads": torch.get_num_threads()}
+        return model.eval(), "trained"
+    r = json.loads((Path(run_folder) / "results.json").read_text())
+    return GPT(ModelConfig(**r["model_config"])).eval(), "random (model.pt is not on this machine)"
+
+
+@torch.no_grad()
+def decode_speeds(run_folders: dict, prompt: int = 16, new: int = 64, repeats: int = 21) -> dict:
+    """Greedy tokens/s at batch 1 with a KV cache (``GPT.generate``) of each ``design: run folder``,
+    in one run: the models take turns within every repeat (so drift in the machine's speed hits
+    them alike), median over repeats after one warm-up round."""
+    models = {d: _decode_model(f) for d, f in run_folders.items()}
+    times = {d: [] for d in models}
+    for r in range(repeats + 1):
+        for d, (model, _) in models.items():
+            p = min(prompt, model.cfg.block_size // 4)
+            n = min(new, model.cfg.block_size - p)  # within the context the model was trained for
+            ids = torch.randint(0, model.cfg.vocab_size, (1, p), generator=torch.Generator().manual_seed(r))
+            t0 = time.perf_counter()
+            model.generate(ids, n)
+            if r:
+                times[d].append(n / (time.perf_counter() - t0))
+    threads = torch.get_num_threads()
+    return {
+        d: {"tokens_per_s": statistics.median(times[d]), "weights": w, "threads": threads, "repeats": repeats}
+        for d, (_, w) in models.items()
+    }
 
 
 def _table(rows: list[dict], front: set) -> str:
@@ -256,13 +271,17 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
     if not speed and earlier.exists():
         designs = {r["design"] for r in rows if r["steps"] == largest}
         speeds = {d: s for d, s in json.loads(earlier.read_text())["decode"].items() if d in designs}
-    for r in rows if speed else ():
-        if r["steps"] == largest:
-            folder = next(
-                x["folder"] for x in runs if x["design"] == r["design"] and x["steps"] == largest and x["seed"] == 0
-            )
-            s = decode_speed(folder)
-            speeds[r["design"]] = {**s, "bytes_per_s": s["tokens_per_s"] * r["bytes_per_token"]}
+    if speed:
+        at_largest = {r["design"]: r for r in rows if r["steps"] == largest}
+        folders = {
+            x["design"]: x["folder"]
+            for x in runs
+            if x["steps"] == largest and x["seed"] == 0 and x["design"] in at_largest
+        }
+        speeds = {
+            d: {**v, "bytes_per_s": v["tokens_per_s"] * at_largest[d]["bytes_per_token"]}
+            for d, v in decode_speeds(folders).items()
+        }
     judged = verdicts(rows)
     budget_rows = [r for r in rows if r["steps"] == largest]
     dense = [r for r in budget_rows if r["kind"] == DENSE]
