@@ -112,3 +112,11 @@ def test_verified_decoding_bench_on_a_tiny_model(tmp_path):
     text = (tmp_path / "verified.md").read_text()
     assert (tmp_path / "verified.png").exists() and "| tiny | 1 |" in text
     assert f"| tiny | {tuned['spread']:.2f} |" in text  # the sweep's table
+
+
+def test_median_seconds_in_turns_calls_every_function_in_each_round():
+    from vqlogits.bench.timing import median_seconds_in_turns
+
+    calls = []
+    out = median_seconds_in_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5 and set(out) == {"a", "b"} and all(v >= 0 for v in out.values())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from ..files import load_plain, write_atomic, write_json
 from ..lm.model import GPT, ModelConfig
 from ..stats import mean_std, welch_interval
+from .timing import median_seconds_in_turns
 
 DENSE, ADAPTIVE, CHEAP = "dense head", "adaptive softmax", "cheap head (ours)"
 
@@ -166,23 +166,20 @@ def _decode_model(run_folder: str | Path) -> tuple[GPT, str]:
 @torch.no_grad()
 def decode_speeds(run_folders: dict, prompt: int = 16, new: int = 64, repeats: int = 21) -> dict:
     """Greedy tokens/s at batch 1 with a KV cache (``GPT.generate``) of each ``design: run folder``,
-    in one run: the models take turns within every repeat (so drift in the machine's speed hits
-    them alike), median over repeats after one warm-up round."""
-    models = {d: _decode_model(f) for d, f in run_folders.items()}
-    times = {d: [] for d in models}
-    for r in range(repeats + 1):
-        for d, (model, _) in models.items():
-            p = min(prompt, model.cfg.block_size // 4)
-            n = min(new, model.cfg.block_size - p)  # within the context the model was trained for
-            ids = torch.randint(0, model.cfg.vocab_size, (1, p), generator=torch.Generator().manual_seed(r))
-            t0 = time.perf_counter()
-            model.generate(ids, n)
-            if r:
-                times[d].append(n / (time.perf_counter() - t0))
+    in one run (``median_seconds_in_turns``: the models take turns within every repeat)."""
+    models, calls = {}, {}
+    for d, folder in run_folders.items():
+        model, weights = _decode_model(folder)
+        p = min(prompt, model.cfg.block_size // 4)
+        n = min(new, model.cfg.block_size - p)  # within the context the model was trained for
+        ids = torch.randint(0, model.cfg.vocab_size, (1, p), generator=torch.Generator().manual_seed(0))
+        models[d] = (n, weights)
+        calls[d] = lambda model=model, ids=ids, n=n: model.generate(ids, n)
+    seconds = median_seconds_in_turns(calls, repeats)
     threads = torch.get_num_threads()
     return {
-        d: {"tokens_per_s": statistics.median(times[d]), "weights": w, "threads": threads, "repeats": repeats}
-        for d, (_, w) in models.items()
+        d: {"tokens_per_s": n / seconds[d], "weights": w, "threads": threads, "repeats": repeats}
+        for d, (n, w) in models.items()
     }
 
 
@@ -267,25 +264,19 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     largest = max(r["steps"] for r in rows)
+    budget_rows = {r["design"]: r for r in rows if r["steps"] == largest}
     speeds, earlier = {}, out / "summary.json"
     if not speed and earlier.exists():
-        designs = {r["design"] for r in rows if r["steps"] == largest}
-        speeds = {d: s for d, s in json.loads(earlier.read_text())["decode"].items() if d in designs}
+        speeds = {d: s for d, s in json.loads(earlier.read_text())["decode"].items() if d in budget_rows}
     if speed:
-        at_largest = {r["design"]: r for r in rows if r["steps"] == largest}
-        folders = {
-            x["design"]: x["folder"]
-            for x in runs
-            if x["steps"] == largest and x["seed"] == 0 and x["design"] in at_largest
-        }
+        folders = {x["design"]: x["folder"] for x in runs if x["steps"] == largest and x["seed"] == 0}
         speeds = {
-            d: {**v, "bytes_per_s": v["tokens_per_s"] * at_largest[d]["bytes_per_token"]}
+            d: {**v, "bytes_per_s": v["tokens_per_s"] * budget_rows[d]["bytes_per_token"]}
             for d, v in decode_speeds(folders).items()
         }
     judged = verdicts(rows)
-    budget_rows = [r for r in rows if r["steps"] == largest]
-    dense = [r for r in budget_rows if r["kind"] == DENSE]
-    cheap = [r for r in budget_rows if r["kind"] == CHEAP]
+    dense = [r for r in budget_rows.values() if r["kind"] == DENSE]
+    cheap = [r for r in budget_rows.values() if r["kind"] == CHEAP]
     summary = {
         "rows": rows,
         "verdicts": judged,
@@ -309,7 +300,7 @@ def report(root: str | Path, out: str | Path, speed: bool = True) -> Path:
         threads = next(iter(speeds.values()))["threads"]
         text += f"## Decode speed ({largest} steps; batch 1, greedy, KV cache, {threads} thread)\n\n"
         text += "| design | tokens/s | bytes per token | bytes/s of text | weights |\n|---|---:|---:|---:|---|\n"
-        for r in sorted(budget_rows, key=lambda r: -speeds[r["design"]]["bytes_per_s"]):
+        for r in sorted(budget_rows.values(), key=lambda r: -speeds[r["design"]]["bytes_per_s"]):
             s = speeds[r["design"]]
             text += f"| {r['design']} | {s['tokens_per_s']:,.0f} | {r['bytes_per_token']:.3f} | "
             text += f"{s['bytes_per_s']:,.0f} | {s['weights']} |\n"

@@ -37,6 +37,19 @@ def median_seconds(
     return statistics.median(times), q[2] - q[0]
 
 
+def median_seconds_in_turns(fns: dict, repeats: int = 21, warmup: int = 1) -> dict:
+    """``name: median wall seconds`` of each ``name: fn()``, the functions taking turns within
+    every repeat (so drift in the machine's speed hits them alike), after ``warmup`` rounds."""
+    times = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @torch.no_grad()
 def decode_tokens_per_s(model, heads: dict, batch: int, steps: int = 16, prompt: int = 16, repeats: int = 5) -> dict:
     """End-to-end greedy tokens/s of an HF causal LM with a KV cache, for each ``name:
