@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CACHE  ?= $(HOME)/.cache/vqlogits
+CACHE  ?= $(or $(VQLOGITS_CACHE),$(HOME)/.cache/vqlogits)
 STAMP  := $(VENV)/.installed-stamp
 # The pinned torch comes from local disk as a CPU build; an open range would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0

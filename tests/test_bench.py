@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from vqlogits import VQLogitsHead
-from vqlogits.bench import suite
-from vqlogits.bench.timing import peak_bytes
+from vqlogits.bench import decode, suite
+from vqlogits.timing import peak_bytes
 
 
 def test_bench_runs_and_writes_files(tmp_path, monkeypatch, json_never_in_place):
@@ -27,7 +27,7 @@ def test_bench_runs_and_writes_files(tmp_path, monkeypatch, json_never_in_place)
         indexed_models=(),
         verified=False,  # its own test below, on a tiny model
     )
-    results = suite.run_bench(cfg)
+    results = suite.run_bench(cfg, decode.SECTIONS)
     assert len(results["logits"]) == 4 and len(results["loss"]) == 5 and len(results["decode"]) == 2
     assert all(r["speedup_compact"] > 0 and r["vq_full_roofline_pct"] > 0 for r in results["logits"])
     assert {r["method"] for r in results["loss"]} >= {"dense F.cross_entropy", "VQ compact (K=16)"}
@@ -51,7 +51,7 @@ def test_indexed_decode_rows(tmp_path, monkeypatch):
     """The bench's IndexedHead section, on a tiny stand-in for the published shapes."""
     import transformers as T
 
-    from vqlogits.bench import accelerate
+    from vqlogits.studies import accelerate
 
     def tiny(shape):
         config = T.LlamaConfig(
@@ -64,28 +64,19 @@ def test_indexed_decode_rows(tmp_path, monkeypatch):
     cfg = suite.BenchConfig(
         indexed_models=("toy",), decode_batches=(1, 2), decode_steps=2, repeats=3, warmup=1, out=str(tmp_path)
     )
-    rows = suite.bench_indexed_decode(cfg, type("Bar", (), {"set_description": lambda self, s: None})())
+    rows = decode.bench_indexed_decode(cfg, type("Bar", (), {"set_description": lambda self, s: None})())
     assert [(r["probes"], r["batch"]) for r in rows] == [(8, 1), (8, 2), (2, 1), (2, 2)]
     assert all(r["head_speedup"] > 0 and r["speedup"] > 0 for r in rows)
-    text = suite.markdown(
-        {
-            "environment": {"device": "cpu", "torch": "x", "threads": 1, "copy_GBps": 1.0},
-            "logits": [],
-            "loss": [],
-            "decode": [],
-            "indexed": rows,
-            "notes": [],
-        }
-    )
+    text = decode.indexed_markdown(rows, {})
     assert "| toy | 64 | 8 | 1 |" in text
 
 
 def test_verified_decoding_bench_on_a_tiny_model(tmp_path):
-    """The four decoding modes on a tiny Llama with a synthetic clustered head, as docs/verified.sh
+    """The four decoding modes on a tiny Llama with a synthetic clustered head, as scripts/verified.sh
     runs them at the published shapes."""
     import transformers as T
 
-    from vqlogits.bench import verified
+    from vqlogits.studies import verified
 
     torch.manual_seed(0)
     config = T.LlamaConfig(
@@ -115,7 +106,7 @@ def test_verified_decoding_bench_on_a_tiny_model(tmp_path):
 
 
 def test_median_seconds_in_turns_calls_every_function_in_each_round():
-    from vqlogits.bench.timing import median_seconds_in_turns
+    from vqlogits.timing import median_seconds_in_turns
 
     calls = []
     out = median_seconds_in_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)

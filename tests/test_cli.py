@@ -14,8 +14,8 @@ import pytest
 
 from test_train import base, corpus, write_corpus  # noqa: F401  (fixtures)
 from vqlogits.cli import build_parser, main
-from vqlogits.lm import data as data_mod
-from vqlogits.lm import embedded
+from vqlogits.data import corpora as data_mod
+from vqlogits.data import embedded
 from vqlogits.lm.train import train
 
 

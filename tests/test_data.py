@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vqlogits.lm.data import load_corpus, tokenize_corpus
+from vqlogits.data.corpora import load_corpus, tokenize_corpus
 from vqlogits.lm.train import TrainConfig, train
 
 

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from vqlogits.cli import main
-from vqlogits.lm import devdocs, embedded
-from vqlogits.lm.data import corpus_stats, load_documents
-from vqlogits.lm.devdocs import PACKAGES, clean, extract_text, html_text
+from vqlogits.data import devdocs, embedded
+from vqlogits.data.corpora import corpus_stats, load_documents
+from vqlogits.data.devdocs import PACKAGES, clean, extract_text, html_text
 
 PROSE = " ".join(f"word{i} of the manual explains option {i % 7}." for i in range(40))
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from test_train import write_corpus
+from vqlogits.data.tokenizer import load_tokenizer, token_byte_lengths
 from vqlogits.lm.evaluate import evaluate_split
 from vqlogits.lm.experiments import sweep
 from vqlogits.lm.model import GPT, ModelConfig, body_train_flops, size_body
-from vqlogits.lm.tokenizer import load_tokenizer, token_byte_lengths
 from vqlogits.lm.train import TrainConfig, train
 
 TEXTS = ["naïve café — 東京 ok", "plain ascii text, with punctuation!", "tabs\tand\nnewlines \u00a0 nbsp"]
@@ -168,7 +168,7 @@ def test_cached_generation_equals_recomputing_every_prefix(head, extra):
 
 
 def test_equal_compute_report(base, tmp_path):
-    from vqlogits.bench.equal_compute import CHEAP, DENSE, report
+    from vqlogits.studies.equal_compute import CHEAP, DENSE, report
 
     root = tmp_path / "study"
     target = train(replace(base, out=str(tmp_path / "probe")), progress=False)["train_flops_per_token"]
@@ -210,7 +210,7 @@ def test_equal_compute_report(base, tmp_path):
 
 
 def test_verdicts_give_each_gap_and_the_runner_up_dense_design():
-    from vqlogits.bench.equal_compute import ADAPTIVE, CHEAP, DENSE, verdicts
+    from vqlogits.studies.equal_compute import ADAPTIVE, CHEAP, DENSE, verdicts
 
     def row(design, kind, seeds):
         return dict(
@@ -237,7 +237,7 @@ def test_verdicts_give_each_gap_and_the_runner_up_dense_design():
 
 
 def test_pareto_front():
-    from vqlogits.bench.equal_compute import pareto
+    from vqlogits.studies.equal_compute import pareto
 
     rows = [
         dict(design=d, steps=1, x=x, test_bpb=b)

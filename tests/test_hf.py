@@ -9,13 +9,14 @@ import torch
 
 from test_train import write_corpus
 from vqlogits import VQLogitsHead, load_pretrained
-from vqlogits.bench.eval import evaluate_folder as evaluate_pretrained
 from vqlogits.cli import main
-from vqlogits.hf import compress, generate, save_pretrained
+from vqlogits.data.corpora import load_corpus
+from vqlogits.data.tokenizer import load_tokenizer
 from vqlogits.hf.calibrate import calibrate
-from vqlogits.hf.folder import dense_head_weight
-from vqlogits.lm.data import load_corpus
-from vqlogits.lm.tokenizer import load_tokenizer
+from vqlogits.hf.compress import compress
+from vqlogits.hf.folder import dense_head_weight, save_pretrained
+from vqlogits.hf.generate import generate
+from vqlogits.hf.speed import evaluate_folder as evaluate_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def source(request, corpus, tmp_path_factory):
 
 
 def test_compress_save_load_round_trip_is_exact(source, tmp_path):
-    out = compress(str(source), 16, tmp_path / "vq", seed=1)
+    out = compress(model=str(source), codebook_size=16, out=tmp_path / "vq", seed=1)
     model = load_pretrained(out)
     head = model.get_output_embeddings()
     assert isinstance(head, VQLogitsHead) and head.codebook_size == 16
@@ -88,7 +89,7 @@ def test_compress_save_load_round_trip_is_exact(source, tmp_path):
 def test_save_killed_mid_write_leaves_the_folder_loadable(source, tmp_path, monkeypatch):
     import safetensors.torch
 
-    out = compress(str(source), 16, tmp_path / "vq")
+    out = compress(model=str(source), codebook_size=16, out=tmp_path / "vq")
     model = load_pretrained(out)
     ids = torch.randint(0, 300, (1, 8))
     before = model(ids).logits
@@ -106,7 +107,7 @@ def test_save_killed_mid_write_leaves_the_folder_loadable(source, tmp_path, monk
 
 
 def test_compact_generation_equals_hf_generate(source, tmp_path):
-    model = load_pretrained(compress(str(source), 16, tmp_path / "vq"))
+    model = load_pretrained(compress(model=str(source), codebook_size=16, out=tmp_path / "vq"))
     ids = torch.randint(1, 300, (3, 5))
     ours = generate(model, ids, max_new_tokens=10, eos_token_id=0)
     theirs = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=0, pad_token_id=0)
@@ -120,14 +121,14 @@ def test_compact_generation_equals_hf_generate(source, tmp_path):
 
 
 def test_decode_never_builds_vocab_sized_logits(source, tmp_path, monkeypatch):
-    model = load_pretrained(compress(str(source), 16, tmp_path / "vq"))
+    model = load_pretrained(compress(model=str(source), codebook_size=16, out=tmp_path / "vq"))
     head = model.get_output_embeddings()
     monkeypatch.setattr(head, "forward", lambda h: pytest.fail("full logits were built"))
     generate(model, torch.randint(1, 300, (2, 4)), 5, do_sample=True, top_k=10)
 
 
 def test_errors(source, tmp_path):
-    out = compress(str(source), 16, tmp_path / "vq")
+    out = compress(model=str(source), codebook_size=16, out=tmp_path / "vq")
     import transformers as T
 
     wrong = _tiny(json.loads((source / "config.json").read_text())["model_type"], 280)
@@ -138,17 +139,17 @@ def test_errors(source, tmp_path):
     opt_dir = tmp_path / "opt"
     _tiny("opt", 300).save_pretrained(opt_dir)
     with pytest.raises(ValueError, match="architecture 'opt' .*not supported"):
-        compress(str(opt_dir), 16, tmp_path / "x")
+        compress(model=str(opt_dir), codebook_size=16, out=tmp_path / "x")
     assert isinstance(T.__version__, str)
 
 
 def test_calibrate_and_evaluate(source, corpus, tmp_path):
-    out = compress(str(source), 8, tmp_path / "vq")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "vq")
     cache = tmp_path / "cache"
     before = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
     summary = calibrate(
-        out,
-        str(corpus),
+        folder=out,
+        corpus=str(corpus),
         budget_minutes=60,
         max_steps=40,
         stages="12",
@@ -171,8 +172,8 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     assert after["ppl_compressed"] < 0.9 * before["ppl_compressed"]
     # resuming a finished budget does no further steps
     again = calibrate(
-        out,
-        str(corpus),
+        folder=out,
+        corpus=str(corpus),
         budget_minutes=60,
         max_steps=40,
         stages="12",
@@ -192,7 +193,12 @@ def test_calibrations_of_one_backbone_share_its_hidden_states(source, corpus, tm
     kw = dict(budget_minutes=60, max_steps=3, stages="1", hidden_tokens=1024, block=32)
     shared, fresh = tmp_path / "shared", tmp_path / "fresh"
     for name, k, cache in (("a", 8, shared), ("b", 16, shared), ("c", 16, fresh)):
-        calibrate(compress(str(source), k, tmp_path / name), str(corpus), cache=cache, **kw)
+        calibrate(
+            folder=compress(model=str(source), codebook_size=k, out=tmp_path / name),
+            corpus=str(corpus),
+            cache=cache,
+            **kw,
+        )
         assert not list((tmp_path / name).glob("calib_hidden*"))
     assert len(list((shared / "hidden").glob("*.pt"))) == 1  # b read a's
     b, c = (safetensors.torch.load_file(tmp_path / n / "model.safetensors") for n in "bc")
@@ -232,7 +238,14 @@ def test_compact_distillation_loss_equals_full_logit_form():
 
 
 def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
-    out = compress(str(source), 16, tmp_path / "vq", exact_tokens=6, corpus=str(corpus), cache=tmp_path / "cache")
+    out = compress(
+        model=str(source),
+        codebook_size=16,
+        out=tmp_path / "vq",
+        exact_tokens=6,
+        corpus=str(corpus),
+        cache=tmp_path / "cache",
+    )
     head = load_pretrained(out).get_output_embeddings()
     dense = dense_head_weight(out)
     singles = [int(torch.nonzero(head.assignment == k)[0]) for k in range(6)]
@@ -241,15 +254,22 @@ def test_exact_tokens_keep_their_rows(source, corpus, tmp_path):
     h = torch.randn(3, head.d_model)
     torch.testing.assert_close(head(h)[:, singles], (h @ dense.T)[:, singles])
     with pytest.raises(ValueError, match=r"exact_tokens must be an int in \[0, codebook_size=16\), got 16"):
-        compress(str(source), 16, tmp_path / "x", exact_tokens=16, corpus=str(corpus), cache=tmp_path / "cache")
+        compress(
+            model=str(source),
+            codebook_size=16,
+            out=tmp_path / "x",
+            exact_tokens=16,
+            corpus=str(corpus),
+            cache=tmp_path / "cache",
+        )
 
 
 def test_calibration_history_survives_later_stages(source, corpus, tmp_path, json_never_in_place):
-    out = compress(str(source), 8, tmp_path / "vq")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "vq")
     for stage in ("1", "2"):
         calibrate(
-            out,
-            str(corpus),
+            folder=out,
+            corpus=str(corpus),
             budget_minutes=60,
             max_steps=5,
             stages=stage,

@@ -8,12 +8,11 @@ import torch
 from test_hf import _tiny
 from test_train import write_corpus
 from vqlogits import load_pretrained
-from vqlogits.heads import HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead, size_for_budget
-from vqlogits.hf import compress
-from vqlogits.hf.build import head_from_rows
+from vqlogits.data.corpora import load_corpus
+from vqlogits.data.tokenizer import load_tokenizer
+from vqlogits.heads import HybridHead, HybridTwoLevelHead, TwoLevelHead, VQLogitsHead, head_from_rows, size_for_budget
 from vqlogits.hf.calibrate import calibrate, distill_loss
-from vqlogits.lm.data import load_corpus
-from vqlogits.lm.tokenizer import load_tokenizer
+from vqlogits.hf.compress import compress
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,15 @@ def setup(tmp_path_factory):
 )
 def test_compress_any_head_at_a_budget_round_trips(setup, tmp_path, name, kind):
     source, corpus, cache = setup
-    out = compress(str(source), 8, tmp_path / name, head=name, head_budget=0.5, corpus=str(corpus), cache=cache)
+    out = compress(
+        model=str(source),
+        codebook_size=8,
+        out=tmp_path / name,
+        head=name,
+        head_budget=0.5,
+        corpus=str(corpus),
+        cache=cache,
+    )
     model = load_pretrained(out)
     head = model.get_output_embeddings()
     assert type(head) is kind
@@ -76,7 +83,15 @@ def test_generic_distillation_loss_equals_its_naive_form():
 @pytest.mark.parametrize("name", ["vq", "hybrid-twolevel"])
 def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
     source, corpus, cache = setup
-    out = compress(str(source), 8, tmp_path / name, head=name, head_budget=0.3, corpus=str(corpus), cache=cache)
+    out = compress(
+        model=str(source),
+        codebook_size=8,
+        out=tmp_path / name,
+        head=name,
+        head_budget=0.3,
+        corpus=str(corpus),
+        cache=cache,
+    )
     before = load_pretrained(out).get_output_embeddings().assignment.clone()
     kw = dict(
         budget_minutes=60,
@@ -88,7 +103,7 @@ def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
         reassign_every=5,
         reassign_frac=0.2,
     )
-    summary = calibrate(out, str(corpus), **kw)
+    summary = calibrate(folder=out, corpus=str(corpus), **kw)
     stage = summary["stages"]["1"]
     assert stage["reassign_every"] == 5 and len(stage["moved"]) >= 1 and any(m > 0 for m in stage["moved"])
     after = load_pretrained(out).get_output_embeddings()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from vqlogits.hf.report import load_evals, plotted, pretrained_report
+from vqlogits.studies.pretrained_report import load_evals, plotted, pretrained_report
 
 
 def _model(root, name, head, head_params, ppls, reassign_every, head_bytes=None, gaps=None):

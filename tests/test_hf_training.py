@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from conftest import Largest
 from vqlogits import load_pretrained
-from vqlogits.hf import compress, patch
+from vqlogits.hf.compress import compress
+from vqlogits.hf.training import patch
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def model(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("src")
     _tiny("llama", 300).save_pretrained(folder)
-    return load_pretrained(compress(str(folder), 16, folder / "vq"))
+    return load_pretrained(compress(model=str(folder), codebook_size=16, out=folder / "vq"))
 
 
 def _naive(model, ids, labels):

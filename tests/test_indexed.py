@@ -58,12 +58,14 @@ def test_both_certificates_are_exercised():
     W = _clustered()
     head = IndexedHead.from_weight(W, 20, probes=2)
     h = W[[7, 300, 33]] * 4
-    assert torch.equal(head.greedy(h), (h @ W.T).argmax(-1))
-    assert head.last_stats["certified"] >= 1  # the cluster bounds alone
+    ids, stats = head.greedy_stats(h)
+    assert torch.equal(ids, (h @ W.T).argmax(-1))
+    assert stats["certified"] >= 1  # the cluster bounds alone
     loose = IndexedHead.from_weight(torch.randn(600, 24), 20, probes=1)
     h = torch.randn(8, 24)
-    assert torch.equal(loose.greedy(h), (h @ loose.weight.T).argmax(-1))
-    assert loose.last_stats["screened_rows"] > 0 and loose.last_stats["certified"] < 8  # the fp16 screen
+    ids, stats = loose.greedy_stats(h)
+    assert torch.equal(ids, (h @ loose.weight.T).argmax(-1))
+    assert stats["screened_rows"] > 0 and stats["certified"] < 8  # the fp16 screen
 
 
 def test_approximate_greedy(heads):
@@ -160,10 +162,10 @@ def test_accelerate_round_trip_and_generation(tmp_path):
     from test_train import write_corpus
     from vqlogits import load_pretrained
     from vqlogits.cli import main
-    from vqlogits.hf import generate
+    from vqlogits.data.corpora import load_corpus
+    from vqlogits.data.tokenizer import load_tokenizer
     from vqlogits.hf.accelerate import accelerate
-    from vqlogits.lm.data import load_corpus
-    from vqlogits.lm.tokenizer import load_tokenizer
+    from vqlogits.hf.generate import generate
 
     corpus = write_corpus(tmp_path / "text", n_docs=40)
     source = tmp_path / "llama"
@@ -173,7 +175,13 @@ def test_accelerate_round_trip_and_generation(tmp_path):
     original = _tiny("llama", tok.get_vocab_size())
     original.save_pretrained(source)
     out = accelerate(
-        str(source), 16, tmp_path / "fast", probes=4, corpus=str(corpus), hidden_tokens=1024, cache=tmp_path / "cache"
+        model=str(source),
+        clusters=16,
+        out=tmp_path / "fast",
+        probes=4,
+        corpus=str(corpus),
+        hidden_tokens=1024,
+        cache=tmp_path / "cache",
     )
     model = load_pretrained(out)
     head = model.get_output_embeddings()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vqlogits.heads import HybridHead, HybridTwoLevelHead, RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
-from vqlogits.lm.learned_map import MapLearner
+from vqlogits.heads.learned_map import MapLearner
 
 D, V, K, N = 8, 96, 6, 128
 

@@ -18,10 +18,10 @@ from test_hf import _tiny
 from test_train import write_corpus
 from vqlogits import load_pretrained
 from vqlogits.cli import main
+from vqlogits.data.corpora import load_corpus
+from vqlogits.data.tokenizer import load_tokenizer
 from vqlogits.files import USER_CACHE
-from vqlogits.hf import compress
-from vqlogits.lm.data import load_corpus
-from vqlogits.lm.tokenizer import load_tokenizer
+from vqlogits.hf.compress import compress
 from vqlogits.lm.train import TrainConfig, train
 
 
@@ -64,7 +64,7 @@ def run_config(corpus, tmp_path, **kw):
 
 
 def test_compress_refuses_a_finished_model_and_a_training_run(source, corpus, tmp_path, capsys):
-    out = compress(str(source), 8, tmp_path / "m")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "m")
     before = (out / "model.safetensors").read_bytes()
     code, _, err = cli(capsys, "compress", "--model", source, "--codebook-size", 16, "--out", out)
     assert code == 2 and "already holds a finished a vqlogits model (vqlogits.json)" in err and "--overwrite" in err
@@ -96,7 +96,7 @@ def test_a_killed_compress_is_redone_and_calibrate_refuses_foreign_files(source,
     out = tmp_path / "m"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"half")  # what a kill mid-compress leaves: no vqlogits.json
-    assert compress(str(source), 8, out) == out
+    assert compress(model=str(source), codebook_size=8, out=out) == out
     (out / "stray.bin").write_bytes(b"x")
     code, _, err = cli(capsys, "calibrate", out, "--max-steps", 1)
     assert code == 2 and "stray.bin" in err
@@ -108,7 +108,7 @@ def test_a_killed_compress_is_redone_and_calibrate_refuses_foreign_files(source,
 def test_automodel_and_save_pretrained_round_trip(source, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = compress(str(source), 8, tmp_path / "m")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "m")
     ours = load_pretrained(out)
     theirs = AutoModelForCausalLM.from_pretrained(out)  # registered by importing vqlogits.hf
     ids = torch.randint(1, 300, (2, 7))
@@ -127,7 +127,7 @@ def test_automodel_and_save_pretrained_round_trip(source, tmp_path):
 
 
 def test_without_vqlogits_transformers_refuses_the_folder(source, tmp_path):
-    out = compress(str(source), 8, tmp_path / "m")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "m")
     code = f"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(out)!r})"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode != 0 and "vqlogits" in run.stderr  # an error naming the unknown model type, no random head
@@ -166,10 +166,19 @@ def test_the_default_dtype_is_the_smallest_that_holds_the_source(source, tmp_pat
     model.save_pretrained(tmp_path / "bf16-exact")
     (tmp_path / "bf16-exact" / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
     assert (
-        json.loads((compress(str(tmp_path / "bf16-exact"), 8, tmp_path / "b") / "vqlogits.json").read_text())["dtype"]
+        json.loads(
+            (
+                compress(model=str(tmp_path / "bf16-exact"), codebook_size=8, out=tmp_path / "b") / "vqlogits.json"
+            ).read_text()
+        )["dtype"]
         == "bfloat16"
     )
-    assert json.loads((compress(str(source), 8, tmp_path / "c") / "vqlogits.json").read_text())["dtype"] == "float32"
+    assert (
+        json.loads((compress(model=str(source), codebook_size=8, out=tmp_path / "c") / "vqlogits.json").read_text())[
+            "dtype"
+        ]
+        == "float32"
+    )
 
 
 def _umask() -> int:
@@ -194,7 +203,7 @@ def test_files_that_are_not_text_are_skipped_or_refused(tmp_path):
 def test_one_user_cache_and_only_the_splits_read(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("VQLOGITS_CACHE", str(tmp_path / "mine"))
     assert Path(USER_CACHE) == tmp_path / "mine"
-    from vqlogits.lm.data import tokenize_corpus
+    from vqlogits.data.corpora import tokenize_corpus
 
     arrays, _, _ = tokenize_corpus(str(corpus), "bpe:300", splits=("val", "test"))
     assert set(arrays) == {"val", "test"}
@@ -217,7 +226,7 @@ def test_generate_from_a_trained_run(corpus, tmp_path, capsys):
 
 
 def test_bad_input_is_a_one_line_error(source, tmp_path, capsys):
-    folder = compress(str(source), 8, tmp_path / "m")
+    folder = compress(model=str(source), codebook_size=8, out=tmp_path / "m")
     meta = (folder / "vqlogits.json").read_text()
     cases = [
         (lambda: None, ["generate", folder, ""], "prompt is empty"),
@@ -297,7 +306,7 @@ def test_analyze_prints_a_summary_with_units(corpus, tmp_path, capsys):
 
 
 def test_the_profiler_prints_nothing(capfd):
-    from vqlogits.bench.timing import peak_bytes
+    from vqlogits.timing import peak_bytes
 
     assert peak_bytes(lambda: torch.ones(100, 100) + 1) > 0
     assert "profiler" not in capfd.readouterr().err

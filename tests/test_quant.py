@@ -102,11 +102,11 @@ def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
     from test_train import write_corpus
     from vqlogits import load_pretrained
     from vqlogits.cli import main
-    from vqlogits.hf import compress
+    from vqlogits.data.corpora import load_corpus
+    from vqlogits.data.tokenizer import load_tokenizer
     from vqlogits.hf.calibrate import calibrate
+    from vqlogits.hf.compress import compress
     from vqlogits.hf.folder import describe
-    from vqlogits.lm.data import load_corpus
-    from vqlogits.lm.tokenizer import load_tokenizer
 
     corpus = write_corpus(tmp_path / "text", n_docs=30)
     source = tmp_path / "llama"
@@ -116,7 +116,7 @@ def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
     original = _tiny("llama", tok.get_vocab_size())
     original.save_pretrained(source)
     cache = tmp_path / "cache"
-    out = compress(str(source), 8, tmp_path / "q4", head="quantized", bits=4, group_size=16, cache=cache)
+    out = compress(model=str(source), out=tmp_path / "q4", head="quantized", bits=4, group_size=16, cache=cache)
     with safetensors.safe_open(out / "model.safetensors", "pt") as f:
         assert f.get_tensor("lm_head.packed").dtype == torch.uint8
     summary = describe(out)
@@ -130,14 +130,21 @@ def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
     assert main(["generate", str(out), "w1 w2", "--max-new-tokens", "3"]) == 0
     before = model.get_output_embeddings().state_dict()["scale"].clone()
     summary = calibrate(
-        out, str(corpus), budget_minutes=60, max_steps=5, stages="1", hidden_tokens=1024, block=32, cache=cache
+        folder=out,
+        corpus=str(corpus),
+        budget_minutes=60,
+        max_steps=5,
+        stages="1",
+        hidden_tokens=1024,
+        block=32,
+        cache=cache,
     )
     assert summary["stages"]["1"]["steps"] == 5
     assert not torch.equal(load_pretrained(out).get_output_embeddings().state_dict()["scale"], before)  # it trained
     parts = compress(
-        str(source),
-        8,
-        tmp_path / "ht4",
+        model=str(source),
+        codebook_size=8,
+        out=tmp_path / "ht4",
         head="hybrid-twolevel",
         head_budget=0.5,
         part_bits=4,
@@ -145,7 +152,13 @@ def test_compress_quantized_and_hybrid_parts_end_to_end(tmp_path, capsys):
         cache=cache,
     )
     plain = compress(
-        str(source), 8, tmp_path / "ht", head="hybrid-twolevel", head_budget=0.5, corpus=str(corpus), cache=cache
+        model=str(source),
+        codebook_size=8,
+        out=tmp_path / "ht",
+        head="hybrid-twolevel",
+        head_budget=0.5,
+        corpus=str(corpus),
+        cache=cache,
     )
     meta = json.loads((parts / "vqlogits.json").read_text())
     assert set(meta["quantized_parts"]) == {"codebook", "token_vectors"}

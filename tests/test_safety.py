@@ -82,28 +82,30 @@ def test_eval_and_analyze_refuse_crafted_models(base, tmp_path, capsys):  # noqa
 
 def test_calibration_refuses_crafted_checkpoints_and_hidden_cache(tmp_path, corpus):  # noqa: F811
     from test_hf import _tiny
-    from vqlogits.hf import compress
+    from vqlogits.data.corpora import load_corpus
+    from vqlogits.data.tokenizer import load_tokenizer
     from vqlogits.hf.calibrate import calibrate
-    from vqlogits.lm.data import load_corpus
-    from vqlogits.lm.tokenizer import load_tokenizer
+    from vqlogits.hf.compress import compress
 
     source = tmp_path / "llama"
     source.mkdir()
     tok = load_tokenizer("bpe:300", load_corpus(str(corpus)))
     tok.save(str(source / "tokenizer.json"))
     _tiny("llama", tok.get_vocab_size()).save_pretrained(source)
-    out = compress(str(source), 8, tmp_path / "vq")
+    out = compress(model=str(source), codebook_size=8, out=tmp_path / "vq")
     marker = tmp_path / "pwned"
     kw = dict(budget_minutes=60, max_steps=2, stages="1", hidden_tokens=1024, block=32, cache=tmp_path / "cache")
-    calibrate(out, str(corpus), **kw)  # fills the hidden-state cache, shared by every head of this backbone
+    calibrate(
+        folder=out, corpus=str(corpus), **kw
+    )  # fills the hidden-state cache, shared by every head of this backbone
     (hidden,) = (tmp_path / "cache" / "hidden").glob("*.pt")
     plant(hidden, marker)
     with pytest.raises(UnsafeFileError, match=hidden.name):
-        calibrate(out, str(corpus), **kw)
+        calibrate(folder=out, corpus=str(corpus), **kw)
     hidden.unlink()
     plant(out / "calib_stage1.pt", marker)
     with pytest.raises(UnsafeFileError, match=r"calib_stage1\.pt"):
-        calibrate(out, str(corpus), **kw)
+        calibrate(folder=out, corpus=str(corpus), **kw)
     assert not marker.exists()
 
 

@@ -132,9 +132,9 @@ def _result(head, tokens, ppl, seed=0, schedule="wsd", budget=None, mapping="ran
 
 
 def test_gap_interval_and_scaling_report(tmp_path):
-    from vqlogits.lm.report import write_report
-    from vqlogits.lm.scaling import dense_convergence, headline
     from vqlogits.stats import gap_ci
+    from vqlogits.studies.report import write_report
+    from vqlogits.studies.scaling import dense_convergence, headline
 
     lo, hi = gap_ci([110.0, 112.0, 111.0], [100.0, 101.0, 99.0])
     assert 8 < lo < 9 and 13.5 < hi < 14  # 11% ± t(3 df) x 0.78%, in log space: excludes 0
@@ -216,7 +216,7 @@ def test_demo_report_states_its_regime(tmp_path):
 def test_doublings_to_converge_extrapolates_geometric_decrements():
     import math
 
-    from vqlogits.lm.scaling import doublings_to
+    from vqlogits.studies.scaling import doublings_to
 
     vals = [100.0, 100 * math.exp(-0.4), 100 * math.exp(-0.6)]  # decrements 0.4, 0.2: halving
     assert doublings_to(vals, 0.03) == pytest.approx(math.log(-math.log(0.97) / 0.2) / math.log(0.5))

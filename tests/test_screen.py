@@ -4,7 +4,7 @@ values, the bound itself at decoding's shapes, and a case that the halved bound 
 import pytest
 import torch
 
-from vqlogits.screen import U_BF16, BF16Screen
+from vqlogits.screens.bf16 import U_BF16, BF16Screen
 
 
 def truth(h, W):

@@ -8,7 +8,7 @@ import torch
 from test_screen import assert_needs_the_whole_bound, assert_within_bound, truth
 from vqlogits import quant
 from vqlogits.heads import QuantizedHead
-from vqlogits.screen_int4 import Int4Screen, available
+from vqlogits.screens.int4 import Int4Screen, available
 
 pytestmark = pytest.mark.skipif(not available(4, 32, 64), reason="no int4 CPU kernel in this PyTorch")
 

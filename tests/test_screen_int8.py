@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from test_screen import assert_needs_the_whole_bound, assert_within_bound, truth
-from vqlogits import screen_int4
 from vqlogits.heads import QuantizedHead
-from vqlogits.screen_int8 import Int8Screen, available
+from vqlogits.screens import int4 as screen_int4
+from vqlogits.screens.int8 import Int8Screen, available
 
 pytestmark = pytest.mark.skipif(not available(64), reason="no int8 CPU kernel in this PyTorch")
 
@@ -32,8 +32,9 @@ def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
     assert torch.equal(ids, truth(h, head.weight.detach())) and int(ids[-1]) == 3
     stats = head._screen[1].argmax(h)[1]
     assert stats["candidates"] < h.shape[0] * 50  # it excludes almost every token
-    assert head.last_stats == {"rows": 43, "screened_rows": 43 * 995, "verified_rows": stats["candidates"]}
-    assert head.last_stats["verified_rows"] > 43  # the near-equal rows reach the fp64 pass
+    returned = head.greedy_stats(h)[1]
+    assert returned == {"rows": 43, "screened_rows": 43 * 995, "verified_rows": stats["candidates"]}
+    assert returned["verified_rows"] > 43  # the near-equal rows reach the fp64 pass
     with torch.no_grad():  # a calibration step moves scales and offsets: the screen follows
         head.gain.add_(0.05 * torch.randn(head.gain.shape, generator=g))
         head.shift.add_(0.2 * torch.randn(head.shift.shape, generator=g))
@@ -75,8 +76,9 @@ def test_where_the_kernel_applies():
         _screen_of(torch.randn(5, 40))
     head = QuantizedHead.from_weight(torch.randn(30, 40), bits=3, group_size=8, method="rtn")  # chunked fp32
     h = torch.randn(6, 40)
-    assert torch.equal(head.greedy(h), (h @ head.weight.T).argmax(-1)) and head._screen is None
-    assert head.last_stats == {"rows": 6, "screened_rows": 0, "verified_rows": 0}
+    ids, stats = head.greedy_stats(h)
+    assert torch.equal(ids, (h @ head.weight.T).argmax(-1)) and head._screen is None
+    assert stats == {"rows": 6, "screened_rows": 0, "verified_rows": 0}
     zero = _screen_of(torch.zeros(3, 16))  # all-zero rows: a tie at 0, the smallest id
     assert int(zero.argmax(torch.randn(1, 16))[0]) == 0
 

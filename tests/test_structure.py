@@ -1,5 +1,7 @@
-"""The package's shape: floors that import only downward, no import cycles (imports inside functions
-included), no module outside lm/ reaching into the training loop, and files that stay readable.
+"""The package's shape: floors that import only downward (the library never imports the studies or
+the bench suite), the training harness and the Hugging Face path apart, no import cycles (imports
+inside functions included), no module outside lm/ reaching into the training loop, and functions
+short enough to read at once.
 
     python -m pytest tests/test_structure.py -q    # the check; `python tests/test_structure.py` prints the graph
 """
@@ -9,17 +11,19 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vqlogits"
 # Lowest first. A module may import its own floor or a lower one; the top floor is the entry points.
+# The library is everything below ``studies``: it never imports the studies or the bench suite.
 FLOORS = [
-    ("files", "stats", "_checks", "quant"),
-    ("kernels", "cluster"),
-    ("functional", "screen", "screen_int4", "screen_int8"),
-    ("sampling",),
+    ("files", "stats", "_checks", "quant", "timing", "config"),
+    ("kernels", "cluster", "data"),
+    ("functional", "screens"),
+    ("code_index",),
     ("heads",),
-    ("lm",),
-    ("hf",),
-    ("bench",),
+    ("lm", "hf"),  # side by side: the training harness and the Hugging Face path never import each other
+    ("studies",),  # the measurements and reports behind docs/
+    ("bench",),  # `vqlogits bench`
     ("demo", "cli", ""),
 ]
+APART = [("lm", "hf")]
 ENTRY_POINTS = {
     "vqlogits.cli",
     "vqlogits.cli.parser",
@@ -28,7 +32,7 @@ ENTRY_POINTS = {
     "vqlogits.cli.__main__",
     "vqlogits.demo",
 }
-MAX_LINES = 400
+MAX_FUNCTION_LINES = 80
 
 
 def modules() -> dict[str, Path]:
@@ -107,11 +111,6 @@ def test_no_import_cycles_counting_imports_inside_functions():
     assert cycles(edges) == []
 
 
-def test_every_import_points_down_or_sideways():
-    upward = [(a, b) for a, targets in graph().items() for b, _ in targets if floor(b) > floor(a)]
-    assert upward == []
-
-
 def test_only_the_entry_points_reach_into_the_training_loop():
     reaching = [
         a
@@ -134,15 +133,86 @@ def test_our_own_modules_are_imported_at_the_top_except_by_the_entry_points():
     assert lazy == []
 
 
-def test_no_source_file_is_over_400_lines():
-    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert long == {}
+def upward(edges: dict) -> list[tuple[str, str]]:
+    return [(a, b) for a, targets in edges.items() for b, _ in targets if floor(b) > floor(a)]
+
+
+def crossing(edges: dict) -> list[tuple[str, str]]:
+    """Imports between two floors that stand side by side but must stay apart."""
+    group = lambda name: name.split(".")[1] if "." in name else ""  # noqa: E731
+    return [
+        (a, b)
+        for a, targets in edges.items()
+        for b, _ in targets
+        if any({group(a), group(b)} == set(pair) for pair in APART)
+    ]
+
+
+def long_functions(sources: dict[str, str], limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """``file:function`` -> lines, for every function (methods and nested ones included) longer than ``limit``."""
+    out = {}
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out[f"{name}:{node.name}"] = n
+    return out
+
+
+def test_every_import_points_down_or_sideways():
+    assert upward(graph()) == []
+
+
+def test_the_training_harness_and_the_hugging_face_path_never_import_each_other():
+    assert crossing(graph()) == []
+
+
+def test_no_function_is_over_80_lines():
+    assert long_functions({str(p.relative_to(SRC)): p.read_text() for p in SRC.rglob("*.py")}) == {}
 
 
 def test_the_checks_can_fail():
-    edges = {"vqlogits.heads.vq": [("vqlogits.lm.data", False)], "vqlogits.lm.data": [("vqlogits.heads.vq", True)]}
-    assert cycles(edges) == [["vqlogits.heads.vq", "vqlogits.lm.data"]]
-    assert floor("vqlogits.lm.data") > floor("vqlogits.heads.vq") > floor("vqlogits.files")
+    """Each rule, on a crafted violation."""
+    loop = {
+        "vqlogits.heads.vq": [("vqlogits.data.corpora", False)],
+        "vqlogits.data.corpora": [("vqlogits.heads.vq", 1)],
+    }
+    assert cycles(loop) == [["vqlogits.data.corpora", "vqlogits.heads.vq"]]
+    assert upward(loop) == [("vqlogits.data.corpora", "vqlogits.heads.vq")]  # data lies below heads
+    assert upward({"vqlogits.hf.load": [("vqlogits.studies.report", False)]})  # the library never imports a study
+    assert upward({"vqlogits.studies.report": [("vqlogits.bench.suite", False)]})
+    assert crossing({"vqlogits.hf.compress": [("vqlogits.lm.train", False)]}) == [
+        ("vqlogits.hf.compress", "vqlogits.lm.train")
+    ]
+    assert crossing({"vqlogits.lm.train": [("vqlogits.hf.load", True)]})
+    assert crossing({"vqlogits.hf.compress": [("vqlogits.data.corpora", False)]}) == []
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert long_functions({"a.py": f"def f():\n{body}\n"}) == {"a.py:f": MAX_FUNCTION_LINES + 1}
+    assert long_functions({"a.py": f"class A:\n    def g(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n"})
+    assert long_functions({"a.py": "def f():\n" + "\n".join(body.splitlines()[:-1]) + "\n"}) == {}
+
+
+LIGHT = """
+import sys
+import vqlogits, vqlogits.demo
+from vqlogits.bench import suite
+from vqlogits.cli.run import main
+suite.SHAPES["toy"] = (3000, 32)
+suite.QUICK.update(shapes=("toy",), codebook_sizes=(16,), tokens=(1,), loss_tokens=(64,), loss_codebook_sizes=(16,))
+assert main(["bench", "--quick", "--out", sys.argv[1]]) == 0
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "tokenizers", "datasets")))
+"""
+
+
+def test_import_the_demo_and_bench_quick_do_not_import_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "-c", LIGHT, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "bench.md").exists()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import torch
 
 from conftest import train_until_crash
 from vqlogits.cli import main
+from vqlogits.data.corpora import load_corpus
 from vqlogits.lm import train as train_mod
-from vqlogits.lm.data import load_corpus
 from vqlogits.lm.experiments import evaluate, sweep
 from vqlogits.lm.train import TrainConfig, train
+from vqlogits.studies.report import write_report
 
 RESULT_KEYS = {
     "head",
@@ -148,6 +149,7 @@ def test_bad_options_raise(base):
 
 def test_sweep_report_and_cli(base, tmp_path, capsys, json_never_in_place):
     report = sweep(replace(base, steps=6), ["dense", "vq"], [8, 32], ["random"], [0, 1], tmp_path / "sweep")
+    report = write_report([report], report)
     text = report.read_text()
     assert "| dense | 2 |" in text and "| vq K=8 map=random | 2 |" in text and "| vq K=32 map=random | 2 |" in text
     for png in ("ppl_vs_params.png", "training_curves.png", "codes.png"):
@@ -188,7 +190,7 @@ def test_new_heads_train_with_a_head_budget(base, head):
 
 
 def test_crossing_interpolates_in_log_log():
-    from vqlogits.lm.report import crossing
+    from vqlogits.studies.report import crossing
 
     assert crossing([(0.01, 400.0), (0.04, 100.0)], 200.0) == "2.0%"  # halfway in log-log
     assert crossing([(0.04, 100.0), (0.01, 400.0)], 500.0) == "≤ 1%"
@@ -206,6 +208,7 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
         reassign=[0, 2],
         budgets=[0.02, 0.3],
     )
+    report = write_report([report], report)
     text = report.read_text()
     # 2% of 300 x 128 fits a 3-code VQ head with its bias, but not one dim per token for twolevel
     assert "vq @2%" in text and "twolevel @30%" in text and "twolevel @2%" not in text and "vq @2% learned/2" in text
@@ -223,6 +226,7 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
         reassign=[2],
         budgets=[0.3],
     )
+    report = write_report([report], report)
     assert (
         "vq @30% learned/2 frac=0.2 |" in report.read_text()
         and (tmp_path / "b" / "vq-b0.3-learn2-f0.2-s0" / "results.json").exists()
@@ -231,8 +235,8 @@ def test_budget_sweep_skips_hopeless_budgets(base, tmp_path):
 
 
 def test_within_code_analysis(base, tmp_path):
-    from vqlogits.lm.analysis import within_code_analysis
     from vqlogits.lm.experiments import load_model
+    from vqlogits.studies.analysis import within_code_analysis
 
     dense = train(replace(base, steps=6, out=str(tmp_path / "d")), progress=False)
     train(replace(base, steps=6, head="vq", codebook_size=8, out=str(tmp_path / "v")), progress=False)
@@ -242,7 +246,7 @@ def test_within_code_analysis(base, tmp_path):
     # VQ's within-code term is context-free: it equals what the bias alone gives
     vq, _ = load_model(tmp_path / "v")
     head = vq.head
-    from vqlogits.lm.data import tokenize_corpus
+    from vqlogits.data.corpora import tokenize_corpus
 
     test = torch.from_numpy(tokenize_corpus(base.corpus, base.tokenizer, base.cache)[0]["test"].astype("int64"))
     y = test[1 : r["tokens"] + 1]  # the targets of consecutive windows from the start

@@ -9,8 +9,8 @@ import transformers as T
 from conftest import chi_square_p
 from vqlogits.functional import sampling_probs
 from vqlogits.heads import IndexedHead
-from vqlogits.hf import generate
-from vqlogits.hf.generate import break_even, draft_probes_for
+from vqlogits.heads.probes import draft as draft_probes_for
+from vqlogits.hf.generate import break_even, generate
 from vqlogits.hf.load import use_head
 
 
@@ -54,7 +54,9 @@ def test_verified_greedy_is_the_original_models(batch, block):
 def test_blocks_grow_while_every_draft_is_kept(monkeypatch):
     original, fast = _pair()
     head = fast.get_output_embeddings()
-    monkeypatch.setattr(head, "greedy", lambda h, exact=False, probes=None: head.verify_greedy(h))  # a perfect drafter
+    monkeypatch.setattr(
+        head, "greedy", lambda h, exact=False, probes=None: head.exact_argmax(h)[0]
+    )  # a perfect drafter
     ids = torch.randint(1, 300, (1, 5), generator=torch.Generator().manual_seed(5))
     stats = {}
     ours = generate(fast, ids, max_new_tokens=60, block=2, stats=stats)

@@ -110,6 +110,22 @@ def kmeans(
     return KMeansResult(centroids, labels, inertia)
 
 
+def balanced_assignment(vocab_size: int, codebook_size: int, order: torch.Tensor | None = None) -> torch.Tensor:
+    """Deal tokens to codes round-robin in the given order (default: by id): code sizes differ by <= 1."""
+    order = torch.arange(vocab_size) if order is None else order
+    assignment = torch.empty(vocab_size, dtype=torch.long, device=order.device)
+    assignment[order] = torch.arange(vocab_size, device=order.device) % codebook_size
+    return assignment
+
+
+def code_means(weight: torch.Tensor, assignment: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Mean of the rows of each code, (K, d): the least-squares codebook for a fixed map."""
+    w = weight.detach().float()
+    sums = torch.zeros(codebook_size, w.shape[1], device=w.device).index_add_(0, assignment, w)
+    counts = torch.bincount(assignment, minlength=codebook_size).clamp_min(1)
+    return sums / counts[:, None]
+
+
 def balanced_assignment_to(
     x: torch.Tensor, centroids: torch.Tensor, capacity: int, candidates: int = 16, max_chunk_elems: int = 1 << 24
 ) -> torch.Tensor:

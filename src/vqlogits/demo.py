@@ -11,9 +11,9 @@ from pathlib import Path
 from .bench.suite import logit_speed
 from .files import USER_CACHE
 from .lm.experiments import load_model
-from .lm.report import load_runs, markdown_table, summarize, write_report
-from .lm.scaling import headline
 from .lm.train import TrainConfig, train
+from .studies.report import load_runs, markdown_table, summarize, write_report
+from .studies.scaling import headline
 
 DEMO_K = (256, 1024)
 CONVERGED_SUMMARY = Path(__file__).resolve().parents[2] / "docs" / "results" / "converged" / "summary.json"
@@ -59,7 +59,7 @@ def demo(cache: str | Path = USER_CACHE, out: str = "runs/demo", steps: int = 30
         steps=steps,
         eval_every=max(1, steps // 4),
         checkpoint_every=max(1, steps // 4),
-        cache=cache,
+        cache=str(cache),  # a path, never the USER_CACHE object: the config is saved in every checkpoint
         final_eval_tokens=65536,
     )
     K = max(codebook_sizes)

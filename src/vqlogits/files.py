@@ -106,7 +106,7 @@ FOLDER_KINDS = {
             "special_tokens_map.json*",
             "generation_config.json*",
             "calib_*",
-            "eval_*.json*",  # docs/pretrained_heads.sh keeps each model's evaluations and generation beside it
+            "eval_*.json*",  # scripts/pretrained_heads.sh keeps each model's evaluations and generation beside it
             "generation.txt*",
             "lock",
         ),

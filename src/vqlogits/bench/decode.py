@@ -3,12 +3,16 @@ the compact heads (SmolLM2's shape) and against ``IndexedHead`` at larger publis
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from ..heads import DenseHead, IndexedHead, VQLogitsHead
-from . import accelerate, verified
+from ..studies import accelerate, verified
+from ..timing import decode_tokens_per_s, median_seconds
 from .config import BenchConfig
-from .timing import decode_tokens_per_s, median_seconds
+from .format import seconds as _fmt_s
 
 
 def smollm2_shaped(num_layers: int = 30):
@@ -130,3 +134,74 @@ def bench_verified(cfg: BenchConfig, bar) -> list[dict]:
     )
     bar.update(1)
     return [{"model": "SmolLM2-135M shape (synthetic head)", "draft_agreement": tuned["agreement"], **row}]
+
+
+def decode_markdown(rows: list[dict], env: dict) -> str:
+    out = []
+    out.append("\n### Greedy decode with a KV cache, SmolLM2-135M shape (random weights)\n")
+    out.append(
+        "IndexedHead: approximate greedy over K / 8 probed clusters (random clusters: timing only;"
+        " agreement is measured on real weights in docs/PRETRAINED.md).\n"
+    )
+    out.append(
+        "| K | batch | dense tok/s | VQ tok/s | × end to end | indexed tok/s | × end to end | head: dense |"
+        " head: VQ | × head | head: indexed | × head |"
+    )
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        indexed = f"{r['indexed_tok_s']:,.1f} | {r['indexed_speedup']:.2f}" if "indexed_tok_s" in r else "– | –"
+        indexed_head = (
+            f"{_fmt_s(r['indexed_head_s'])} | {r['indexed_head_speedup']:.1f}" if "indexed_head_s" in r else "– | –"
+        )
+        out.append(
+            f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} |"
+            f" {indexed} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} |"
+            f" {indexed_head} |"
+        )
+    return "\n".join(out)
+
+
+def indexed_markdown(rows: list[dict], env: dict) -> str:
+    out = []
+    out.append("\n### IndexedHead, approximate greedy, at published shapes (random weights and clusters: speed only)\n")
+    out.append(
+        "| model | K | probes | batch | head: dense | head: indexed | × head | dense tok/s | indexed tok/s |"
+        " × end to end |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['K']} | {r['probes']} | {r['batch']} | {_fmt_s(r['dense_head_s'])} |"
+            f" {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} |"
+            f" {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |"
+        )
+    return "\n".join(out)
+
+
+def verified_markdown(rows: list[dict], env: dict) -> str:
+    out = []
+    out.append("\n### Verified decoding, SmolLM2-135M shape, synthetic head (real weights: docs/PRETRAINED.md)\n")
+    out.append(verified.markdown({"environment": env, "rows": rows}).split("\n", 1)[1])
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of ``vqlogits bench`` beyond logits and loss: how it measures, renders and counts its rows."""
+
+    run: Callable[[BenchConfig, object], list[dict]]
+    markdown: Callable[[list[dict], dict], str]
+    steps: Callable[[BenchConfig], int]
+
+
+SECTIONS = {
+    "decode": Section(
+        bench_decode, decode_markdown, lambda cfg: len(cfg.decode_batches) * len(cfg.loss_codebook_sizes)
+    ),
+    "indexed": Section(bench_indexed_decode, indexed_markdown, lambda cfg: 0),
+    "verified": Section(
+        lambda cfg, bar: bench_verified(cfg, bar) if cfg.verified else [],
+        verified_markdown,
+        lambda cfg: int(cfg.verified),
+    ),
+}

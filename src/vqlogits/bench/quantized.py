@@ -1,8 +1,8 @@
 """Greedy decoding with quantized heads on a pretrained model's own weights: head time per token and
 end-to-end tokens/s against the fp32 head and the head cast to bf16, all in one run.
 
-A 4-bit head in groups the int4 kernel takes decodes through ``screen_int4.Int4Screen``, other
-widths through ``screen_int8.Int8Screen``: both the exact fp64 argmax of the head's own rows."""
+A 4-bit head in groups the int4 kernel takes decodes through ``screens.int4.Int4Screen``, other
+widths through ``screens.int8.Int8Screen``: both the exact fp64 argmax of the head's own rows."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
+from ..data.corpora import tokenize_corpus
 from ..files import USER_CACHE, write_atomic, write_json
 from ..heads import QuantizedHead
-from ..hf.accelerate import hidden_states
+from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
-from ..lm.data import tokenize_corpus
-from .timing import decode_tokens_per_s, median_seconds
+from ..timing import decode_tokens_per_s, median_seconds
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def bench_quantized(
     ``{name}_fp64_per_row``: the tokens per row its screen could not exclude, read in fp64 (0 where
     it decodes without a screen). Names: ``fp32``, ``bf16``
     (``h.bfloat16() @ W16.T``, what casting the head does), ``q{B}``. Rounding: RTN (speed does not
-    depend on it; quality is docs/pretrained_bytes.sh's)."""
+    depend on it; quality is scripts/pretrained_bytes.sh's)."""
     model, source = load_causal_lm(spec, cache)
     weight = model.get_output_embeddings().weight.detach().float()  # (V, d)
     w16 = weight.bfloat16()
@@ -54,8 +54,8 @@ def bench_quantized(
     }
     fp64_per_row = {}
     for name, head in heads.items():
-        head.greedy(h)  # a row's candidates do not depend on the rows beside it
-        fp64_per_row[name] = head.last_stats["verified_rows"] / len(h)
+        _, stats = head.greedy_stats(h)  # a row's candidates do not depend on the rows beside it
+        fp64_per_row[name] = stats["verified_rows"] / len(h)
     rows = []
     for batch in batches:
         row = {"model": spec, "group_size": group_size, "batch": batch, "tokens": tokens}

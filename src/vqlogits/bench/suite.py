@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..files import write_json
+from ..files import write_atomic, write_json
 from ..functional import vq_cross_entropy
 from ..heads import AdaptiveHead, DenseHead, VQLogitsHead
 from ..kernels import triton_usable
+from ..timing import copy_bandwidth, median_seconds, peak_bytes
 from .config import QUICK, SHAPES, BenchConfig  # noqa: F401 (QUICK: the CLI's --quick)
-from .decode import bench_decode, bench_indexed_decode, bench_verified
-from .timing import copy_bandwidth, median_seconds, peak_bytes
-from .verified import markdown as verified_markdown
+from .format import seconds as _fmt_s
 
 # ---- logits ------------------------------------------------------------------------------------
 
@@ -179,11 +178,8 @@ def bench_loss(cfg: BenchConfig, bar) -> list[dict]:
 # ---- report --------------------------------------------------------------------------------------
 
 
-def _fmt_s(s: float) -> str:
-    return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def markdown(results: dict) -> str:
+def markdown(results: dict, sections: dict | None = None) -> str:
+    """bench.md: the logits and loss tables, then each of ``sections``' own (``bench.decode``)."""
     env = results["environment"]
     out = [
         f"Device: {env['device']} · torch {env['torch']} · threads {env['threads']} · copy bandwidth"
@@ -210,44 +206,9 @@ def markdown(results: dict) -> str:
             f"| {r['shape']} | {r['tokens']} | {r['method']} | {_fmt_s(r['seconds'])} |"
             f" {ratio(r['speedup_vs_dense'])} | {r['peak_bytes'] / 2**20:,.1f} MiB | {ratio(r['memory_vs_dense'])} |"
         )
-    out.append("\n### Greedy decode with a KV cache, SmolLM2-135M shape (random weights)\n")
-    out.append(
-        "IndexedHead: approximate greedy over K / 8 probed clusters (random clusters: timing only;"
-        " agreement is measured on real weights in docs/PRETRAINED.md).\n"
-    )
-    out.append(
-        "| K | batch | dense tok/s | VQ tok/s | × end to end | indexed tok/s | × end to end | head: dense |"
-        " head: VQ | × head | head: indexed | × head |"
-    )
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results["decode"]:
-        indexed = f"{r['indexed_tok_s']:,.1f} | {r['indexed_speedup']:.2f}" if "indexed_tok_s" in r else "– | –"
-        indexed_head = (
-            f"{_fmt_s(r['indexed_head_s'])} | {r['indexed_head_speedup']:.1f}" if "indexed_head_s" in r else "– | –"
-        )
-        out.append(
-            f"| {r['K']} | {r['batch']} | {r['dense_tok_s']:,.1f} | {r['vq_tok_s']:,.1f} | {r['speedup']:.2f} |"
-            f" {indexed} | {_fmt_s(r['dense_head_s'])} | {_fmt_s(r['vq_head_s'])} | {r['head_speedup']:.1f} |"
-            f" {indexed_head} |"
-        )
-    if results.get("indexed"):
-        out.append(
-            "\n### IndexedHead, approximate greedy, at published shapes (random weights and clusters: speed only)\n"
-        )
-        out.append(
-            "| model | K | probes | batch | head: dense | head: indexed | × head | dense tok/s | indexed tok/s |"
-            " × end to end |"
-        )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in results["indexed"]:
-            out.append(
-                f"| {r['model']} | {r['K']} | {r['probes']} | {r['batch']} | {_fmt_s(r['dense_head_s'])} |"
-                f" {_fmt_s(r['indexed_head_s'])} | {r['head_speedup']:.1f} | {r['dense_tok_s']:.1f} |"
-                f" {r['indexed_tok_s']:.1f} | {r['speedup']:.2f} |"
-            )
-    if results.get("verified"):
-        out.append("\n### Verified decoding, SmolLM2-135M shape, synthetic head (real weights: docs/PRETRAINED.md)\n")
-        out.append(verified_markdown({"environment": env, "rows": results["verified"]}).split("\n", 1)[1])
+    for name, section in (sections or {}).items():
+        if results.get(name):
+            out.append(section.markdown(results[name], env))
     if results["notes"]:
         out.append("\n" + "\n".join(f"* {n}" for n in results["notes"]))
     return "\n".join(out) + "\n"
@@ -282,15 +243,17 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    """Run every measurement, write bench.md / bench.csv / bench.json / bench.png under cfg.out."""
+def run_bench(cfg: BenchConfig, sections: dict | None = None) -> dict:
+    """Measure the logits and the loss, then each of ``sections`` (``name: Section``, e.g.
+    ``bench.decode.SECTIONS``); write bench.md / bench_*.csv / bench.json / bench.png under cfg.out."""
+    sections = sections or {}
     device = torch.device(cfg.device)
     torch.set_grad_enabled(True)
     bandwidth = copy_bandwidth(device)
     n_logits = len(cfg.shapes) * len(cfg.codebook_sizes) * len(cfg.tokens)
     n_loss = len(cfg.shapes) * len(cfg.loss_codebook_sizes) * len(cfg.loss_tokens) * 5
-    n_decode = len(cfg.decode_batches) * len(cfg.loss_codebook_sizes) + 1
-    with tqdm(total=n_logits + n_loss + n_decode, desc="bench") as bar:
+    n_sections = sum(s.steps(cfg) for s in sections.values())
+    with tqdm(total=n_logits + n_loss + n_sections, desc="bench") as bar:
         results = {
             "environment": {
                 "device": torch.cuda.get_device_name(device)
@@ -303,23 +266,21 @@ def run_bench(cfg: BenchConfig) -> dict:
             "config": asdict(cfg),
             "logits": bench_logits(cfg, bandwidth, bar),
             "loss": bench_loss(cfg, bar),
-            "decode": bench_decode(cfg, bar),
-            "indexed": bench_indexed_decode(cfg, bar),
-            "verified": bench_verified(cfg, bar) if cfg.verified else [],
             "notes": [],
         }
+        results.update({name: section.run(cfg, bar) for name, section in sections.items()})
     if device.type != "cuda":
         results["notes"].append("Liger and Cut Cross-Entropy are GPU kernels: not measured on CPU.")
     results["notes"].append(f"Dense measurements above {cfg.max_tflop} TFLOP per call are skipped (--max-tflop).")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", results)
-    for part in ("logits", "loss", "decode", "indexed", "verified"):
+    for part in ("logits", "loss", *sections):
         if results[part]:
             with open(out / f"bench_{part}.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(results[part][0]))
                 w.writeheader()
                 w.writerows(results[part])
-    (out / "bench.md").write_text(markdown(results))
+    write_atomic(out / "bench.md", lambda tmp: tmp.write_text(markdown(results, sections)))
     _plot(results, out / "bench.png")
     return results

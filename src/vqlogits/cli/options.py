@@ -1,12 +1,14 @@
-"""Option types and the option groups several subcommands share; the training options are read off
-``TrainConfig``."""
+"""Option types, the option groups several subcommands share, and the options read off a config
+dataclass's fields (``vqlogits.config.option``): help, default and allowed values written once."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
-GROUPS = {
+from ..config import default_of
+
+TRAIN_GROUPS = {
     "data": "data",
     "model": "model",
     "head": "head (sizes; --head-budget replaces them)",
@@ -48,30 +50,6 @@ def positive(kind):
     return check
 
 
-def _dtype(s: str):
-    import torch
-
-    if s not in ("float32", "float16", "bfloat16"):
-        raise argparse.ArgumentTypeError(f"must be float32, float16 or bfloat16, got {s}")
-    return getattr(torch, s)
-
-
-def folder_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--overwrite", action="store_true", help=f"replace what --out holds (default: refuse anything but {what})"
-    )
-
-
-def dtype_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dtype",
-        type=_dtype,
-        default=None,
-        help="float32, float16 or bfloat16 for the weights written (default: the smallest that holds the source's "
-        "weights exactly)",
-    )
-
-
 def cache_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache",
@@ -88,27 +66,34 @@ def boolean(s: str) -> bool:
     raise ValueError(f"expected true or false, got {s!r}")
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """One option per ``TrainConfig`` field, grouped, with its help, default and allowed values.
-    Defaults stay None in the namespace, so only the options given override the config."""
-    from ..lm.config import TrainConfig
+def _shown(default) -> str:
+    if isinstance(default, str):
+        return repr(default)
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        default = f.default if f.default is not MISSING else None
-        shown = (
-            f"{default!r}"
-            if isinstance(default, str)
-            else str(default).lower()
-            if isinstance(default, bool)
-            else default
-        )
-        help_text = f"{meta['help']} (default: {shown})"
+
+def add_config_options(p: argparse.ArgumentParser, config_cls, groups: dict | None = None) -> None:
+    """One option per field of ``config_cls``, with its help, default and allowed values (grouped by
+    ``groups``, the fields' group keys to titles). Defaults stay None in the namespace, so only the
+    options given override the config (``config_from``)."""
+    titled = {key: p.add_argument_group(title) for key, title in (groups or {}).items()}
+    for f in fields(config_cls):
+        meta, default = f.metadata, default_of(f)
+        target = titled.get(meta.get("group"), p)
+        if meta.get("positional"):
+            target.add_argument(f.name, help=meta["help"])
+            continue
         flag = "--" + f.name.replace("_", "-")
-        group = groups[meta["group"]]
-        if f.type in ("bool", bool):
-            group.add_argument(flag, type=boolean, default=None, metavar="BOOL", help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            group.add_argument(flag, type=kind, default=None, choices=meta.get("choices"), help=help_text)
+        if meta.get("flag"):
+            target.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        text = meta["help"] + ("" if meta.get("required") else f" (default: {_shown(default)})")
+        kind = {"int": int, "float": float, "bool": boolean}.get(str(f.type), str)
+        extra = {"metavar": "BOOL"} if kind is boolean else {"choices": meta.get("choices")}
+        target.add_argument(flag, type=kind, default=None, required=meta.get("required", False), help=text, **extra)
+
+
+def config_from(args: argparse.Namespace, config_cls):
+    """``config_cls`` with the fields the command line gave."""
+    given = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
+    return config_cls(**given)

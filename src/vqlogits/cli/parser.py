@@ -1,25 +1,15 @@
-"""The ``vqlogits`` command's options: one sub-parser per subcommand (shared option groups in ``options``)."""
+"""The ``vqlogits`` command's options: one function per subcommand. Options that a config dataclass
+describes are read off its fields (``options.add_config_options``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .options import (
-    add_train_options,
-    cache_option,
-    dtype_option,
-    folder_options,
-    positive,
-    probability,
-    subparser,
-)
+from .options import TRAIN_GROUPS, add_config_options, cache_option, positive, probability, subparser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..heads import FROM_ROWS
-
-    parser = argparse.ArgumentParser(prog="vqlogits", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _train(sub) -> None:
+    from ..lm.config import TrainConfig
 
     p = subparser(
         sub,
@@ -28,9 +18,17 @@ def build_parser() -> argparse.ArgumentParser:
         "vqlogits train --corpus pydocs --tokenizer bpe:16384 --head vq --head-budget 0.02 --reassign-every 100"
         " --steps 2000 --out runs/vq2",
     )
-    add_train_options(p)
-    folder_options(p, "this run's own checkpoints, which it resumes")
+    add_config_options(p, TrainConfig, TRAIN_GROUPS)
+    _overwrite(p, "this run's own checkpoints, which it resumes")
 
+
+def _overwrite(p, what: str) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help=f"replace what --out holds (default: refuse anything but {what})"
+    )
+
+
+def _eval(sub) -> None:
     p = subparser(
         sub,
         "eval",
@@ -51,71 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_option(p)
 
+
+def _compress(sub) -> None:
+    from ..hf.config import CompressConfig
+
     p = subparser(
         sub,
         "compress",
         "replace the head of an HF causal LM by a smaller head built from its rows",
         "vqlogits compress --model smollm2 --head hybrid-twolevel --head-budget 0.085 --out runs/smol-ht",
     )
-    p.add_argument(
-        "--model",
-        default="smollm2",
-        help="smollm2 (fetched on first use), an HF model folder, or a .gguf file (default: smollm2)",
-    )
-    p.add_argument(
-        "--head",
-        default="vq",
-        choices=FROM_ROWS,
-        help="head to build from the rows, see hf/build.py (default: vq)",
-    )
-    p.add_argument(
-        "--head-budget",
-        type=float,
-        default=0.0,
-        help="> 0: size the head to this fraction of the dense head's parameters, as training does "
-        "(default: 0, use --codebook-size)",
-    )
-    p.add_argument(
-        "--codebook-size",
-        type=int,
-        default=1024,
-        help="K, the number of codes (the tail codes of the hybrids) without --head-budget (default: 1024)",
-    )
-    p.add_argument(
-        "--token-dim", type=int, default=8, help="e of the two-level heads without --head-budget (default: 8)"
-    )
-    p.add_argument("--out", required=True, help="folder for the compressed model (required)")
-    p.add_argument(
-        "--init",
-        default="kmeans",
-        choices=["kmeans", "random", "frequency"],
-        help="how codes are built from the head's rows (default: kmeans)",
-    )
-    p.add_argument(
-        "--exact-tokens",
-        type=int,
-        default=0,
-        help="frequent tokens of --corpus with exact rows: codes spent on them (vq) or the hybrids' frequent tokens "
-        "without --head-budget (default: 0)",
-    )
-    p.add_argument(
-        "--corpus", default="pydocs", help="corpus for token frequencies with --exact-tokens (default: pydocs)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
-    p.add_argument("--bits", type=int, default=4, help="--head quantized: bits per weight, 1 to 8 (default: 4)")
-    p.add_argument(
-        "--group-size", type=int, default=32, help="--head quantized: weights per scale and offset (default: 32)"
-    )
-    p.add_argument("--method", default="hqq", choices=["hqq", "rtn"], help="--head quantized: rounding (default: hqq)")
-    p.add_argument(
-        "--part-bits",
-        type=int,
-        default=0,
-        help="hybrid heads: store the codebook and token vectors at 8 or 4 bits (default: 0, fp)",
-    )
-    dtype_option(p)
-    folder_options(p, "an interrupted compress")
-    cache_option(p)
+    add_config_options(p, CompressConfig)
+
+
+def _accelerate(sub) -> None:
+    from ..hf.config import AccelerateConfig
 
     p = subparser(
         sub,
@@ -123,38 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "index a pretrained model's output rows for fast decoding with its own logits (no training)",
         "vqlogits accelerate --model smollm2 --clusters 1024 --out runs/smol-indexed",
     )
-    p.add_argument(
-        "--model",
-        default="smollm2",
-        help="smollm2 (fetched on first use), an HF model folder, or a .gguf file (default: smollm2)",
-    )
-    p.add_argument(
-        "--clusters",
-        type=int,
-        default=None,
-        help="K, balanced clusters of ceil(V / K) rows (default: a power of 2 near V / 48; 1,024 for SmolLM2)",
-    )
-    p.add_argument("--out", required=True, help="folder for the accelerated model (required)")
-    p.add_argument(
-        "--probes",
-        type=int,
-        default=None,
-        help="clusters read by approximate greedy (default: K / 8, see heads/indexed.py)",
-    )
-    p.add_argument("--spherical", action="store_true", help="cluster the rows' directions instead of the rows")
-    p.add_argument(
-        "--corpus", default="pydocs", help="text whose hidden states set the clustering metric (default: pydocs)"
-    )
-    p.add_argument(
-        "--hidden-tokens",
-        type=int,
-        default=16384,
-        help="hidden states for the metric; 0: plain k-means (default: 16384)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
-    dtype_option(p)
-    folder_options(p, "an interrupted accelerate")
-    cache_option(p)
+    add_config_options(p, AccelerateConfig)
+
+
+def _calibrate(sub) -> None:
+    from ..hf.config import CalibrateConfig
 
     p = subparser(
         sub,
@@ -162,48 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recover quality: stage 1 head on cached states, stage 2 last layers",
         "vqlogits calibrate runs/smol-vq4096 --corpus pydocs --budget-minutes 10",
     )
-    p.add_argument("folder", help="a compressed model folder")
-    p.add_argument("--corpus", default="pydocs", help="training text (default: pydocs)")
-    p.add_argument(
-        "--budget-minutes",
-        type=float,
-        default=10.0,
-        help="wall-clock budget over both stages, hidden-state caching included; resumable (default: 10)",
-    )
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=0,
-        help="also stop each stage after this many steps: a budget that does not depend on the machine's load "
-        "(default: 0, none)",
-    )
-    p.add_argument(
-        "--stages",
-        default="12",
-        choices=["1", "2", "12"],
-        help="1: head only, 2: last layers + head, 12: both (default: 12)",
-    )
-    p.add_argument(
-        "--kl-weight",
-        type=float,
-        default=1.0,
-        help="weight of KL(original || compressed) beside cross-entropy (default: 1)",
-    )
-    p.add_argument("--train-layers", type=int, default=4, help="blocks trained in stage 2; 0: all weights (default: 4)")
-    p.add_argument(
-        "--reassign-every",
-        type=int,
-        default=50,
-        help="stage 1 learns the token -> code map every N steps; 0: a fixed map (default: 50)",
-    )
-    p.add_argument(
-        "--reassign-frac",
-        type=float,
-        default=0.05,
-        help="at most this fraction of the seen tokens move per reassignment (default: 0.05)",
-    )
-    cache_option(p)
+    add_config_options(p, CalibrateConfig)
 
+
+def _generate(sub) -> None:
     p = subparser(
         sub,
         "generate",
@@ -236,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     cache_option(p)
 
+
+def _sweep(sub) -> None:
+    from ..lm.config import TrainConfig
+
     p = subparser(
         sub,
         "sweep",
@@ -243,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vqlogits sweep --heads dense,vq --head-budgets 0.02,0.05 --reassign 0,100 --seeds 0,1 --steps 1500 --out"
         " runs/budget",
     )
-    add_train_options(p)
+    add_config_options(p, TrainConfig, TRAIN_GROUPS)
     grid = p.add_argument_group("grid (comma lists; every combination is trained, finished runs are skipped)")
     grid.add_argument("--heads", default="dense,vq", help="heads (default: dense,vq)")
     grid.add_argument(
@@ -263,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
     )
 
+
+def _corpus(sub) -> None:
     p = subparser(
         sub,
         "corpus",
@@ -275,15 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_option(p)
 
+
+def _fetch(sub) -> None:
+    from ..data.fetch import EMBEDDED
+
     p = subparser(
         sub,
         "fetch",
         "fetch embedded data now (it is otherwise fetched on first use); `make data` runs this",
         "vqlogits fetch pydocs smollm2",
     )
-    p.add_argument("names", nargs="+", choices=["pydocs", "devdocs", "smollm2"], help="what to fetch")
+    p.add_argument("names", nargs="+", choices=list(EMBEDDED), help="what to fetch")
     cache_option(p)
 
+
+def _analyze(sub) -> None:
     p = subparser(
         sub,
         "analyze",
@@ -296,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
     cache_option(p)
 
+
+def _report(sub) -> None:
     p = subparser(
         sub,
         "report",
@@ -312,13 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows.json of an earlier pretrained report: its rows for models not under the run folder are kept",
     )
 
+
+def _equal_compute(sub) -> None:
     p = subparser(
         sub,
         "equal-compute",
         "the equal-compute study's report: bits per byte by design and budget, verdicts, decode speed, plots",
         "vqlogits equal-compute docs/results/equal_compute/runs --out docs/results/equal_compute",
     )
-    p.add_argument("runs", help="the study's runs: one folder per design (docs/equal_compute.sh)")
+    p.add_argument("runs", help="the study's runs: one folder per design (scripts/equal_compute.sh)")
     p.add_argument("--out", default="docs/results/equal_compute", help="folder for summary.json, report.md and plots")
     p.add_argument(
         "--no-speed",
@@ -326,15 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the decode speeds of the summary.json in --out instead of measuring",
     )
 
+
+def _demo(sub) -> None:
     p = subparser(sub, "demo", "the main job: dense vs VQ-Logits on the embedded data", "vqlogits demo --out runs/demo")
     cache_option(p)
     p.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps per head (default: 300)")
 
+
+def _bench(sub) -> None:
     p = subparser(
         sub, "bench", "dense vs VQ: logits, loss (time, peak memory), decode", "vqlogits bench --quick --out runs/bench"
     )
-    p.add_argument("--quick", action="store_true", help="SmolLM2 shapes only, few repeats (< 2 min on 2 CPU cores)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="SmolLM2 shapes, logits and loss only, few repeats (< 2 min on 2 CPU cores; no transformers)",
+    )
     p.add_argument("--out", default="runs/bench", help="folder for bench.md / csv / json / png (default: runs/bench)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
@@ -360,4 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--corpus", default="pydocs", help="--quantized: hidden states from this corpus (default: pydocs)")
     cache_option(p)
+
+
+SUBCOMMANDS = (
+    _train,
+    _eval,
+    _compress,
+    _accelerate,
+    _calibrate,
+    _generate,
+    _sweep,
+    _corpus,
+    _fetch,
+    _analyze,
+    _report,
+    _equal_compute,
+    _demo,
+    _bench,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqlogits", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser

@@ -7,19 +7,17 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 from ..files import USER_CACHE
-from .options import boolean
+from .options import boolean, config_from
 from .parser import build_parser
 
 
 def _train_config(args):
     from ..lm.config import TrainConfig
 
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return TrainConfig(**given)
+    return config_from(args, TrainConfig)
 
 
 def _print(result: dict) -> None:
@@ -45,7 +43,7 @@ def _train(args):
 
 def _eval(args):
     if _model_folder(args.run_dir):
-        from ..bench.eval import evaluate_folder
+        from ..hf.speed import evaluate_folder
 
         _print(evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
     else:
@@ -56,66 +54,25 @@ def _eval(args):
 
 def _compress(args):
     from ..hf.compress import compress
+    from ..hf.config import CompressConfig
     from ..hf.folder import describe
 
-    out = compress(
-        args.model,
-        args.codebook_size,
-        args.out,
-        args.init,
-        args.seed,
-        args.cache,
-        exact_tokens=args.exact_tokens,
-        corpus=args.corpus,
-        head=args.head,
-        head_budget=args.head_budget,
-        token_dim=args.token_dim,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-        bits=args.bits,
-        group_size=args.group_size,
-        method=args.method,
-        part_bits=args.part_bits,
-    )
-    _print(describe(out))
+    _print(describe(compress(config_from(args, CompressConfig))))
 
 
 def _accelerate(args):
     from ..hf.accelerate import accelerate
+    from ..hf.config import AccelerateConfig
     from ..hf.folder import describe
 
-    out = accelerate(
-        args.model,
-        args.clusters,
-        args.out,
-        args.probes,
-        args.spherical,
-        args.corpus,
-        args.hidden_tokens,
-        args.seed,
-        args.cache,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-    )
-    _print(describe(out))
+    _print(describe(accelerate(config_from(args, AccelerateConfig))))
 
 
 def _calibrate(args):
     from ..hf.calibrate import calibrate
+    from ..hf.config import CalibrateConfig
 
-    summary = calibrate(
-        args.folder,
-        args.corpus,
-        args.budget_minutes,
-        args.stages,
-        args.kl_weight,
-        args.train_layers,
-        cache=args.cache,
-        reassign_every=args.reassign_every,
-        reassign_frac=args.reassign_frac,
-        max_steps=args.max_steps,
-    )
-    _print(summary)
+    _print(calibrate(config_from(args, CalibrateConfig)))
 
 
 def _generate(args):
@@ -167,7 +124,9 @@ def _sweep(args):
     def ints(s):
         return [int(x) for x in s.split(",") if x]
 
-    report = sweep(
+    from ..studies.report import write_report
+
+    out = sweep(
         _train_config(args),
         heads=args.heads.split(","),
         codebook_sizes=ints(args.codebook_sizes),
@@ -179,23 +138,23 @@ def _sweep(args):
         budgets=[float(b) for b in args.head_budgets.split(",") if b],
         wsd_steps=ints(args.wsd_steps),
     )
-    print(report.read_text())
+    print(write_report([out], out).read_text())
 
 
 def _corpus(args):
-    from ..lm.data import corpus_stats
+    from ..data.corpora import corpus_stats
 
     print(json.dumps(corpus_stats(args.name, args.tokenizer, args.cache), indent=1))
 
 
 def _fetch(args):
-    from ..lm.data import fetch
+    from ..data.fetch import fetch
 
     print(json.dumps(fetch(args.names, args.cache), indent=1))
 
 
 def _analyze(args):
-    from ..lm.analysis import summary_text, within_code_analysis
+    from ..studies.analysis import summary_text, within_code_analysis
 
     result = within_code_analysis(args.dense_run, args.vq_run, args.max_tokens, cache=args.cache)
     if args.json:
@@ -206,13 +165,13 @@ def _analyze(args):
 
 def _report(args):
     if any(next(Path(r).rglob("vqlogits.json"), None) for r in args.runs):
-        from ..hf.report import pretrained_report
+        from ..studies.pretrained_report import pretrained_report
 
         print(pretrained_report(args.runs[0], args.out, args.previous).read_text())
     else:
         if args.previous is not None:
             raise ValueError(f"--previous: only a pretrained report keeps earlier rows, got {args.previous}")
-        from ..lm.report import write_report
+        from ..studies.report import write_report
 
         print(write_report(args.runs, args.out or args.runs[0]).read_text())
 
@@ -225,7 +184,10 @@ def _bench(args):
     kw = dict(QUICK) if args.quick else {}
     given = {"out": args.out, "device": args.device, "max_tflop": args.max_tflop, "repeats": args.repeats}
     kw.update({k: v for k, v in given.items() if v is not None})
-    print(markdown(run_bench(BenchConfig(**kw))))
+    sections = {}
+    if not args.quick:  # decoding runs causal LMs through transformers: --quick stays without it
+        from ..bench.decode import SECTIONS as sections
+    print(markdown(run_bench(BenchConfig(**kw), sections)))
 
 
 def _bench_quantized(args):
@@ -240,7 +202,7 @@ def _bench_quantized(args):
 
 
 def _equal_compute(args):
-    from ..bench.equal_compute import report
+    from ..studies.equal_compute import report
 
     print(report(args.runs, args.out, speed=not args.no_speed).read_text())
 
@@ -251,6 +213,7 @@ def _demo(args):
     demo(args.cache, args.out, args.steps)
 
 
+CONFIGURED = ("train", "sweep", "compress", "accelerate", "calibrate")  # options read off a config dataclass
 COMMANDS = {
     "train": _train,
     "eval": _eval,
@@ -275,8 +238,8 @@ def _warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("train", "sweep") and getattr(args, "cache", "") is None:
-        args.cache = USER_CACHE  # train and sweep keep TrainConfig's own default
+    if args.command not in CONFIGURED and getattr(args, "cache", "") is None:
+        args.cache = USER_CACHE  # the configs keep their own default
     shown = warnings.showwarning
     warnings.showwarning = _warning  # one line per warning, no source line
     try:

@@ -34,6 +34,10 @@ class AdaptiveHead(FullLogitsMixin, nn.Module):
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(d_model, vocab_size, cutoffs, div_value)
         self.register_buffer("rank", torch.arange(vocab_size))  # token id -> frequency rank
 
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "AdaptiveHead":
+        return cls(d_model, vocab_size)
+
     def set_frequencies(self, counts: torch.Tensor) -> None:
         if tuple(counts.shape) != (self.vocab_size,):
             raise ValueError(f"counts must have shape ({self.vocab_size},), got {tuple(counts.shape)}")

@@ -27,6 +27,10 @@ class DenseHead(FullLogitsMixin, nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "DenseHead":
+        return cls(d_model, vocab_size)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         check_hidden(h, self.d_model)
         return F.linear(h, self.weight, self.bias)

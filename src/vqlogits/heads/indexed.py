@@ -25,14 +25,12 @@ from torch import nn
 from .. import functional as VF
 from .._checks import check_hidden, check_reduction, check_sampling, check_state_shapes, check_targets
 from ..cluster import balanced_kmeans
-from ..screen import BF16Screen, argmax_smallest_id, gamma
+from ..screens.bf16 import BF16Screen, argmax_smallest_id, gamma
+from . import probes as policy
+from .speculative import accept, dense_probs, draft_sample
 
 # The cluster ranking: centroid score plus this many isotropic standard deviations of h . (w - c).
 RANK_SIGMAS = 3.0
-# Default probes as a fraction of the clusters: the smallest that reached 99.9% top-1 agreement
-# with the dense head on SmolLM2 / pydocs test hidden states at K = 1,024 (docs/PRETRAINED.md,
-# "accelerate or compress"; `docs/accelerate.sh` measures it).
-DEFAULT_PROBE_FRACTION = 1 / 8
 
 
 class IndexedHead(nn.Module):
@@ -58,7 +56,7 @@ class IndexedHead(nn.Module):
             raise ValueError(f"clusters must be an int in [1, vocab_size={vocab_size}], got {clusters!r}")
         self.d_model, self.vocab_size, self.clusters, self.validate = d_model, vocab_size, clusters, validate
         self.width = -(-vocab_size // clusters)  # L, rows per cluster
-        self.probes = max(1, round(DEFAULT_PROBE_FRACTION * clusters))
+        self.probes = policy.approximate(clusters)
         self.probes = self._check_probes(probes)
         K, L = clusters, self.width
         ids = torch.arange(K * L).view(K, L)
@@ -67,8 +65,14 @@ class IndexedHead(nn.Module):
         self.register_buffer("centroids", torch.zeros(K, d_model))
         self.register_buffer("radius", torch.zeros(K))
         self.register_buffer("spread", torch.zeros(K))
-        self.last_stats: dict = {}
         self._refresh()
+
+    def config(self) -> dict:
+        return {"clusters": self.clusters, "probes": self.probes}
+
+    @classmethod
+    def from_config(cls, config: dict, d_model: int, vocab_size: int) -> "IndexedHead":
+        return cls(d_model, vocab_size, config["clusters"], config["probes"])
 
     def _check_probes(self, probes) -> int:
         """``probes`` (default: ``self.probes``), checked, at most K."""
@@ -247,7 +251,7 @@ class IndexedHead(nn.Module):
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor, exact: bool = True, probes: int | None = None) -> torch.Tensor:
-        """argmax of the logits, (..., d) -> (...).
+        """argmax of the logits, (..., d) -> (...); ``greedy_stats`` also says what it read.
 
         ``exact=True``: equal to ``(h @ W.T).argmax(-1)`` on every row, ties to the smallest id.
         After the first round, a row is certified when every unprobed cluster's bound, centroid
@@ -260,14 +264,17 @@ class IndexedHead(nn.Module):
         ``self.probes``; with a batch, every row reads the union of the rows' probes, and all
         clusters when that union holds more than half of them).
 
-        The exact first round reads ``probes`` clusters (default K / 64: at d = 576 the cluster
-        bounds certify almost nothing, so reading more first only adds to the screen's cost).
-        ``self.last_stats`` records the rows certified, the fp32 rows probed, the bf16 rows
-        screened and the candidates read in fp64.
+        The exact first round reads ``probes`` clusters (default ``probes.exact_first_round``).
         """
+        return self.greedy_stats(h, exact, probes)[0]
+
+    @torch.no_grad()
+    def greedy_stats(self, h: torch.Tensor, exact: bool = True, probes: int | None = None):
+        """(``greedy(h, exact, probes)``, stats): the rows certified, the fp32 rows probed, the bf16
+        rows screened and the candidates read in fp64."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
-        default = max(1, self.clusters // 64) if exact else self.probes
+        default = policy.exact_first_round(self.clusters) if exact else self.probes
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
         answer = argmax_smallest_id(logits, ids, self.vocab_size)
         stats = {
@@ -288,8 +295,7 @@ class IndexedHead(nn.Module):
             if todo.numel():
                 answer[todo], screened = self._exact_screen().argmax(flat[todo])
                 stats["screened_rows"], stats["verified_rows"] = screened["screened"], screened["candidates"]
-        self.last_stats = stats
-        return answer.reshape(h.shape[:-1])
+        return answer.reshape(h.shape[:-1]), stats
 
     @torch.no_grad()
     def draft_share(self, h: torch.Tensor, probes: int | None = None) -> float:
@@ -297,15 +303,15 @@ class IndexedHead(nn.Module):
         return self._union(h.reshape(-1, self.d_model).float(), self._check_probes(probes))[2].numel() / self.clusters
 
     @torch.no_grad()
-    def verify_greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """The exact argmax of each row, (..., d) -> (...), by the bf16 screen alone (no first round):
-        the check verified decoding runs on a block of hidden states. ``last_stats`` as ``greedy``'s."""
+    def exact_argmax(self, h: torch.Tensor):
+        """(the exact argmax of each row, (..., d) -> (...), stats as ``greedy_stats``'), by the bf16
+        screen alone (no first round): the check verified decoding runs on a block of hidden states."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
         ids, screened = self._exact_screen().argmax(flat)
-        self.last_stats = {"rows": flat.shape[0], "probed_rows": 0, "certified": 0}
-        self.last_stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
-        return ids.reshape(h.shape[:-1])
+        stats = {"rows": flat.shape[0], "probed_rows": 0, "certified": 0}
+        stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
+        return ids.reshape(h.shape[:-1]), stats
 
     def _exact_screen(self) -> BF16Screen:
         if self.rows.device.type != "cpu":  # the screen's bound assumes the CPU's bf16 kernels
@@ -368,10 +374,9 @@ class IndexedHead(nn.Module):
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
         if exact:
-            q = self.proposal(flat, temperature, top_k, top_p, probes)
-            drafts = torch.multinomial(q, 1, generator=generator).squeeze(1)
-            p = VF.sampling_probs(self.dense_logits(flat), temperature, top_k, top_p)
-            return VF.speculative_sample(p, q, drafts, generator)[0].reshape(h.shape[:-1])
+            filters = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+            drafts, q = draft_sample(self, flat, filters, probes, generator)
+            return accept(dense_probs(self, flat, filters), q, drafts, generator)[0].reshape(h.shape[:-1])
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(probes))
         if top_k is not None or top_p is not None:
             real = ids < self.vocab_size

@@ -21,6 +21,18 @@ class LowRankHead(DenseHead):
         self.down = nn.Parameter(torch.randn(rank, d_model) * d_model**-0.5)
         self.up = nn.Parameter(torch.randn(vocab_size, rank) * 0.02)
 
+    BUDGET_BIAS = False
+
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "LowRankHead":
+        return cls(d_model, vocab_size, sizes["rank"])
+
+    @staticmethod
+    def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
+        """r = rest / (V + d)."""
+        r = max(1, min(d_model, rest // (vocab_size + d_model)))
+        return {"rank": r}, r * (vocab_size + d_model)
+
     @property
     def weight(self) -> torch.Tensor:  # (V, d), for code that wants the full matrix
         return self.up @ self.down

@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 from .._checks import check_assignment, check_dims, check_hidden
+from ..cluster import balanced_assignment
 from .base import FullLogitsMixin
-from .vq import VQLogitsHead, balanced_assignment
+from .sizes import codes
+from .vq import VQLogitsHead
 
 
 class VQLowRankHead(FullLogitsMixin, nn.Module):
@@ -27,6 +29,20 @@ class VQLowRankHead(FullLogitsMixin, nn.Module):
         self.d_model, self.vocab_size, self.validate, self.rank = d_model, vocab_size, validate, rank
         self.down = nn.Parameter(torch.randn(rank, d_model) * d_model**-0.5)
         self.up = nn.Parameter(torch.zeros(vocab_size, rank))  # starts as the plain VQ head
+
+    BUDGET_BIAS = True
+
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "VQLowRankHead":
+        return cls(d_model, vocab_size, sizes["codebook_size"], sizes["rank"], bias=sizes["bias"])
+
+    @staticmethod
+    def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
+        """r = rest / (4 (V + d)) (at least 1), the rest codes."""
+        V, d = vocab_size, d_model
+        r = max(1, min(d, rest // (4 * (V + d))))
+        K = codes(rest - r * (V + d), d, V)
+        return {"rank": r, "codebook_size": K}, K * d + r * (V + d)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.vq(h) + (h @ self.down.T) @ self.up.T  # (..., V)
@@ -78,6 +94,18 @@ class RVQHead(FullLogitsMixin, nn.Module):
         ]
         self.register_buffer("assignments", torch.stack(maps))  # (M, V)
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+
+    BUDGET_BIAS = True
+
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "RVQHead":
+        return cls(d_model, vocab_size, sizes["codebook_size"], sizes["num_codebooks"], bias=sizes["bias"])
+
+    @staticmethod
+    def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
+        """2 codebooks share the codes."""
+        K = max(1, codes(rest, d_model, vocab_size) // 2)
+        return {"codebook_size": K, "num_codebooks": 2}, 2 * K * d_model
 
     def set_assignment(self, assignment: torch.Tensor, codebook: int) -> None:
         """Replace codebook ``codebook``'s token -> code map (validated like ``VQLogitsHead``'s)."""

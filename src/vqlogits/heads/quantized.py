@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import quant, screen_int4, screen_int8
+from .. import quant
 from .._checks import check_dims, check_hidden, check_state_shapes
+from ..screens import int4 as screen_int4
+from ..screens import int8 as screen_int8
 from .base import FullLogitsMixin
 
 _CHUNK = 8192  # rows dequantized at a time when only the argmax is needed
@@ -57,7 +59,6 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
         self._screen: tuple | None = None  # (the parts' versions, Int4Screen or Int8Screen)
-        self.last_stats: dict = {}
 
     @classmethod
     def from_weight(
@@ -72,6 +73,28 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
             head.scale0.copy_(scale)
             head.offset0.copy_(offset)
         return head
+
+    # -- what the registry asks of a kind (heads/__init__.py) --------------------------------
+    ROW_OPTIONS = ("bits", "group_size", "method")
+
+    def config(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "bias": self.bias is not None}
+
+    @classmethod
+    def from_config(cls, config: dict, d_model: int, vocab_size: int) -> "QuantizedHead":
+        return cls(d_model, vocab_size, config["bits"], config["group_size"], config["bias"])
+
+    @classmethod
+    def rows_sizes(cls, options: dict) -> dict:
+        if options["method"] not in quant.METHODS:
+            raise ValueError(f"method must be one of {quant.METHODS}, got {options['method']!r}")
+        return {k: options[k] for k in ("bits", "group_size", "method")}
+
+    @classmethod
+    def from_rows(cls, dense: torch.Tensor, sizes: dict, frequent=None, seed: int = 0, progress: bool = True):
+        """The rows themselves, ``bits`` per weight in groups of ``group_size`` (``method`` hqq or rtn)."""
+        quant.check(sizes["bits"], sizes["group_size"], dense.shape[1])
+        return cls.from_weight(dense.float(), sizes["bits"], sizes["group_size"], sizes.get("method", "hqq"))
 
     def _groups(self, index: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, offset) of rows ``index`` in fp32, with the trained moves."""
@@ -101,16 +124,20 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
         """``self(h).argmax(-1)`` (ties to the smallest id). Without a bias, on the CPU: the exact
         fp64 argmax through ``_greedy_screen`` (PyTorch's int4 or int8 kernel, a proven bound);
-        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time. ``self.last_stats``:
-        ``rows``, ``screened_rows`` (rows x tokens the kernel read) and ``verified_rows`` (tokens
-        read in fp64; 0 without the screen), as ``IndexedHead.greedy``'s."""
+        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
+        return self.greedy_stats(h)[0]
+
+    @torch.no_grad()
+    def greedy_stats(self, h: torch.Tensor):
+        """(``greedy(h)``, stats): ``rows``, ``screened_rows`` (rows x tokens the kernel read) and
+        ``verified_rows`` (tokens read in fp64; 0 without the screen), as ``IndexedHead.greedy_stats``'."""
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
-        self.last_stats = {"rows": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
+        stats = {"rows": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
         if self.bias is None and screen_int8.available(self.d_model, h.device):
             ids, screened = self._greedy_screen().argmax(flat)
-            self.last_stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
-            return ids.reshape(h.shape[:-1])
+            stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
+            return ids.reshape(h.shape[:-1]), stats
         best = torch.full((flat.shape[0],), float("-inf"))
         ids = torch.zeros(flat.shape[0], dtype=torch.long)
         for start in range(0, self.vocab_size, _CHUNK):
@@ -120,7 +147,7 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
             value, where = logits.max(-1)
             better = value > best  # strict: an earlier chunk's equal logit keeps the smaller id
             best, ids = torch.where(better, value, best), torch.where(better, where + start, ids)
-        return ids.reshape(h.shape[:-1])
+        return ids.reshape(h.shape[:-1]), stats
 
     def _greedy_screen(self) -> screen_int4.Int4Screen | screen_int8.Int8Screen:
         """Built on first use, rebuilt when calibration has moved the scales or offsets: the int4

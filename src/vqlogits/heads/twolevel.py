@@ -7,7 +7,9 @@ from torch import nn
 
 from .. import functional as VF
 from .._checks import check_assignment, check_dims, check_hidden, check_reduction, check_sampling, check_targets
-from .vq import balanced_assignment
+from ..cluster import balanced_assignment, balanced_kmeans, code_means
+from .rows import frequent_split, low_rank_offsets
+from .sizes import codes
 
 
 class TwoLevelHead(nn.Module):
@@ -43,6 +45,61 @@ class TwoLevelHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
         self.register_buffer("assignment", balanced_assignment(vocab_size, codebook_size))
         self._layout_key = None
+
+    # -- what the registry asks of a kind (heads/__init__.py) --------------------------------
+    BUDGET_BIAS = True
+    FREQUENT_ROWS = False
+    ROW_OPTIONS = ("codebook_size", "token_dim", "head_budget")
+
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "TwoLevelHead":
+        return cls(d_model, vocab_size, sizes["codebook_size"], sizes["token_dim"], bias=sizes["bias"])
+
+    @staticmethod
+    def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
+        """e = rest / (4 V) dims per token (at least 1), the rest codes."""
+        V, d = vocab_size, d_model
+        e = max(1, rest // (4 * V))
+        K = codes(rest - e * (V + d), d, V)
+        return {"token_dim": e, "codebook_size": K}, K * d + e * (V + d)
+
+    def config(self) -> dict:
+        return {"bias": self.bias is not None, "codebook_size": self.codebook_size, "token_dim": self.proj.shape[1]}
+
+    @classmethod
+    def rows_sizes(cls, options: dict) -> dict:
+        return {k: options[k] for k in ("codebook_size", "bias", "token_dim")}
+
+    @classmethod
+    @torch.no_grad()
+    def from_rows(cls, dense: torch.Tensor, sizes: dict, frequent=None, seed: int = 0, progress: bool = True):
+        """A head approximating ``dense`` (V, d): a balanced k-means of the rows (equal code sizes,
+        because P(code | h) = softmax(h C^T) has no per-code size term), the codebook their
+        centroids; E (V, e) and Q (d, e) the best rank-e least-squares fit of the rows' offsets from
+        their centroids, R ~ E Q^T (truncated SVD), so e_v . (h Q) ~ h . (w_v - c_M(v)). Hybrids
+        first give the ``n_frequent`` most frequent tokens (``frequent``) singleton codes of their
+        exact rows (a singleton's token vector does not matter)."""
+        dense = dense.float()
+        V, d = dense.shape
+        K, e, bias = sizes["codebook_size"], sizes["token_dim"], sizes.get("bias", True)
+        n = sizes.get("n_frequent", 0) if cls.FREQUENT_ROWS else 0
+        tail, assignment = frequent_split(V, n, frequent, f"a {cls.__name__}")
+        rows = dense[tail]
+        tail_codes = balanced_kmeans(rows, K, seed=seed, progress=progress)
+        centroids = code_means(rows, tail_codes, K)
+        E, Q = low_rank_offsets(rows, centroids, tail_codes, e)
+        head = cls.with_frequent(d, V, n, K, e, bias)
+        assignment[tail] = n + tail_codes
+        head.codebook.copy_(torch.cat([dense[frequent[:n]], centroids]) if n else centroids)
+        head.proj.copy_(Q)
+        head.token_vectors.zero_()
+        head.token_vectors[tail] = E
+        head.set_assignment(assignment)
+        return head
+
+    @classmethod
+    def with_frequent(cls, d_model, vocab_size, n_frequent, codebook_size, token_dim, bias):
+        return cls(d_model, vocab_size, n_frequent + codebook_size, token_dim, bias=bias)
 
     def set_assignment(self, assignment: torch.Tensor) -> None:
         check_assignment(assignment, self.vocab_size, self.codebook_size)

@@ -6,34 +6,13 @@ import torch
 from torch import nn
 
 from .. import functional as VF
-from .._checks import (
-    check_assignment,
-    check_dims,
-    check_hidden,
-    check_sampling,
-    check_state_shapes,
-    check_targets,
-)
-from ..cluster import kmeans
-from ..sampling import CodeIndex
+from .._checks import check_assignment, check_dims, check_hidden, check_sampling, check_state_shapes, check_targets
+from ..cluster import balanced_assignment, code_means, kmeans
+from ..code_index import CodeIndex
+from .rows import frequent_split
+from .sizes import codes
 
 INITS = ("kmeans", "random", "frequency")
-
-
-def balanced_assignment(vocab_size: int, codebook_size: int, order: torch.Tensor | None = None) -> torch.Tensor:
-    """Deal tokens to codes round-robin in the given order (default: by id): code sizes differ by <= 1."""
-    order = torch.arange(vocab_size) if order is None else order
-    assignment = torch.empty(vocab_size, dtype=torch.long, device=order.device)
-    assignment[order] = torch.arange(vocab_size, device=order.device) % codebook_size
-    return assignment
-
-
-def code_means(weight: torch.Tensor, assignment: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Mean of the rows of each code, (K, d): the least-squares codebook for a fixed map."""
-    w = weight.detach().float()
-    sums = torch.zeros(codebook_size, w.shape[1], device=w.device).index_add_(0, assignment, w)
-    counts = torch.bincount(assignment, minlength=codebook_size).clamp_min(1)
-    return sums / counts[:, None]
 
 
 class VQLogitsHead(nn.Module):
@@ -73,6 +52,58 @@ class VQLogitsHead(nn.Module):
             self.register_parameter("bias", None)
         self._index_key = None
         self._index: CodeIndex | None = None
+
+    # -- what the registry asks of a kind (heads/__init__.py) --------------------------------
+    BUDGET_BIAS = True  # sized to a budget, the per-token bias is paid for first
+    FREQUENT_ROWS = True  # built from rows, its first codes may hold frequent tokens' exact rows
+    ROW_OPTIONS = ("codebook_size", "exact_tokens", "init", "head_budget")  # compress's options it takes
+
+    @classmethod
+    def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "VQLogitsHead":
+        return cls(d_model, vocab_size, sizes["codebook_size"], bias=sizes["bias"])
+
+    @staticmethod
+    def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
+        """K = rest / d codes."""
+        K = codes(rest, d_model, vocab_size)
+        return {"codebook_size": K}, K * d_model
+
+    def config(self) -> dict:
+        return {"bias": self.bias is not None, "codebook_size": self.codebook_size}
+
+    @classmethod
+    def rows_sizes(cls, options: dict) -> dict:
+        """compress's options without a budget: ``exact_tokens`` of the K codes hold frequent tokens' rows."""
+        K, exact = options["codebook_size"], options["exact_tokens"]
+        if not isinstance(exact, int) or not 0 <= exact < K:
+            raise ValueError(f"exact_tokens must be an int in [0, codebook_size={K}), got {exact!r}")
+        return {"codebook_size": K - exact, "bias": options["bias"], "n_frequent": exact, "init": options["init"]}
+
+    @classmethod
+    @torch.no_grad()
+    def from_rows(cls, dense: torch.Tensor, sizes: dict, frequent=None, seed: int = 0, progress: bool = True):
+        """A head approximating ``dense`` (V, d): k-means of the rows, the codebook their centroids.
+        ``n_frequent`` > 0: the first codes are the exact rows of the most frequent tokens
+        (``frequent``: ids by decreasing count), singleton codes, and k-means shares the others
+        among ``codebook_size`` codes; ``init`` random or frequency: ``from_weight``."""
+        dense = dense.float()
+        V, d = dense.shape
+        K, bias = sizes["codebook_size"], sizes.get("bias", True)
+        n = sizes.get("n_frequent", 0) if cls.FREQUENT_ROWS else 0
+        if not n and sizes.get("init", "kmeans") != "kmeans":
+            return cls.from_weight(dense, K, init=sizes["init"], seed=seed, bias=bias, progress=progress)
+        tail, assignment = frequent_split(V, n, frequent, f"a {cls.__name__}")
+        result = kmeans(dense[tail], K, seed=seed, progress=progress)
+        head = cls.with_frequent(d, V, n, K, bias)
+        assignment[tail] = n + result.assignment
+        head.codebook.copy_(torch.cat([dense[frequent[:n]], result.centroids]) if n else result.centroids)
+        head.set_assignment(assignment)
+        return head
+
+    @classmethod
+    def with_frequent(cls, d_model: int, vocab_size: int, n_frequent: int, codebook_size: int, bias: bool):
+        """A head whose first ``n_frequent`` codes are for frequent tokens, ``codebook_size`` after them."""
+        return cls(d_model, vocab_size, n_frequent + codebook_size, bias=bias)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE
-from ..lm.data import eval_windows, tokenize_corpus
 from ..stats import ratio_interval
 from .folder import dense_head_weight, describe, load_pretrained, read_meta
 from .hidden import cached_hidden_states
@@ -71,7 +71,7 @@ def evaluate_pretrained(
 ) -> dict:
     """Original vs compressed on ``corpus``'s ``split``: perplexity, KL, top-1 agreement, head size.
     The original is the calibrated backbone with the dense head, or the source model when
-    calibration changed the backbone. (``vqlogits eval`` adds decode speed, see bench/eval.py.)"""
+    calibration changed the backbone. (``vqlogits eval`` adds decode speed, see hf/speed.py.)"""
     folder = Path(folder)
     model = load_pretrained(folder)
     meta = read_meta(folder)

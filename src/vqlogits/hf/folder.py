@@ -17,6 +17,10 @@ folder that reloads with identical logits.
 
 from __future__ import annotations
 
+from . import _quiet  # noqa: F401  (first: torchao's import lines silenced before transformers imports it)
+
+# isort: split
+
 import json
 from pathlib import Path
 

@@ -12,14 +12,19 @@ before it, so the backbone's states of a kept prefix are the dense model's own.
 
 from __future__ import annotations
 
+from . import _quiet  # noqa: F401  (first: torchao's import lines silenced before transformers imports it)
+
+# isort: split
+
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 from transformers import DynamicCache
 
-from ..functional import sampling_probs, speculative_sample
 from ..heads import kind_of
+from ..heads import probes as policy
+from ..heads.speculative import dense_probs, draft_sample, verify_block
 from .folder import load_pretrained
 from .load import vqlogits_head
 
@@ -27,34 +32,26 @@ MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per tok
 WARMUP_BLOCKS = 4  # blocks before the break-even check
 
 
-def break_even(model, head) -> float:
-    """Emitted tokens per backbone step below which verified decoding costs more than dense.
-
-    A draft the batch does not keep costs a backbone step that emits nothing. With s the head's
-    share of a step's weight reads at batch 1 (V d against the backbone's parameters other than
-    the input embedding, whose lookup reads one row) and a verified head that costs r of the dense
-    head per token, verified costs (1 - s) / e + s r of dense at e tokens per step; r = 1/2 (the
-    bf16 screen's share alone, an under-estimate of what it saves) gives e* = (1 - s) / (1 - s / 2).
-    """
+def head_share(model, head) -> float:
+    """The head's share of a decoding step's weight reads at batch 1: V d against the backbone's
+    parameters other than the input embedding (whose lookup reads one row)."""
     body = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
-    share = head.vocab_size * head.d_model / (head.vocab_size * head.d_model + body)
-    return (1 - share) / (1 - share / 2)
+    return head.vocab_size * head.d_model / (head.vocab_size * head.d_model + body)
 
 
-def draft_probes_for(clusters: int, batch: int) -> int:
-    """Clusters a draft reads by default: K / 32 at batch 1 (on SmolLM2 a quarter of K / 8's reads
-    still agrees 97.7%), times the batch. A batch keeps a draft only when every row agrees, so each
-    row's misses must be about B times rarer; past half the clusters the batch decodes with the
-    dense head from the start (``draft_share``)."""
-    return min(clusters, max(1, clusters // 32) * batch)
+def break_even(model, head) -> float:
+    """Emitted tokens per backbone step below which verified decoding costs more than dense
+    (``heads.probes.break_even`` of ``head_share``)."""
+    return policy.break_even(head_share(model, head))
 
 
 class _Verified:
-    """The draft and verification steps of one decoding run, and its counts."""
+    """Verified decoding's state for one run: the drafting policy, the block size, and its counts."""
 
-    def __init__(self, head, do_sample, temperature, top_k, top_p, generator, probes):
-        self.head, self.do_sample, self.generator, self.probes = head, do_sample, generator, probes
-        self.filters = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    def __init__(self, model, head, sampling: dict | None, generator, probes: int | None, batch: int, block: int):
+        self.head, self.sampling, self.generator = head, sampling, generator
+        self.probes = probes or policy.draft(head.clusters, batch)
+        self.least, self.block = break_even(model, head), block
         self.stats = {
             "blocks": 0,
             "drafted": 0,
@@ -66,41 +63,84 @@ class _Verified:
         }
 
     def draft(self, hidden):
-        """A draft token per row, (B,), and what the verification needs of it."""
-        if not self.do_sample:
+        """A draft token per row, (B,), and its proposal (B, V) when sampling."""
+        if self.sampling is None:
             return self.head.greedy(hidden, exact=False, probes=self.probes), None
-        q = self.head.proposal(hidden, probes=self.probes, **self.filters)  # (B, V)
-        return torch.multinomial(q, 1, generator=self.generator).squeeze(1), q
+        return draft_sample(self.head, hidden, self.sampling, self.probes, self.generator)
 
-    def verify(self, hiddens, drafts, proposals):
-        """hiddens (B, k + 1, d), drafts (B, k) -> the dense model's tokens (B, k + 1) and, per row,
-        how many leading drafts it keeps."""
-        B, k1, d = hiddens.shape
-        k = k1 - 1
-        flat = hiddens.reshape(-1, d)
-        if not self.do_sample:
-            dense = self.head.verify_greedy(flat).view(B, k1)
-            agree = dense[:, :k] == drafts
-        else:
-            p = sampling_probs(self.head.dense_logits(flat), **self.filters).view(B, k1, -1)
-            tokens, agree = speculative_sample(
-                p[:, :k].reshape(B * k, -1), proposals.reshape(B * k, -1), drafts.reshape(-1), self.generator
-            )
-            bonus = torch.multinomial(p[:, k], 1, generator=self.generator)  # (B, 1): after k kept drafts
-            dense, agree = torch.cat([tokens.view(B, k), bonus], 1), agree.view(B, k)
-        kept = torch.where(agree.all(1), k, (~agree).int().argmax(1))  # (B,)
-        return dense, kept
-
-    def dense_step(self, hidden):
-        """The dense model's own next token, (B,)."""
-        if not self.do_sample:
-            return self.head.verify_greedy(hidden)
-        p = sampling_probs(self.head.dense_logits(hidden), **self.filters)
-        return torch.multinomial(p, 1, generator=self.generator).squeeze(1)
+    def account(self, batch: int, k: int, kept, emitted_before: int) -> None:
+        """Count a block of ``k`` drafts whose rows kept ``kept`` (B,); adapt the block (doubled after
+        a block kept whole, halved after one that kept less than half); fall back to the dense head
+        when the blocks emit fewer tokens per backbone step than ``break_even``."""
+        m, counts = int(kept.min()), self.stats
+        counts["blocks"] += 1
+        counts["drafted"] += batch * k
+        counts["accepted"] += int(kept.sum())
+        counts["block_tokens"] += m + 1
+        counts["backbone_steps"] += k + 1  # the drafts' and the emitted token's
+        self.block = min(MAX_BLOCK, 2 * self.block) if m == k else max(1, self.block // 2) if 2 * m < k else self.block
+        if counts["blocks"] >= WARMUP_BLOCKS and counts["block_tokens"] < self.least * counts["backbone_steps"]:
+            counts["fallback_at"] = emitted_before + m + 1
 
 
 def _step(backbone, ids, cache):
     return backbone(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]  # (B, d)
+
+
+def prefill(backbone, input_ids, cache):
+    """The prompt through the backbone, filling ``cache``: the last position's hidden state (B, d)."""
+    return _step(backbone, input_ids, cache)
+
+
+def decode_one_token(head, hidden, verified: _Verified | None, sampling: dict | None, generator):
+    """The next token of each row, (B,), one backbone step at a time: the dense model's own (exact)
+    when decoding verified, else the head's compact greedy or sample (an index's approximate one)."""
+    if verified is not None:
+        if sampling is None:
+            return head.exact_argmax(hidden)[0]
+        return torch.multinomial(dense_probs(head, hidden, sampling), 1, generator=generator).squeeze(1)
+    if sampling is not None:
+        return head.sample(hidden, generator=generator, **sampling)
+    return head.greedy(hidden, exact=False) if kind_of(head).index else head.greedy(hidden)
+
+
+def speculative_decode(backbone, cache, verified: _Verified, hidden, k: int, emitted_before: int):
+    """``k`` drafts, one backbone step each, verified in one pass (``heads.speculative.verify_block``):
+    the longest prefix every row keeps, then the dense model's token after it, (B, m + 1). The
+    cache is cropped to the emitted text: the states of rejected drafts are not of it."""
+    hiddens, drafts, proposals = [hidden], [], []
+    for _ in range(k):
+        token, q = verified.draft(hiddens[-1])
+        drafts.append(token)
+        proposals.append(q)
+        hiddens.append(_step(backbone, token[:, None], cache))
+    drafts = torch.stack(drafts, 1)  # (B, k)
+    q = torch.stack(proposals, 1) if verified.sampling is not None else None
+    dense, kept = verify_block(verified.head, torch.stack(hiddens, 1), drafts, q, verified.sampling, verified.generator)
+    m = int(kept.min())  # the batch keeps the shortest agreeing prefix, then the dense token after it
+    cache.crop(-(k - m))
+    verified.account(drafts.shape[0], k, kept, emitted_before)
+    return dense[:, : m + 1]
+
+
+def _finish_rows(emitted, done, eos_token_id):
+    """A row that has emitted ``eos_token_id`` repeats it from then on; returns (emitted, done)."""
+    if eos_token_id is None:
+        return emitted, done
+    is_eos = (emitted == eos_token_id).int()
+    after = torch.cumsum(is_eos, 1) - is_eos > 0  # an end-of-sequence earlier in this run
+    emitted = torch.where(done[:, None] | after, eos_token_id, emitted)
+    return emitted, done | (emitted == eos_token_id).any(1)
+
+
+def _check(head, verify, block) -> bool:
+    """Whether the head is an index; refuses ``verify=True`` on another head and a bad ``block``."""
+    indexed = kind_of(head).index
+    if verify and not indexed:
+        raise ValueError(f"verify=True needs an indexed head (vqlogits accelerate), got {kind_of(head).name!r}")
+    if not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= MAX_BLOCK:
+        raise ValueError(f"block must be an int in [1, {MAX_BLOCK}], got {block!r}")
+    return indexed
 
 
 @torch.no_grad()
@@ -125,85 +165,45 @@ def generate(
     VQ heads: the same distribution per step as ``model.generate(..., do_sample, temperature, top_k,
     top_p)``; greedy decoding gives the same tokens. Indexed heads: ``verify`` (the default) gives
     exactly the dense model's tokens (greedy: the argmax of the exact logits, ties to the smallest
-    id) or samples from exactly its distribution, drafting ``block`` tokens at a time (doubled after
-    a block kept whole, halved after one that kept less than half, at most ``MAX_BLOCK``); when
-    the blocks emit fewer tokens per backbone step than ``break_even`` (after ``WARMUP_BLOCKS``
-    blocks; a batch keeps only the prefix all its rows agree on), or when the batch's drafts would
-    read more than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head.
+    id) or samples from exactly its distribution, drafting ``block`` tokens at a time (adapted by
+    ``_Verified.account``, at most ``MAX_BLOCK``); when the blocks emit fewer tokens per backbone
+    step than ``break_even`` (after ``WARMUP_BLOCKS`` blocks), or when the batch's drafts would read
+    more than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head. A
+    batch keeps, each block, the prefix that every row kept (the shortest), so it stays exact.
     ``verify=False``: the approximate greedy of the probed clusters, or ``IndexedHead.sample``.
-    A batch keeps, each block, the prefix that every row kept (the shortest), so it stays exact.
-    ``draft_probes``: clusters a draft reads (default ``draft_probes_for``: K / 32 per row of the
-    batch; drafts need only agree often, the verification makes the output exact).
+    ``draft_probes``: clusters a draft reads (default ``heads.probes.draft``).
 
     ``on_tokens(ids (B, n))`` is called with each run of verified tokens as they are emitted;
     ``stats`` (a dict) receives the blocks, drafted and kept tokens and where a fallback began.
     (B, T) -> (B, T + new).
     """
     head = vqlogits_head(model, "greedy", "sample")
-    indexed = kind_of(head).index
-    if verify and not indexed:
-        raise ValueError(f"verify=True needs an indexed head (vqlogits accelerate), got {kind_of(head).name!r}")
-    if not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= MAX_BLOCK:
-        raise ValueError(f"block must be an int in [1, {MAX_BLOCK}], got {block!r}")
+    indexed = _check(head, verify, block)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else None
     backbone, cache = model.base_model, DynamicCache()
-    hidden = _step(backbone, input_ids, cache)
-    B, out, done = input_ids.shape[0], [input_ids], torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    hidden = prefill(backbone, input_ids, cache)
+    B = input_ids.shape[0]
     verified = None
     if indexed and verify is not False:
-        probes = draft_probes or draft_probes_for(head.clusters, B)
-        verified = _Verified(head, do_sample, temperature, top_k, top_p, generator, probes)
-        least = break_even(model, head)
-    counts = verified.stats if verified is not None else {}
-    if (
-        verified is not None and head.draft_share(hidden, verified.probes) > 0.5
-    ):  # a batch whose drafts read most rows: dense is cheaper
-        counts["fallback_at"] = 0
-    new = 0
+        verified = _Verified(model, head, sampling, generator, draft_probes, B, block)
+        if head.draft_share(hidden, verified.probes) > 0.5:  # a batch whose drafts read most rows: dense is cheaper
+            verified.stats["fallback_at"] = 0
+    out, done, new = [input_ids], torch.zeros(B, dtype=torch.bool), 0
     while new < max_new_tokens and not (eos_token_id is not None and bool(done.all())):
-        k = min(block, max_new_tokens - new - 1)
-        if verified is None or counts["fallback_at"] is not None or k < 1:
-            if verified is not None:
-                emitted = verified.dense_step(hidden)[:, None]
-            elif do_sample:
-                emitted = head.sample(hidden, temperature, top_k, top_p, generator)[:, None]
-            else:
-                emitted = (head.greedy(hidden, exact=False) if indexed else head.greedy(hidden))[:, None]
+        k = min(verified.block if verified else block, max_new_tokens - new - 1)
+        if verified is None or verified.stats["fallback_at"] is not None or k < 1:
+            emitted = decode_one_token(head, hidden, verified, sampling, generator)[:, None]
         else:
-            hiddens, drafts, proposals = [hidden], [], []
-            for _ in range(k):
-                token, q = verified.draft(hiddens[-1])
-                drafts.append(token)
-                proposals.append(q)
-                hiddens.append(_step(backbone, token[:, None], cache))
-            drafts = torch.stack(drafts, 1)  # (B, k)
-            dense, kept = verified.verify(
-                torch.stack(hiddens, 1), drafts, torch.stack(proposals, 1) if do_sample else None
-            )
-            m = int(kept.min())  # the batch keeps the shortest agreeing prefix, then the dense token after it
-            emitted = dense[:, : m + 1]
-            cache.crop(-(k - m))  # the states of drafts m .. k - 1 are not of the emitted text
-            counts["blocks"] += 1
-            counts["drafted"] += B * k
-            counts["accepted"] += int(kept.sum())
-            counts["block_tokens"] += m + 1
-            counts["backbone_steps"] += k + 1  # the drafts' and the emitted token's
-            block = min(MAX_BLOCK, 2 * block) if m == k else max(1, block // 2) if 2 * m < k else block
-            if counts["blocks"] >= WARMUP_BLOCKS and counts["block_tokens"] < least * counts["backbone_steps"]:
-                counts["fallback_at"] = new + m + 1
-        if eos_token_id is not None:  # a finished row repeats its end-of-sequence token
-            is_eos = (emitted == eos_token_id).int()
-            after = torch.cumsum(is_eos, 1) - is_eos > 0  # an end-of-sequence earlier in this run
-            emitted = torch.where(done[:, None] | after, eos_token_id, emitted)
-            done |= (emitted == eos_token_id).any(1)
+            emitted = speculative_decode(backbone, cache, verified, hidden, k, new)
+        emitted, done = _finish_rows(emitted, done, eos_token_id)
         out.append(emitted)
         new += emitted.shape[1]
-        counts["emitted"] = new
         if on_tokens is not None:
             on_tokens(emitted)
         if new < max_new_tokens:
             hidden = _step(backbone, emitted[:, -1:], cache)
     if stats is not None:
-        stats.update(counts)
+        stats.update({**(verified.stats if verified else {}), "emitted": new})
     return torch.cat(out, 1)
 
 

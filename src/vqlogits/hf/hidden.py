@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.corpora import eval_windows
 from ..files import load_plain, save_atomic
 
 
@@ -39,3 +40,12 @@ def cached_hidden_states(backbone, inputs: list[torch.Tensor], cache: str | Path
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic({"h": tuple(hs)}, path)
     return hs
+
+
+@torch.no_grad()
+def hidden_states(model, data, tokens: int, block: int = 256, batch: int = 4) -> torch.Tensor:
+    """Final hidden states (n, d) of ``model`` on consecutive windows of ``data`` (token ids)."""
+    out = []
+    for w in tqdm(eval_windows(data, block, tokens, batch), desc="hidden states", leave=False):
+        out.append(model.base_model(input_ids=w[:, :-1]).last_hidden_state.reshape(-1, model.config.hidden_size))
+    return torch.cat(out).float()

@@ -3,13 +3,17 @@ their output layer for a vqlogits head."""
 
 from __future__ import annotations
 
+from . import _quiet  # noqa: F401  (first: torchao's import lines silenced before transformers imports it)
+
+# isort: split
+
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..data.embedded import smollm2_gguf
 from ..files import USER_CACHE
-from ..lm.embedded import smollm2_gguf
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

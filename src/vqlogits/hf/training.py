@@ -10,6 +10,10 @@ Without labels (generation) the model's own forward runs unchanged.
 
 from __future__ import annotations
 
+from . import _quiet  # noqa: F401  (first: torchao's import lines silenced before transformers imports it)
+
+# isort: split
+
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..heads import HEADS, KINDS, size_for_budget
+from ..config import check_choices, option
+from ..heads import HEADS, KINDS, SIZES, size_for_budget
 from .model import PRESETS, ModelConfig, size_body
 
 MAPPINGS = ("round", "random", "frequency", "kmeans", "kmeans-embed")
-
-
-def _opt(default, help: str, group: str, choices=None):
-    """A TrainConfig field with its CLI help, option group and allowed values."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 @dataclass
@@ -23,105 +19,111 @@ class TrainConfig:
     """Everything a training run depends on; saved in every checkpoint, and a resume with a different
     config is refused. The CLI's ``train`` / ``sweep`` options are these fields."""
 
-    corpus: str = _opt(
+    corpus: str = option(
         "pydocs",
         "pydocs, devdocs (embedded, fetched on first use), wikitext-103[:DIR], c4[:DIR],"
         " or a file / folder / glob of .txt/.md/.rst",
         "data",
     )
-    tokenizer: str = _opt(
+    tokenizer: str = option(
         "smollm2", "smollm2, bpe:N (byte-level BPE trained on the train split), or a tokenizer.json / folder", "data"
     )
-    model: str = _opt(
+    model: str = option(
         "tiny",
         "model preset (layers, heads, width, context, batch): tiny 2/4/128/64/8, small 4/4/256/128/16,"
         " base 8/8/512/256/32",
         "model",
         tuple(PRESETS),
     )
-    block_size: int = _opt(0, "context length in tokens; 0: the preset's", "model")
-    n_layer: int = _opt(0, "layers; 0: the preset's, or solved by --flops-per-token", "model")
-    d_model: int = _opt(0, "width; 0: the preset's, or solved by --flops-per-token", "model")
-    n_head: int = _opt(0, "attention heads; 0: the preset's, or d_model / 32 for another width", "model")
-    flops_per_token: float = _opt(
+    block_size: int = option(0, "context length in tokens; 0: the preset's", "model")
+    n_layer: int = option(0, "layers; 0: the preset's, or solved by --flops-per-token", "model")
+    d_model: int = option(0, "width; 0: the preset's, or solved by --flops-per-token", "model")
+    n_head: int = option(0, "attention heads; 0: the preset's, or d_model / 32 for another width", "model")
+    flops_per_token: float = option(
         0.0,
         "> 0: size the body to this many training FLOPs per token (within 10%%),"
         " solving the width for a given --n-layer or the depth for a given --d-model (model.size_body)",
         "model",
     )
-    head: str = _opt("dense", "output head, see the README's head table", "head", HEADS)
-    codebook_size: int = _opt(
-        1024, "K, the number of codes (vq, hybrid tail, twolevel, vq-lowrank, rvq per codebook)", "head"
+    head: str = option("dense", "output head, see the README's head table", "head", HEADS)
+    codebook_size: int = option(
+        SIZES["codebook_size"],
+        "K, the number of codes (vq, hybrid tail, twolevel, vq-lowrank, rvq per codebook)",
+        "head",
     )
-    head_bias: bool = _opt(True, "a per-token bias b_v; with --head-budget: a bias when it fits (false: never)", "head")
-    rank: int = _opt(64, "rank r of lowrank and of vq-lowrank's residual", "head")
-    token_dim: int = _opt(8, "e, the per-token vector size of twolevel and hybrid-twolevel", "head")
-    num_codebooks: int = _opt(2, "codebooks of rvq", "head")
-    n_frequent: int = _opt(256, "tokens with exact rows (singleton codes) in hybrid and hybrid-twolevel", "head")
-    head_budget: float = _opt(
+    head_bias: bool = option(
+        SIZES["bias"], "a per-token bias b_v; with --head-budget: a bias when it fits (false: never)", "head"
+    )
+    rank: int = option(SIZES["rank"], "rank r of lowrank and of vq-lowrank's residual", "head")
+    token_dim: int = option(SIZES["token_dim"], "e, the per-token vector size of twolevel and hybrid-twolevel", "head")
+    num_codebooks: int = option(SIZES["num_codebooks"], "codebooks of rvq", "head")
+    n_frequent: int = option(
+        SIZES["n_frequent"], "tokens with exact rows (singleton codes) in hybrid and hybrid-twolevel", "head"
+    )
+    head_budget: float = option(
         0.0,
         "> 0: size the head to this fraction of the dense head's parameters (heads.size_for_budget),"
         " replacing the sizes above",
         "head",
     )
-    mapping: str = _opt(
+    mapping: str = option(
         "random",
         "vq token -> code map: round, random (balanced), frequency (interleaved by train counts),"
         " kmeans (of a dense head after the warm-up), kmeans-embed (of the input embedding)",
         "map",
         MAPPINGS,
     )
-    codebook_init: str = _opt(
+    codebook_init: str = option(
         "random",
         "vq codebook start: random, or centroids (each code's mean dense-head row; needs --warmup-dense-steps)",
         "map",
         ("random", "centroids"),
     )
-    bias_init: str = _opt(
+    bias_init: str = option(
         "unigram", "vq bias start: unigram (log train frequency) or zeros", "map", ("unigram", "zeros")
     )
-    warmup_dense_steps: int = _opt(
+    warmup_dense_steps: int = option(
         0, "vq: train a dense head this many steps, then build the VQ head from it (kmeans maps, centroids)", "map"
     )
-    reassign_every: int = _opt(
-        0, "learned map: move tokens between codes every N steps (0: a fixed map); see lm/learned_map.py", "map"
+    reassign_every: int = option(
+        0, "learned map: move tokens between codes every N steps (0: a fixed map); see heads/learned_map.py", "map"
     )
-    reassign_frac: float = _opt(
+    reassign_frac: float = option(
         0.05, "learned map: at most this fraction of the seen tokens move per reassignment", "map"
     )
-    steps: int = _opt(500, "optimizer steps", "optimisation")
-    batch_size: int = _opt(0, "sequences per step; 0: the preset's", "optimisation")
-    lr: float = _opt(2e-3, "peak learning rate (AdamW, betas 0.9 / 0.95)", "optimisation")
-    warmup_steps: int = _opt(50, "linear learning-rate warm-up steps", "optimisation")
-    min_lr_ratio: float = _opt(0.1, "final learning rate as a fraction of --lr", "optimisation")
-    schedule: str = _opt(
+    steps: int = option(500, "optimizer steps", "optimisation")
+    batch_size: int = option(0, "sequences per step; 0: the preset's", "optimisation")
+    lr: float = option(2e-3, "peak learning rate (AdamW, betas 0.9 / 0.95)", "optimisation")
+    warmup_steps: int = option(50, "linear learning-rate warm-up steps", "optimisation")
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr", "optimisation")
+    schedule: str = option(
         "cosine",
         "cosine, or wsd: warm-up, constant, then a linear decay over the last --decay-frac of the steps",
         "optimisation",
         ("cosine", "wsd"),
     )
-    decay_frac: float = _opt(0.2, "wsd: the fraction of the steps spent decaying", "optimisation")
-    init_from: str = _opt(
+    decay_frac: float = option(0.2, "wsd: the fraction of the steps spent decaying", "optimisation")
+    init_from: str = option(
         "",
         "wsd: start from the stable-phase snapshot (stable.pt) of a run folder whose config differs only in steps",
         "optimisation",
     )
-    weight_decay: float = _opt(0.1, "AdamW weight decay of the body's matrices", "optimisation")
-    grad_clip: float = _opt(1.0, "gradient norm clipping", "optimisation")
-    seed: int = _opt(0, "initialisation, batches and maps", "optimisation")
-    eval_every: int = _opt(100, "validate every N steps (0: never during training)", "checkpointing")
-    eval_tokens: int = _opt(16384, "validation tokens per evaluation during training", "checkpointing")
-    final_eval_tokens: int = _opt(
+    weight_decay: float = option(0.1, "AdamW weight decay of the body's matrices", "optimisation")
+    grad_clip: float = option(1.0, "gradient norm clipping", "optimisation")
+    seed: int = option(0, "initialisation, batches and maps", "optimisation")
+    eval_every: int = option(100, "validate every N steps (0: never during training)", "checkpointing")
+    eval_tokens: int = option(16384, "validation tokens per evaluation during training", "checkpointing")
+    final_eval_tokens: int = option(
         131072, "tokens for the final test (and validation) perplexity and bits per byte", "checkpointing"
     )
-    final_val_tokens: int = _opt(0, "tokens for the final validation; 0: --final-eval-tokens", "checkpointing")
-    checkpoint_every: int = _opt(
+    final_val_tokens: int = option(0, "tokens for the final validation; 0: --final-eval-tokens", "checkpointing")
+    checkpoint_every: int = option(
         100,
         "write ckpt.pt (atomically, keeping the previous one) every N steps; rerun the same command to resume",
         "checkpointing",
     )
-    out: str = _opt("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
-    cache: str = _opt(
+    out: str = option("runs/run", "the run folder: ckpt.pt, model.pt, results.json", "checkpointing")
+    cache: str = option(
         "", "folder for embedded data and token caches; empty: $VQLOGITS_CACHE, else ~/.cache/vqlogits", "data"
     )
 
@@ -142,10 +144,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Every check that needs no data, so a bad option fails before any tokenizing or loading."""
-        for name, f in self.__dataclass_fields__.items():
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choices(self)
         positive = ("steps", "codebook_size", "rank", "token_dim", "num_codebooks", "eval_tokens", "final_eval_tokens")
         at_least_zero = (
             "block_size",
@@ -184,7 +183,7 @@ class TrainConfig:
                 f" got n_layer={self.n_layer}, d_model={self.d_model}"
             )
         needs_warmup = self.mapping.startswith("kmeans") or self.codebook_init == "centroids"
-        if self.head == "vq" and needs_warmup and self.warmup_dense_steps < 1:
+        if KINDS[self.head].mapped and needs_warmup and self.warmup_dense_steps < 1:
             raise ValueError(
                 f"mapping={self.mapping!r} / codebook_init={self.codebook_init!r} build on a trained "
                 f"dense head: set warmup_dense_steps >= 1, got {self.warmup_dense_steps}"
@@ -193,7 +192,7 @@ class TrainConfig:
             raise ValueError(
                 f"reassign_every={self.reassign_every} needs a head with a token -> code map, got head={self.head!r}"
             )
-        if self.warmup_dense_steps >= self.steps and self.head == "vq":
+        if self.warmup_dense_steps >= self.steps and KINDS[self.head].mapped:
             raise ValueError(f"warmup_dense_steps={self.warmup_dense_steps} must be < steps={self.steps}")
         if self.schedule == "wsd" and not (0 < self.decay_frac < 1 and self.warmup_steps <= decay_start(self)):
             raise ValueError(

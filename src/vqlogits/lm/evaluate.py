@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import eval_windows
+from ..data.corpora import eval_windows
+from ..data.tokenizer import token_byte_lengths
 from .model import GPT
-from .tokenizer import token_byte_lengths
 
 
 @torch.no_grad()

@@ -6,12 +6,11 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
+from ..data.corpora import tokenize_corpus
 from ..files import USER_CACHE, RunLocked, load_plain
 from ..heads import HEADS, KINDS
-from .data import tokenize_corpus
 from .evaluate import split_scores
 from .model import GPT, ModelConfig
-from .report import write_report
 from .train import TrainConfig, train
 
 
@@ -46,90 +45,79 @@ def _dense_warmup(base: TrainConfig, mapping: str) -> int:
     return base.warmup_dense_steps or (base.steps // 5 if mapping.startswith("kmeans") else 0)
 
 
-def sweep(
-    base: TrainConfig,
-    heads: list[str],
-    codebook_sizes: list[int],
-    mappings: list[str],
-    seeds: list[int],
-    out: str | Path,
-    bias: list[bool] = (True,),
-    reassign: list[int] = (0,),
-    budgets: list[float] = (),
-    wsd_steps: list[int] = (),
-) -> Path:
-    """Train every combination (skipping finished runs, resuming broken ones) and write a report.
-
-    With ``budgets``, every head but dense and adaptive is sized to each budget instead
-    (``heads.size_for_budget``); budgets too small for a head are skipped with a note.
-    With ``wsd_steps`` (increasing), every combination is trained at each of these step budgets
-    with the WSD schedule, into ``<run>/steps<S>``; each budget starts from the previous one's
-    stable-phase snapshot, so the whole chain costs one run to the largest budget plus the decays.
-    """
-    out = Path(out)
+def _budget_grid(base: TrainConfig, head: str, seed: int, out: Path, grid: dict) -> list[TrainConfig]:
+    """A sizable head at every budget, map, reassignment and bias of ``grid``."""
+    kind = KINDS[head]
+    maps = grid["mappings"] if kind.mapped else ("random",)  # only a mapped head takes --mapping
+    mapped = kind.has_map  # lowrank: no map to learn, no bias
+    reassign, bias = (grid["reassign"], grid["bias"]) if mapped else ((0,), (True,))
     frac = f"-f{base.reassign_frac:g}" if base.reassign_frac != TrainConfig.reassign_frac else ""
     configs = []
-    for head in heads:  # before any run starts
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    for head, seed in itertools.product(heads, seeds):
-        if budgets and KINDS[head].sizable:
-            maps = mappings if head == "vq" else ("random",)  # only vq takes --mapping
-            mapped = KINDS[head].has_map  # lowrank: no map to learn, no bias
-            for b, mapping, every, with_bias in itertools.product(
-                budgets, maps, reassign if mapped else (0,), bias if mapped else (True,)
-            ):
-                named_map = "" if mapping == "random" else f"-{mapping}"
-                learned = f"-learn{every}{frac}" if every else ""
-                name = f"{head}-b{b:g}{named_map}{'' if with_bias else '-nobias'}{learned}-s{seed}"
-                configs.append(
-                    replace(
-                        base,
-                        head=head,
-                        head_budget=b,
-                        mapping=mapping,
-                        head_bias=with_bias,
-                        reassign_every=every,
-                        warmup_dense_steps=_dense_warmup(base, mapping),
-                        seed=seed,
-                        out=str(out / name),
-                    )
-                )
-            continue
-        if head != "vq":
-            configs.append(replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}")))
-            continue
-        for K, mapping, b, every in itertools.product(codebook_sizes, mappings, bias, reassign):
-            name = f"vq{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
-            configs.append(
-                replace(
-                    base,
-                    head="vq",
-                    codebook_size=K,
-                    mapping=mapping,
-                    head_bias=b,
-                    reassign_every=every,
-                    warmup_dense_steps=_dense_warmup(base, mapping),
-                    seed=seed,
-                    out=str(out / name),
-                )
+    for b, mapping, every, with_bias in itertools.product(grid["budgets"], maps, reassign, bias):
+        named_map = "" if mapping == "random" else f"-{mapping}"
+        learned = f"-learn{every}{frac}" if every else ""
+        name = f"{head}-b{b:g}{named_map}{'' if with_bias else '-nobias'}{learned}-s{seed}"
+        configs.append(
+            replace(
+                base,
+                head=head,
+                head_budget=b,
+                mapping=mapping,
+                head_bias=with_bias,
+                reassign_every=every,
+                warmup_dense_steps=_dense_warmup(base, mapping),
+                seed=seed,
+                out=str(out / name),
             )
-    if wsd_steps:
-        if list(wsd_steps) != sorted(set(wsd_steps)):
-            raise ValueError(f"wsd_steps must be increasing, got {list(wsd_steps)}")
-        chained = []
-        for cfg in configs:
-            for i, steps in enumerate(wsd_steps):
-                init = str(Path(cfg.out) / f"steps{wsd_steps[i - 1]}") if i else ""
-                chained.append(
-                    replace(cfg, schedule="wsd", steps=steps, init_from=init, out=str(Path(cfg.out) / f"steps{steps}"))
-                )
-        configs = chained
-    for cfg in configs:  # every option of the grid, before any run starts
-        cfg.check()
+        )
+    return configs
+
+
+def _sized_grid(base: TrainConfig, head: str, seed: int, out: Path, grid: dict) -> list[TrainConfig]:
+    """A head by its own sizes: a mapped head at every K, map, bias and reassignment; any other once."""
+    if not KINDS[head].mapped:
+        return [replace(base, head=head, seed=seed, out=str(out / f"{head}-s{seed}"))]
+    frac = f"-f{base.reassign_frac:g}" if base.reassign_frac != TrainConfig.reassign_frac else ""
+    configs = []
+    for K, mapping, b, every in itertools.product(
+        grid["codebook_sizes"], grid["mappings"], grid["bias"], grid["reassign"]
+    ):
+        name = f"{head}{K}-{mapping}{'' if b else '-nobias'}{f'-learn{every}{frac}' if every else ''}-s{seed}"
+        configs.append(
+            replace(
+                base,
+                head=head,
+                codebook_size=K,
+                mapping=mapping,
+                head_bias=b,
+                reassign_every=every,
+                warmup_dense_steps=_dense_warmup(base, mapping),
+                seed=seed,
+                out=str(out / name),
+            )
+        )
+    return configs
+
+
+def _chained(configs: list[TrainConfig], wsd_steps: list[int]) -> list[TrainConfig]:
+    """Each config at every step budget with the WSD schedule, each budget starting from the previous one's snapshot."""
+    if list(wsd_steps) != sorted(set(wsd_steps)):
+        raise ValueError(f"wsd_steps must be increasing, got {list(wsd_steps)}")
+    chained = []
+    for cfg in configs:
+        for i, steps in enumerate(wsd_steps):
+            init = str(Path(cfg.out) / f"steps{wsd_steps[i - 1]}") if i else ""
+            chained.append(
+                replace(cfg, schedule="wsd", steps=steps, init_from=init, out=str(Path(cfg.out) / f"steps{steps}"))
+            )
+    return chained
+
+
+def _train_all(configs: list[TrainConfig], chains: bool) -> None:
+    """Train each config not yet finished; skip a chain another process holds, and a budget too small for its head."""
     blocked = set()  # chains another process is training: their later budgets need its snapshots
     for cfg in configs:
-        chain = Path(cfg.out).parent if wsd_steps else None
+        chain = Path(cfg.out).parent if chains else None
         if (Path(cfg.out) / "results.json").exists() or (chain is not None and chain in blocked):
             continue
         if cfg.init_from and not (Path(cfg.init_from) / "stable.pt").exists():
@@ -145,4 +133,41 @@ def sweep(
             if not cfg.head_budget or "smallest" not in str(e):
                 raise
             print(f"skipped {cfg.head} at head_budget={cfg.head_budget}: {e}")
-    return write_report([out], out)
+
+
+def sweep(
+    base: TrainConfig,
+    heads: list[str],
+    codebook_sizes: list[int],
+    mappings: list[str],
+    seeds: list[int],
+    out: str | Path,
+    bias: list[bool] = (True,),
+    reassign: list[int] = (0,),
+    budgets: list[float] = (),
+    wsd_steps: list[int] = (),
+) -> Path:
+    """Train every combination (skipping finished runs, resuming broken ones) into ``out``; returns ``out``
+    (``studies.report.write_report`` reports it).
+
+    With ``budgets``, every head but dense and adaptive is sized to each budget instead
+    (``heads.size_for_budget``); budgets too small for a head are skipped with a note.
+    With ``wsd_steps`` (increasing), every combination is trained at each of these step budgets
+    with the WSD schedule, into ``<run>/steps<S>``; each budget starts from the previous one's
+    stable-phase snapshot, so the whole chain costs one run to the largest budget plus the decays.
+    """
+    out = Path(out)
+    for head in heads:  # before any run starts
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    grid = dict(codebook_sizes=codebook_sizes, mappings=mappings, bias=bias, reassign=reassign, budgets=budgets)
+    configs = []
+    for head, seed in itertools.product(heads, seeds):
+        by_budget = budgets and KINDS[head].sizable
+        configs += (_budget_grid if by_budget else _sized_grid)(base, head, seed, out, grid)
+    if wsd_steps:
+        configs = _chained(configs, wsd_steps)
+    for cfg in configs:  # every option of the grid, before any run starts
+        cfg.check()
+    _train_all(configs, bool(wsd_steps))
+    return out

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..data.corpora import tokenize_corpus
 from ..files import USER_CACHE
-from .data import tokenize_corpus
 from .experiments import load_model
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import build_head
+from ..heads import SIZES, build_head
 
 HEAD_DIM = 32  # attention head size of a width set without --n-head (tiny's 128 / 4)
 WIDTH_STEP = 32  # the grid of a width solved by size_body
@@ -29,25 +29,16 @@ class ModelConfig:
     d_model: int = 128
     block_size: int = 64
     head: str = "dense"  # any name in vqlogits.heads.HEADS
-    codebook_size: int = 1024
-    head_bias: bool = True
-    rank: int = 64
-    token_dim: int = 8  # twolevel, hybrid-twolevel
-    num_codebooks: int = 2  # rvq
-    n_frequent: int = 256  # hybrid, hybrid-twolevel
+    codebook_size: int = SIZES["codebook_size"]
+    head_bias: bool = SIZES["bias"]
+    rank: int = SIZES["rank"]
+    token_dim: int = SIZES["token_dim"]  # twolevel, hybrid-twolevel
+    num_codebooks: int = SIZES["num_codebooks"]  # rvq
+    n_frequent: int = SIZES["n_frequent"]  # hybrid, hybrid-twolevel
 
     def build_head(self) -> nn.Module:
-        return build_head(
-            self.head,
-            self.d_model,
-            self.vocab_size,
-            self.codebook_size,
-            self.head_bias,
-            self.rank,
-            self.token_dim,
-            self.num_codebooks,
-            self.n_frequent,
-        )
+        sizes = {k: getattr(self, k) for k in ("codebook_size", "rank", "token_dim", "num_codebooks", "n_frequent")}
+        return build_head(self.head, self.d_model, self.vocab_size, bias=self.head_bias, **sizes)
 
     @classmethod
     def preset(

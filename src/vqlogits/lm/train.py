@@ -19,7 +19,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from ..cluster import kmeans
+from ..cluster import balanced_assignment, code_means, kmeans
+from ..data.corpora import get_batch, token_counts, tokenize_corpus
+from ..data.tokenizer import vocab_hint
 from ..files import (
     USER_CACHE,
     load_checkpoint,
@@ -32,13 +34,10 @@ from ..files import (
     write_json,
 )
 from ..heads import KINDS, DenseHead, VQLogitsHead
-from ..heads.vq import balanced_assignment, code_means
+from ..heads.learned_map import LEARNABLE, MapLearner
 from .config import TrainConfig, check_head_fits, check_same_config, decay_start, model_config
-from .data import get_batch, token_counts, tokenize_corpus
 from .evaluate import perplexity, split_scores
-from .learned_map import LEARNABLE, MapLearner
-from .model import GPT, PRESETS
-from .tokenizer import vocab_hint
+from .model import GPT, PRESETS, ModelConfig
 
 # ---- pieces -----------------------------------------------------------------------------------
 
@@ -102,7 +101,7 @@ def swap_head(model: GPT, opt: torch.optim.Optimizer, head) -> None:
     for p in opt.param_groups[2]["params"]:
         opt.state.pop(p, None)
     model.head = head
-    model.cfg.head = "vq"
+    model.cfg.head = "vq"  # the one mapped kind
     opt.param_groups[2]["params"] = list(head.parameters())
 
 
@@ -158,144 +157,196 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> d
         return _train(cfg, progress, rank, world, device, out)
 
 
-def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
-    ckpt_path = out / "ckpt.pt"
-    state = load_checkpoint(ckpt_path)  # the newest readable of ckpt.pt and ckpt.pt.prev
+def _resume_state(cfg: TrainConfig, ckpt_path: Path) -> dict | None:
+    """The checkpoint to resume (the newest readable of ckpt.pt and ckpt.pt.prev), else the
+    ``init_from`` snapshot, else None."""
+    state = load_checkpoint(ckpt_path)
     if state is not None:  # init_from only decides where a run starts; the cache only where data lies
         check_same_config(cfg, state["config"], ckpt_path, ignore=("init_from", "cache"))
     elif cfg.init_from:
         state = stable_snapshot(cfg)
+    return state
+
+
+def _read_data(cfg: TrainConfig, rank: int, world: int, out: Path):
+    """The corpus's splits, tokenizer and meta; rank 0 fills the token cache first and saves the
+    run's tokenizer, so the run's text goes in and out without the cache."""
     if (V := vocab_hint(cfg.tokenizer, cfg.cache or USER_CACHE)) is not None:  # head sizes, before the corpus is read
         check_head_fits(cfg, V)
     if rank != 0:
-        dist.barrier()  # rank 0 fills the token cache first
+        dist.barrier()
     splits, tok, meta = tokenize_corpus(cfg.corpus, cfg.tokenizer, cfg.cache or USER_CACHE)
-    if rank == 0 and not (out / "tokenizer.json").exists():  # the run's text in and out without the cache
+    if rank == 0 and not (out / "tokenizer.json").exists():
         write_atomic(out / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
     if world > 1 and rank == 0:
         dist.barrier()
+    return splits, tok, meta
+
+
+def initial_model(cfg: TrainConfig, mcfg: ModelConfig, counts: torch.Tensor, state: dict | None) -> GPT:
+    """The model at step 0, or shaped as the checkpoint ``state`` was saved. A mapped head (vq) with
+    ``warmup_dense_steps`` starts dense and is swapped in at that step (``build_vq_head``)."""
+    warm_start = KINDS[cfg.head].mapped and cfg.warmup_dense_steps > 0
+    model = GPT(replace(mcfg, head="dense") if warm_start else mcfg)
+    if hasattr(model.head, "set_frequencies"):  # adaptive, hybrids
+        model.head.set_frequencies(counts)
+    if KINDS[cfg.head].mapped and not warm_start:
+        model.head = build_vq_head(cfg, model, counts)
+    if warm_start and state is not None and state["model_config"]["head"] == cfg.head:  # saved after the swap
+        model.head = VQLogitsHead(mcfg.d_model, mcfg.vocab_size, mcfg.codebook_size, bias=mcfg.head_bias)
+        model.cfg.head = cfg.head
+    return model
+
+
+def train_step(runner, model: GPT, opt, cfg: TrainConfig, x, y, map_learner) -> torch.Tensor:
+    """One optimizer step on the batch (x, y); the learned map observes the hidden states. Returns the loss."""
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if x.device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    with autocast:
+        if map_learner is not None:  # the map's statistics need the hidden states
+            loss, h = runner(x, y, return_hidden=True)
+        else:
+            loss = runner(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    if map_learner is not None:
+        map_learner.observe(model.head, h, y)
+    return loss
+
+
+def snapshot(cfg: TrainConfig, model: GPT, opt, step: int, run: dict, map_learner) -> dict:
+    """What a checkpoint holds: the config, the model, the optimizer, the history and the clocks."""
+    return {
+        "config": asdict(cfg),
+        "model_config": asdict(model.cfg),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "history": run["history"],
+        "train_time": run["train_time"],
+        "wall_time": run["wall_time"],
+        "train_flops": run["flops"],
+        "map_learner": None if map_learner is None else map_learner.state_dict(),
+    }
+
+
+class _Run:
+    """The mutable pieces of one training run: model, optimizer, map learner, DDP wrapper."""
+
+    def __init__(self, cfg, model, world, state):
+        self.cfg, self.model, self.world = cfg, model, world
+        self.opt = make_optimizer(model, cfg)
+        self.map_learner = None
+        self.clock = {"history": {k: [] for k in HISTORY}, "train_time": 0.0, "wall_time": 0.0, "flops": 0}
+        self.step = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.step = state["step"]
+            self.clock.update(history=state["history"], train_time=state["train_time"], wall_time=state["wall_time"])
+            self.clock["flops"] = state.get("train_flops", 0)
+        self.runner = self.wrap()
+        if cfg.reassign_every and isinstance(model.head, LEARNABLE):  # a mapped head after its warm-up
+            self.map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
+            if state is not None and state.get("map_learner"):
+                self.map_learner.load_state_dict(state["map_learner"])
+
+    def wrap(self):
+        if self.world == 1:
+            return self.model
+        return DDP(self.model, find_unused_parameters=self.cfg.head == "adaptive")
+
+    def swap_in_mapped_head(self, counts) -> None:
+        """At the end of a dense warm-up: the mapped head built from the dense head."""
+        swap_head(self.model, self.opt, build_vq_head(self.cfg, self.model, counts))
+        self.runner = self.wrap()
+        if self.cfg.reassign_every:
+            self.map_learner = MapLearner(self.model.head, self.cfg.reassign_frac, seed=self.cfg.seed)
+
+
+HISTORY = ("step", "loss", "lr", "val_step", "val_ppl", "moved")
+
+
+def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
+    ckpt_path = out / "ckpt.pt"
+    state = _resume_state(cfg, ckpt_path)
+    splits, tok, meta = _read_data(cfg, rank, world, out)
     V = meta["vocab_size"]
     counts = token_counts(splits["train"], V)
     batch = cfg.batch_size or PRESETS[cfg.model][4]
     if batch % world:
         raise ValueError(f"batch_size={batch} must be divisible by the number of processes {world}")
     block = cfg.block_size or PRESETS[cfg.model][3]
-    target_mcfg = model_config(cfg, V, counts, get_batch(splits["train"], 0, cfg.seed, batch, block)[1])
-    check_head_fits(cfg, V, target_mcfg.d_model)
-
+    mcfg = model_config(cfg, V, counts, get_batch(splits["train"], 0, cfg.seed, batch, block)[1])
+    check_head_fits(cfg, V, mcfg.d_model)
     torch.manual_seed(cfg.seed)
-    start_vq = cfg.head == "vq" and cfg.warmup_dense_steps == 0
-    first_head = cfg.head if start_vq or cfg.head != "vq" else "dense"
-    mcfg = replace(target_mcfg, head=first_head)
-    model = GPT(mcfg)
-    if hasattr(model.head, "set_frequencies"):  # adaptive, hybrids
-        model.head.set_frequencies(counts)
-    if start_vq:
-        model.head = build_vq_head(cfg, model, counts)
-    model.to(device)
-    if state is not None and state["model_config"]["head"] == "vq" and not isinstance(model.head, VQLogitsHead):
-        model.head = VQLogitsHead(mcfg.d_model, V, mcfg.codebook_size, bias=mcfg.head_bias).to(device)
-        model.cfg.head = "vq"
-    opt = make_optimizer(model, cfg)
-    map_learner = None
-    history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_ppl": [], "moved": []}
-    step, train_time, wall_time, flops = 0, 0.0, 0.0, 0  # train_time: steps only; wall_time: with evals
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, step = state["history"], state["step"]
-        train_time, wall_time, flops = state["train_time"], state["wall_time"], state.get("train_flops", 0)
-
-    def ddp_model():
-        if world == 1:
-            return model
-        return DDP(model, find_unused_parameters=cfg.head == "adaptive")
-
-    runner = ddp_model()
-    if cfg.reassign_every and isinstance(model.head, LEARNABLE):  # vq with a dense warm-up: at the swap
-        map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
-        if state is not None and state.get("map_learner"):
-            map_learner.load_state_dict(state["map_learner"])
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
-
-    bar = tqdm(
-        total=cfg.steps, initial=step, desc=f"{cfg.head} {Path(cfg.out).name}", disable=not progress or rank != 0
-    )
-    while step < cfg.steps:
-        if cfg.head == "vq" and step == cfg.warmup_dense_steps and not isinstance(model.head, VQLogitsHead):
-            swap_head(model, opt, build_vq_head(cfg, model, counts))
-            runner = ddp_model()
-            if cfg.reassign_every:
-                map_learner = MapLearner(model.head, cfg.reassign_frac, seed=cfg.seed)
+    run = _Run(cfg, initial_model(cfg, mcfg, counts, state).to(device), world, state)
+    model, clock, history = run.model, run.clock, run.clock["history"]
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"{cfg.head} {Path(cfg.out).name}", disable=not progress or rank)
+    while run.step < cfg.steps:
+        if KINDS[cfg.head].mapped and run.step == cfg.warmup_dense_steps and not isinstance(model.head, VQLogitsHead):
+            run.swap_in_mapped_head(counts)
         t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = (t.to(device) for t in get_batch(splits["train"], step, cfg.seed, batch, mcfg.block_size, rank, world))
-        with autocast:
-            if map_learner is not None:  # the map's statistics need the hidden states
-                loss, h = runner(x, y, return_hidden=True)
-            else:
-                loss = runner(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-        if map_learner is not None:
-            map_learner.observe(model.head, h, y)
-            if step % cfg.reassign_every == 0:
-                history["moved"].append((step, map_learner.reassign(model.head)))
-        train_time += time.perf_counter() - t0
-        flops += world * model.train_flops(y)  # the global batch, counted from this rank's shard
-        loss_value = _mean_across(loss.item(), world)
-        history["step"].append(step)
-        history["loss"].append(loss_value)
-        history["lr"].append(lr_at(step - 1, cfg))
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{loss_value:.3f}", tok_s=f"{step * batch * mcfg.block_size / max(train_time, 1e-9):,.0f}"
-        )
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            model.eval()
-            history["val_step"].append(step)
-            history["val_ppl"].append(perplexity(model, splits["val"], cfg.eval_tokens, desc="val"))
-            model.train()
-            bar.set_postfix(loss=f"{loss_value:.3f}", val_ppl=f"{history['val_ppl'][-1]:.1f}")
-        wall_time += time.perf_counter() - t0
-        stable_now = cfg.schedule == "wsd" and step == decay_start(cfg)
-        ckpt_now = cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
-        # Every rank takes part in summing the map's window statistics; rank 0 writes them.
-        learner_state = map_learner.state_dict() if map_learner is not None and (stable_now or ckpt_now) else None
-        snapshot = (
-            {
-                "config": asdict(cfg),
-                "model_config": asdict(model.cfg),
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "history": history,
-                "train_time": train_time,
-                "wall_time": wall_time,
-                "train_flops": flops,
-                "map_learner": learner_state,
-            }
-            if rank == 0 and (stable_now or ckpt_now)
-            else None
-        )
-        if snapshot is not None and stable_now:
-            save_atomic(snapshot, out / "stable.pt")  # where longer budgets' runs branch off, see lr_at
-        if snapshot is not None and ckpt_now:
-            save_checkpoint(snapshot, ckpt_path)
+        for group in run.opt.param_groups:
+            group["lr"] = lr_at(run.step, cfg)
+        x, y = (t.to(device) for t in get_batch(splits["train"], run.step, cfg.seed, batch, block, rank, world))
+        loss = train_step(run.runner, model, run.opt, cfg, x, y, run.map_learner)
+        run.step += 1
+        if run.map_learner is not None and run.step % cfg.reassign_every == 0:
+            history["moved"].append((run.step, run.map_learner.reassign(model.head)))
+        clock["train_time"] += time.perf_counter() - t0
+        clock["flops"] += world * model.train_flops(y)  # the global batch, counted from this rank's shard
+        _record(run, cfg, _mean_across(loss.item(), world), bar, splits, batch * block)
+        clock["wall_time"] += time.perf_counter() - t0
+        _save(run, cfg, rank, out, ckpt_path)
     bar.close()
-    results = finish(cfg, model, splits, tok, counts, history, train_time, wall_time, batch, flops)
+    results = finish(
+        cfg, model, splits, tok, counts, history, clock["train_time"], clock["wall_time"], batch, clock["flops"]
+    )
     if rank == 0:
         save_atomic(
             {"config": asdict(cfg), "model_config": asdict(model.cfg), "model": model.state_dict()}, out / "model.pt"
         )
         write_json(out / "results.json", results)  # its presence marks the run finished: never half-written
     return results
+
+
+def _record(run: _Run, cfg: TrainConfig, loss: float, bar, splits, tokens_per_step: int) -> None:
+    """The step's loss and learning rate in the history, the progress bar, and a validation every ``eval_every``."""
+    history, step = run.clock["history"], run.step
+    history["step"].append(step)
+    history["loss"].append(loss)
+    history["lr"].append(lr_at(step - 1, cfg))
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{step * tokens_per_step / max(run.clock['train_time'], 1e-9):,.0f}")
+    if cfg.eval_every and step % cfg.eval_every == 0:
+        run.model.eval()
+        history["val_step"].append(step)
+        history["val_ppl"].append(perplexity(run.model, splits["val"], cfg.eval_tokens, desc="val"))
+        run.model.train()
+        bar.set_postfix(loss=f"{loss:.3f}", val_ppl=f"{history['val_ppl'][-1]:.1f}")
+
+
+def _save(run: _Run, cfg: TrainConfig, rank: int, out: Path, ckpt_path: Path) -> None:
+    """stable.pt at a WSD run's decay start, ckpt.pt every ``checkpoint_every`` steps and at the end."""
+    step = run.step
+    stable_now = cfg.schedule == "wsd" and step == decay_start(cfg)
+    ckpt_now = cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
+    if not (stable_now or ckpt_now):
+        return
+    # Every rank takes part in summing the map's window statistics; rank 0 writes them.
+    state = snapshot(cfg, run.model, run.opt, step, run.clock, run.map_learner)
+    if rank != 0:
+        return
+    if stable_now:
+        save_atomic(state, out / "stable.pt")  # where longer budgets' runs branch off, see lr_at
+    if ckpt_now:
+        save_checkpoint(state, ckpt_path)
 
 
 def finish(

@@ -41,7 +41,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..heads import KINDS, RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
+from . import KINDS, RVQHead, TwoLevelHead, VQLogitsHead, VQLowRankHead
 
 LEARNABLE = tuple(k.cls for k in KINDS.values() if k.has_map)
 

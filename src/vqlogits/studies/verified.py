@@ -1,5 +1,5 @@
 """Verified decoding against what a user can already do, end to end, in one run (docs/PRETRAINED.md,
-"verified decoding"; ``docs/verified.sh``).
+"verified decoding"; ``scripts/verified.sh``).
 
 Four ways to decode greedily with one backbone and KV cache, taking turns within every repeat:
 
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE, write_json
 from ..heads import IndexedHead
-from ..hf.accelerate import hidden_states
 from ..hf.generate import generate
+from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm, use_head
-from ..lm.data import eval_windows, tokenize_corpus
 from .accelerate import random_model
 
 SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 64 rows each
@@ -110,8 +110,8 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
         "approximate": _Clock(lambda h: head.greedy(h, exact=False)),
     }
     use_head(model, head)
-    verified_greedy, verified_check = _Clock(head.greedy), _Clock(head.verify_greedy)
-    head.greedy, head.verify_greedy = verified_greedy, verified_check  # the instance's, timed
+    verified_greedy, verified_check = _Clock(head.greedy), _Clock(head.exact_argmax)
+    head.greedy, head.exact_argmax = verified_greedy, verified_check  # the instance's, timed
     speeds, tokens, stats = {name: [] for name in [*clocks, "verified"]}, {}, {}
     try:
         for r in range(repeats + 1):
@@ -130,7 +130,7 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
                 if r:  # the first round warms up
                     speeds[name].append((prompts.shape[0] * new / elapsed, head_s / elapsed, head_s))
     finally:
-        del head.greedy, head.verify_greedy
+        del head.greedy, head.exact_argmax
     B = prompts.shape[0]
     row = {"batch": B, "new_tokens": new, "clusters": head.clusters, "probes": head.probes}
     for name, runs in speeds.items():

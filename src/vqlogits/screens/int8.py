@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .screen import BF16Screen
+from .bf16 import BF16Screen
 
 _ROWS = 8192  # rows requantized at a time
 _MIN_SCALE = 2.0**-100  # keeps s' a normal bf16 number for all-zero rows

@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import USER_CACHE, write_atomic, write_json
-from .devdocs import build_devdocs, load_devdocs
-from .embedded import pydocs_root, smollm2_gguf
+from .devdocs import load_devdocs
+from .embedded import pydocs_root
 from .tokenizer import eos_id, load_tokenizer, token_byte_lengths
 
 SPLITS = ("train", "val", "test")
@@ -155,15 +155,6 @@ def load_documents(corpus: str, cache: str | Path = USER_CACHE) -> dict[str, lis
 def load_corpus(corpus: str, cache: str | Path = USER_CACHE) -> dict[str, list[str]]:
     """The texts of ``load_documents``."""
     return {s: [text for _, text in docs] for s, docs in load_documents(corpus, cache).items()}
-
-
-def fetch(names: list[str], cache: str | Path = USER_CACHE) -> dict[str, str]:
-    """Fetch the named embedded data (``pydocs``, ``devdocs``, ``smollm2``); returns where each lies."""
-    known = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": smollm2_gguf}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown embedded data {unknown}; choose from {sorted(known)}")
-    return {n: str(known[n](cache)) for n in names}
 
 
 # --- token cache --------------------------------------------------------------------------------

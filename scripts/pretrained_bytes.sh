@@ -33,7 +33,7 @@ model() {  # name, calibrate options, compress options...
 }
 mkdir -p "$OUT"
 if only bf16 && [ ! -s "$OUT/bf16.json" ]; then
-  into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.bench.eval smollm2 bfloat16
+  into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast smollm2 bfloat16
 fi
 # The decisive models first (a partial run still compares quantization, VQ and both near 4-18 MB).
 # 8 bits early: the GGUF stores this head as Q8_0, so q8 is the original's rows, and its stage 1

@@ -1,5 +1,5 @@
 """The measurements of ``IndexedHead`` behind docs/PRETRAINED.md ("accelerate or compress";
-``docs/accelerate.sh``): top-1 agreement, certification, rows read, TV distance and speed."""
+``scripts/accelerate.sh``): top-1 agreement, certification, rows read, TV distance and speed."""
 
 from __future__ import annotations
 
@@ -9,77 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..files import USER_CACHE, write_json
+from ..data.corpora import tokenize_corpus
+from ..files import USER_CACHE, write_atomic, write_json
 from ..heads import IndexedHead
-from ..hf.accelerate import hidden_states
+from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
-from ..lm.data import tokenize_corpus
-from .timing import decode_tokens_per_s, median_seconds
-
-TV_ROWS = 512  # hidden states per TV distance: one softmax over V each
-
-
-def _median(fn, repeats: int = 7) -> float:
-    return median_seconds(fn, repeats, warmup=2)[0]
-
-
-@torch.no_grad()
-def measure_index(
-    head: IndexedHead,
-    weight: torch.Tensor,
-    h: torch.Tensor,
-    probes: list[int],
-    batches=(1, 16),
-    tv_rows: int = TV_ROWS,
-    repeats: int = 7,
-) -> list[dict]:
-    """For each probe count: top-1 agreement with ``(h @ W.T).argmax``, total-variation distance of
-    the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
-    each batch size (same run). One row for exact greedy, with its certified fraction and the
-    fp32 / fp16 rows it read per token."""
-    dense_top = torch.cat([(c @ weight.T).argmax(-1) for c in h.split(1024)])
-    dense_time = {b: _median(lambda b=b: (h[:b] @ weight.T).argmax(-1), repeats) for b in batches}
-    rows = []
-    for P in [*probes, None]:
-        exact = P is None
-        picks, certified, fp32_rows, fp16_rows = [], 0, 0, 0
-        for i in range(h.shape[0]):  # one token at a time, as in batch-1 decoding
-            picks.append(head.greedy(h[i : i + 1], exact=exact, probes=P))
-            s = head.last_stats
-            certified += s["certified"]
-            fp32_rows += s["probed_rows"] + s["verified_rows"]
-            fp16_rows += s["screened_rows"]
-        agree = float((torch.cat(picks) == dense_top).float().mean())
-        first_round = max(1, head.clusters // 64) if exact else P  # greedy's default first round when exact
-        row = {
-            "clusters": head.clusters,
-            "probes": first_round,
-            "mode": "exact" if exact else "approximate",
-            "agreement": agree,
-            "fp32_rows_per_token": fp32_rows / h.shape[0],
-            "fp16_rows_per_token": fp16_rows / h.shape[0],
-        }
-        if exact:
-            row["certified"] = certified / h.shape[0]
-        else:
-            row["tv_distance"] = tv_distance(head, weight, h[:tv_rows], P)
-        for b in batches:
-            t = _median(lambda b=b: head.greedy(h[:b], exact=exact, probes=P), repeats)
-            row[f"head_s_b{b}"], row[f"dense_head_s_b{b}"], row[f"speedup_b{b}"] = t, dense_time[b], dense_time[b] / t
-        rows.append(row)
-    return rows
-
-
-@torch.no_grad()
-def tv_distance(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes: int) -> float:
-    """Mean total-variation distance between ``head.sampling_probs`` (T = 1) and the dense softmax,
-    one row at a time as in batch-1 decoding (a batch reads the union of its rows' probes)."""
-    total = 0.0
-    for row in h.split(1):
-        total += float(
-            0.5 * (head.sampling_probs(row, probes=probes) - torch.softmax(row @ weight.T, dim=-1)).abs().sum()
-        )
-    return total / h.shape[0]
+from ..hf.speed import TV_ROWS, measure_index, tv_distance
+from ..hf.speed import median as _median
+from ..timing import decode_tokens_per_s
 
 
 def random_model(shape: str):
@@ -130,6 +67,71 @@ PROBE_FRACTIONS = (1 / 32, 1 / 16, 3 / 32, 1 / 8, 3 / 16, 1 / 4)
 SPEED_SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 64 rows each
 
 
+def _index_rows(weight, fit, h, clusters, parts, earlier) -> tuple[list[dict], dict]:
+    """Each K's index (plain and, at 1,024, spherical) measured by ``measure_index``; the plain heads by K."""
+    index_rows, heads = ([] if "index" in parts else earlier["index"]), {}
+    for K, spherical in [(k, False) for k in clusters] + [(1024, True)]:
+        if not {"index", "tv"} & set(parts) and not (K == 1024 and not spherical):
+            continue
+        t0 = time.perf_counter()
+        head = IndexedHead.from_weight(weight, K, hidden=fit, spherical=spherical, progress=True)
+        build_s = time.perf_counter() - t0
+        probes = sorted({max(1, round(f * K)) for f in PROBE_FRACTIONS})
+        for r in measure_index(head, weight, h, probes) if "index" in parts else []:
+            index_rows.append({**r, "spherical": spherical, "build_s": build_s})
+        for r in index_rows if "tv" in parts else []:
+            if (r["clusters"], r["spherical"], r["mode"]) == (K, spherical, "approximate"):
+                r["tv_distance"] = tv_distance(head, weight, h[:TV_ROWS], r["probes"])
+        if not spherical:
+            heads[K] = head
+    return index_rows, heads
+
+
+def _smollm2_decode_rows(model, weight, head, decode_steps: int) -> list[dict]:
+    rows = []
+    for batch in (1, 16):
+        picks = {
+            "dense": lambda x: (x @ weight.T).argmax(-1),
+            "indexed approximate": lambda x: head.greedy(x, exact=False),
+            "indexed exact": head.greedy,
+        }
+        speeds = decode_tokens_per_s(model, picks, batch, decode_steps)
+        rows.append(
+            {
+                "model": "SmolLM2-135M (real weights)",
+                "clusters": 1024,
+                "probes": head.probes,
+                "batch": batch,
+                **{f"{k} tok/s": v for k, v in speeds.items()},
+            }
+        )
+    return rows
+
+
+def _shape_decode_rows(shape: str, K: int, decode_steps: int) -> list[dict]:
+    """Head time and greedy tokens/s at a published shape, random weights and clusters."""
+    big, rows = random_model(shape), []
+    w = big.get_output_embeddings().weight.detach()
+    for probes in (K // 8, K // 32):  # SmolLM2's 99.9% fraction, and a quarter of it
+        head = random_index(w, K, probes)
+        picks = {"dense": lambda x: (x @ w.T).argmax(-1), "indexed approximate": lambda x: head.greedy(x, exact=False)}
+        for batch in (1, 16):
+            x = torch.randn(batch, w.shape[1])
+            dense_s, head_s = _median(lambda: picks["dense"](x)), _median(lambda: picks["indexed approximate"](x))
+            speeds = decode_tokens_per_s(big, picks, batch, decode_steps)
+            rows.append(
+                {
+                    "model": f"{shape} shape (random weights, random clusters)",
+                    "clusters": K,
+                    "probes": probes,
+                    "batch": batch,
+                    "head speed-up": dense_s / head_s,
+                    **{f"{k} tok/s": v for k, v in speeds.items()},
+                }
+            )
+    return rows
+
+
 def measure_all(
     out: str | Path = "docs/pretrained",
     clusters=(512, 1024, 2048),
@@ -157,81 +159,19 @@ def measure_all(
         "eval_tokens": h.shape[0],
         "corpus": corpus,
     }
-    earlier = (
-        json.loads((Path(out) / "accelerate.json").read_text()) if (Path(out) / "accelerate.json").exists() else {}
+    path = Path(out) / "accelerate.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    index_rows, heads = _index_rows(weight, fit, h, clusters, parts, earlier)
+    decode_rows = (
+        earlier["decode"] if "decode" not in parts else _smollm2_decode_rows(model, weight, heads[1024], decode_steps)
     )
-    index_rows, heads = ([] if "index" in parts else earlier["index"]), {}
-    for K, spherical in [(k, False) for k in clusters] + [(1024, True)]:
-        if not {"index", "tv"} & set(parts) and not (K == 1024 and not spherical):
-            continue
-        t0 = time.perf_counter()
-        head = IndexedHead.from_weight(weight, K, hidden=fit, spherical=spherical, progress=True)
-        build_s = time.perf_counter() - t0
-        probes = sorted({max(1, round(f * K)) for f in PROBE_FRACTIONS})
-        for r in measure_index(head, weight, h, probes) if "index" in parts else []:
-            index_rows.append({**r, "spherical": spherical, "build_s": build_s})
-        for r in index_rows if "tv" in parts else []:
-            if (r["clusters"], r["spherical"], r["mode"]) == (K, spherical, "approximate"):
-                r["tv_distance"] = tv_distance(head, weight, h[:TV_ROWS], r["probes"])
-        if not spherical:
-            heads[K] = head
-    decode_rows = [] if "decode" in parts else earlier["decode"]
-    default = heads[1024]
-    for batch in (1, 16) if "decode" in parts else ():
-        speeds = decode_tokens_per_s(
-            model,
-            {
-                "dense": lambda x: (x @ weight.T).argmax(-1),
-                "indexed approximate": lambda x: default.greedy(x, exact=False),
-                "indexed exact": default.greedy,
-            },
-            batch,
-            decode_steps,
-        )
-        decode_rows.append(
-            {
-                "model": "SmolLM2-135M (real weights)",
-                "clusters": 1024,
-                "probes": default.probes,
-                "batch": batch,
-                **{f"{k} tok/s": v for k, v in speeds.items()},
-            }
-        )
     for shape, K in SPEED_SHAPES.items() if "decode" in parts else ():
-        big = random_model(shape)
-        w = big.get_output_embeddings().weight.detach()
-        for probes in (K // 8, K // 32):  # SmolLM2's 99.9% fraction, and a quarter of it
-            head = random_index(w, K, probes)
-            for batch in (1, 16):
-                x = torch.randn(batch, w.shape[1])
-                dense_s = _median(lambda: (x @ w.T).argmax(-1))
-                head_s = _median(lambda: head.greedy(x, exact=False))
-                speeds = decode_tokens_per_s(
-                    big,
-                    {
-                        "dense": lambda x: (x @ w.T).argmax(-1),
-                        "indexed approximate": lambda x: head.greedy(x, exact=False),
-                    },
-                    batch,
-                    decode_steps,
-                )
-                decode_rows.append(
-                    {
-                        "model": f"{shape} shape (random weights, random clusters)",
-                        "clusters": K,
-                        "probes": probes,
-                        "batch": batch,
-                        "head speed-up": dense_s / head_s,
-                        **{f"{k} tok/s": v for k, v in speeds.items()},
-                    }
-                )
-        del big
+        decode_rows += _shape_decode_rows(shape, K, decode_steps)
     results = {"environment": env, "index": index_rows, "decode": decode_rows}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "accelerate.json", results)
-    (out / "accelerate.md").write_text(markdown(results))
-    plot(results, out / "accelerate.png")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(path, results)
+    write_atomic(Path(out) / "accelerate.md", lambda tmp: tmp.write_text(markdown(results)))
+    plot(results, Path(out) / "accelerate.png")
     return results
 
 

@@ -20,9 +20,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..files import write_json
 from ..heads import WITH_MAP, size_for_budget
-from ..lm.learned_map import MapLearner
+from ..heads.learned_map import MapLearner
 from ..lm.model import GPT, ModelConfig
-from .timing import median_seconds
+from ..timing import median_seconds
 
 HEADS = WITH_MAP  # every head whose map the learned map moves
 

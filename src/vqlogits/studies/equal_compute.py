@@ -1,4 +1,4 @@
-"""The equal-compute study's report (docs/equal_compute.sh; docs/RESULTS.md, "At equal compute").
+"""The equal-compute study's report (scripts/equal_compute.sh; docs/RESULTS.md, "At equal compute").
 
 Every design trains at the same training FLOPs per token (the ``tiny`` dense model's) and the same
 tokens per step, so a budget of S steps is the same compute for all. Quality is test bits per byte
@@ -20,7 +20,7 @@ import torch
 from ..files import load_plain, write_atomic, write_json
 from ..lm.model import GPT, ModelConfig
 from ..stats import mean_std, welch_interval
-from .timing import median_seconds_in_turns
+from ..timing import median_seconds_in_turns
 
 DENSE, ADAPTIVE, CHEAP = "dense head", "adaptive softmax", "cheap head (ours)"
 

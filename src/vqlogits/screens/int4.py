@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from . import quant
-from .screen import U_FP32, BF16Screen
+from .. import quant
+from .bf16 import U_FP32, BF16Screen
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the kernel accepts
 _ROWS = 8192  # rows dequantized at a time while the norms are computed

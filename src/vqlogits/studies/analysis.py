@@ -20,10 +20,10 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..data.corpora import eval_windows, token_counts, tokenize_corpus
 from ..files import USER_CACHE
 from ..heads import VQLogitsHead
-from .data import eval_windows, token_counts, tokenize_corpus
-from .experiments import load_model
+from ..lm.experiments import load_model
 
 
 @torch.no_grad()

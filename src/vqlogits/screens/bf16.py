@@ -62,7 +62,7 @@ class BF16Screen:
     """A (V, d) fp32 matrix W, with its bf16 copy and the per-row norms the bound needs.
 
     W itself is kept by reference (it is read in fp64 for the candidates only). Subclasses screen
-    with another bf16-output kernel (``screen_int4.Int4Screen``): they set the norms of their own
+    with another bf16-output kernel (``screens.int4.Int4Screen``): they set the norms of their own
     low-precision copy through ``_set_norms`` and override ``_screen`` and ``_rows``."""
 
     def __init__(self, weight: torch.Tensor):

@@ -5,17 +5,17 @@
 # within 10% (model.size_body solves the depth at the width given), on devdocs, and is scored in
 # bits per byte of the test split, so tokenizers compare.
 #
-#   docs/equal_compute.sh designs   # seed 0 of every design, one WSD chain each
-#   docs/equal_compute.sh seeds     # seeds 1 and 2 of the best dense and the best cheap-head design
+#   scripts/equal_compute.sh designs   # seed 0 of every design, one WSD chain each
+#   scripts/equal_compute.sh seeds     # seeds 1 and 2 of the best dense and the best cheap-head design
 #                                   # (BEST, SEEDS and WSD_STEPS name others, e.g. a third seed at 4k only)
-#   docs/equal_compute.sh report    # docs/results/equal_compute/{summary.json, report.md, PNGs}
+#   scripts/equal_compute.sh report    # docs/results/equal_compute/{summary.json, report.md, PNGs}
 #                                   # (decode speed needs an idle core; KEEP_SPEED=1 keeps the last one's)
 #
 # Resumable: rerun the same stage (restart it at the start of each session). Finished budgets are
 # skipped; only their results.json files are kept in git (runs/.gitignore), so a new machine
 # resumes at the last finished budget and retrains a chain's stable phase if its snapshot is gone.
 #
-# Protocol (as docs/converged.sh): context 128, 16 sequences per step (2,048 tokens), AdamW lr 2e-3,
+# Protocol (as scripts/converged.sh): context 128, 16 sequences per step (2,048 tokens), AdamW lr 2e-3,
 # 200 warm-up steps, WSD with the last 20% of each budget decaying to 0.1 lr, one job per core
 # (taskset, one thread). Budgets: 1k, 2k, 4k steps = 2.0M, 4.1M, 8.2M tokens, i.e. 3.1e13, 6.3e13,
 # 1.26e14 training FLOPs; the largest is 2x the converged benchmark's largest (4.1M tokens).
@@ -38,7 +38,7 @@
 #   4k only: third seeds of the best two at 4k steps  ~ 2 x 1 h (BEST=... SEEDS=2 WSD_STEPS=4000)
 #   total                                            ~ 14 h of one core
 set -euo pipefail
-STAGE=${1:?usage: docs/equal_compute.sh designs|seeds|report}
+STAGE=${1:?usage: scripts/equal_compute.sh designs|seeds|report}
 OUT=${OUT:-docs/results/equal_compute/runs}
 CORE=${CORE:-0}
 CACHE=${CACHE:-$HOME/.cache/vqlogits}

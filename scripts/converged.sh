@@ -3,12 +3,12 @@
 # budgets from one WSD chain per run. Resumable: rerun the same stage and it continues where it
 # stopped (finished budgets are skipped, a broken one resumes from its last checkpoint).
 #
-#   docs/converged.sh all      # everything below, in this order, on one core
-#   docs/converged.sh dense    # the dense baseline: SEEDS (default 0,1,2), convergence and seed spread
-#   docs/converged.sh heads    # every head, seed 0
-#   docs/converged.sh seeds    # seeds 1 and 2 of the best two heads and of the learned vq at 2% and 5%
-#   docs/converged.sh cosine   # a separate cosine run (COSINE_STEPS, default 8000), to check the WSD cool-downs against
-#   docs/converged.sh report   # docs/results/converged/{summary.json, report.md, PNGs}
+#   scripts/converged.sh all      # everything below, in this order, on one core
+#   scripts/converged.sh dense    # the dense baseline: SEEDS (default 0,1,2), convergence and seed spread
+#   scripts/converged.sh heads    # every head, seed 0
+#   scripts/converged.sh seeds    # seeds 1 and 2 of the best two heads and of the learned vq at 2% and 5%
+#   scripts/converged.sh cosine   # a separate cosine run (COSINE_STEPS, default 8000), to check the WSD cool-downs against
+#   scripts/converged.sh report   # docs/results/converged/{summary.json, report.md, PNGs}
 #
 # One job per core (taskset + one thread), so tokens_per_s means the same in every run; each
 # results.json records its cores, threads and the load average (host).
@@ -27,7 +27,7 @@
 #   cosine dense at 8k steps (16.4M)                  1.5 h
 #   total                                            ~26 h of one core; two cores: ~13 h of wall time
 set -euo pipefail
-STAGE=${1:?usage: docs/converged.sh dense|heads|seeds|cosine|report}
+STAGE=${1:?usage: scripts/converged.sh dense|heads|seeds|cosine|report}
 OUT=${OUT:-runs/converged}
 CORE=${CORE:-0}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1

@@ -10,9 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..files import write_json
+from ..lm.model import ModelConfig
 from ..stats import gap_ci, mean_std
 from .labels import family, label
-from .model import ModelConfig
 from .scaling import scaling_report
 
 
@@ -146,60 +146,44 @@ def budget_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    series = defaultdict(list)  # one line per head family, points at its budgets
+def _pareto_plot(plt, rows: list[dict], x_key: str, xlabel: str, path: Path, title: str) -> None:
+    """Test perplexity against ``x_key``, one line per head family at its budgets (dense: a star, dashed)."""
+    series = defaultdict(list)
     for r in rows:
         series[r["family"]].append(r)
     markers = "os^vDP<>Xhp*"
     dense = next((r for r in rows if r["config"] == "dense"), None)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (fam, rs) in enumerate(series.items()):
+        rs = sorted((r for r in rs if r.get(x_key)), key=lambda r: r[x_key])
+        if rs:
+            is_dense = fam == "dense"
+            ax.errorbar(
+                [r[x_key] for r in rs],
+                [r["test_ppl"] for r in rs],
+                yerr=[r["test_sd"] for r in rs],
+                fmt="*" if is_dense else f"{markers[i % len(markers)]}-",
+                ms=12 if is_dense else 5,
+                lw=1,
+                capsize=2,
+                color=plt.cm.tab20(i % 20),
+                label=fam,
+            )
+    if dense:
+        ax.axhline(dense["test_ppl"], color="gray", ls="--", lw=0.8)
+        ax.axhline(1.05 * dense["test_ppl"], color="gray", ls=":", lw=0.8, label="dense +5%")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="test perplexity", title=title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
-    def pareto(x_key: str, xlabel: str, name: str, title: str) -> None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, (fam, rs) in enumerate(series.items()):
-            rs = sorted((r for r in rs if r.get(x_key)), key=lambda r: r[x_key])
-            if rs:
-                is_dense = fam == "dense"
-                ax.errorbar(
-                    [r[x_key] for r in rs],
-                    [r["test_ppl"] for r in rs],
-                    yerr=[r["test_sd"] for r in rs],
-                    fmt="*" if is_dense else f"{markers[i % len(markers)]}-",
-                    ms=12 if is_dense else 5,
-                    lw=1,
-                    capsize=2,
-                    color=plt.cm.tab20(i % 20),
-                    label=fam,
-                )
-        if dense:
-            ax.axhline(dense["test_ppl"], color="gray", ls="--", lw=0.8)
-            ax.axhline(1.05 * dense["test_ppl"], color="gray", ls=":", lw=0.8, label="dense +5%")
-        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="test perplexity", title=title)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        made.append(name)
 
-    pareto("head_params", "head parameters", "ppl_vs_params.png", "Perplexity vs head size (dense: star, dashed)")
-    if any(r.get("decode_flops") for r in rows):
-        pareto("decode_flops", "decode FLOPs per token (head)", "ppl_vs_decode_cost.png", "Perplexity vs decode cost")
-
-    # Train loss, smoothed and averaged over seeds; with budgets, one panel per budget (dense in each).
+def _training_curves(plt, np, runs: list[dict], path: Path) -> None:
+    """Train loss, smoothed and averaged over seeds; with budgets, one panel per budget (dense in each)."""
     budgets = sorted({r["config"]["head_budget"] for r in runs if r["config"].get("head_budget")}) or [None]
     cols = min(3, len(budgets))
-    fig, axes = plt.subplots(
-        (len(budgets) + cols - 1) // cols,
-        cols,
-        figsize=(5 * cols, 4 * ((len(budgets) + cols - 1) // cols)),
-        sharey=True,
-        squeeze=False,
-    )
+    lines = (len(budgets) + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(5 * cols, 4 * lines), sharey=True, squeeze=False)
     for ax, budget in zip(axes.flat, budgets, strict=False):  # spare axes are switched off below
         groups = defaultdict(list)
         for r in runs:
@@ -219,21 +203,44 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     for ax in list(axes.flat)[len(budgets) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=100)
-    made.append("training_curves.png")
+    fig.savefig(path, dpi=100)
 
+
+def _code_plot(plt, vq: list[dict], path: Path) -> None:
+    """Code sizes and the share of train targets per code, for up to 8 configs with codes."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r in vq:
+        a1.hist(r["code_sizes"], bins=40, histtype="step", label=label(r))
+        usage = sorted(r["code_usage"], reverse=True)
+        a2.plot(range(1, len(usage) + 1), usage, label=label(r))
+    a1.set(xlabel="tokens per code", ylabel="codes", title="Code sizes", yscale="log")
+    a2.set(xscale="log", yscale="log", xlabel="code rank", ylabel="share of train targets", title="Code usage")
+    a2.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = ["ppl_vs_params.png"]
+    _pareto_plot(
+        plt, rows, "head_params", "head parameters", out / made[0], "Perplexity vs head size (dense: star, dashed)"
+    )
+    if any(r.get("decode_flops") for r in rows):
+        made.append("ppl_vs_decode_cost.png")
+        _pareto_plot(
+            plt, rows, "decode_flops", "decode FLOPs per token (head)", out / made[-1], "Perplexity vs decode cost"
+        )
+    _training_curves(plt, np, runs, out / "training_curves.png")
+    made.append("training_curves.png")
     vq = list({label(r): r for r in runs if "code_sizes" in r}.values())  # one run per config
     if 0 < len(vq) <= 8:  # more would not be readable
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-        for r in vq:
-            a1.hist(r["code_sizes"], bins=40, histtype="step", label=label(r))
-            usage = sorted(r["code_usage"], reverse=True)
-            a2.plot(range(1, len(usage) + 1), usage, label=label(r))
-        a1.set(xlabel="tokens per code", ylabel="codes", title="Code sizes", yscale="log")
-        a2.set(xscale="log", yscale="log", xlabel="code rank", ylabel="share of train targets", title="Code usage")
-        a2.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "codes.png", dpi=120)
+        _code_plot(plt, vq, out / "codes.png")
         made.append("codes.png")
     plt.close("all")
     return made

@@ -1,0 +1,113 @@
+"""``vqlogits eval`` on a model folder: quality (hf/evaluate.py) plus the speed measured beside it,
+and the measurements of an ``IndexedHead``'s decoding modes (agreement, certification, rows read, speed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.corpora import tokenize_corpus
+from ..files import USER_CACHE
+from ..heads import KINDS, IndexedHead
+from ..heads import probes as probes_policy
+from ..timing import decode_tokens_per_s, median_seconds
+from .evaluate import evaluate_pretrained
+from .folder import dense_head_weight, load_pretrained, read_meta
+from .hidden import hidden_states
+
+TV_ROWS = 512  # hidden states per TV distance: one softmax over V each
+
+
+def median(fn, repeats: int = 7) -> float:
+    return median_seconds(fn, repeats, warmup=2)[0]
+
+
+@torch.no_grad()
+def measure_index(
+    head: IndexedHead,
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    probes: list[int],
+    batches=(1, 16),
+    tv_rows: int = TV_ROWS,
+    repeats: int = 7,
+) -> list[dict]:
+    """For each probe count: top-1 agreement with ``(h @ W.T).argmax``, total-variation distance of
+    the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
+    each batch size (same run). One row for exact greedy, with its certified fraction and the
+    fp32 / fp16 rows it read per token."""
+    dense_top = torch.cat([(c @ weight.T).argmax(-1) for c in h.split(1024)])
+    dense_time = {b: median(lambda b=b: (h[:b] @ weight.T).argmax(-1), repeats) for b in batches}
+    rows = []
+    for P in [*probes, None]:
+        exact = P is None
+        picks, certified, fp32_rows, fp16_rows = [], 0, 0, 0
+        for i in range(h.shape[0]):  # one token at a time, as in batch-1 decoding
+            pick, s = head.greedy_stats(h[i : i + 1], exact=exact, probes=P)
+            picks.append(pick)
+            certified += s["certified"]
+            fp32_rows += s["probed_rows"] + s["verified_rows"]
+            fp16_rows += s["screened_rows"]
+        agree = float((torch.cat(picks) == dense_top).float().mean())
+        first_round = probes_policy.exact_first_round(head.clusters) if exact else P
+        row = {
+            "clusters": head.clusters,
+            "probes": first_round,
+            "mode": "exact" if exact else "approximate",
+            "agreement": agree,
+            "fp32_rows_per_token": fp32_rows / h.shape[0],
+            "fp16_rows_per_token": fp16_rows / h.shape[0],
+        }
+        if exact:
+            row["certified"] = certified / h.shape[0]
+        else:
+            row["tv_distance"] = tv_distance(head, weight, h[:tv_rows], P)
+        for b in batches:
+            t = median(lambda b=b, exact=exact, P=P: head.greedy(h[:b], exact=exact, probes=P), repeats)
+            row[f"head_s_b{b}"], row[f"dense_head_s_b{b}"], row[f"speedup_b{b}"] = t, dense_time[b], dense_time[b] / t
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def tv_distance(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes: int) -> float:
+    """Mean total-variation distance between ``head.sampling_probs`` (T = 1) and the dense softmax,
+    one row at a time as in batch-1 decoding (a batch reads the union of its rows' probes)."""
+    total = 0.0
+    for row in h.split(1):
+        total += float(
+            0.5 * (head.sampling_probs(row, probes=probes) - torch.softmax(row @ weight.T, dim=-1)).abs().sum()
+        )
+    return total / h.shape[0]
+
+
+def evaluate_folder(
+    folder: str | Path,
+    corpus: str = "pydocs",
+    max_tokens: int = 16384,
+    cache: str | Path = USER_CACHE,
+    split: str = "test",
+) -> dict:
+    """A compressed model: ``evaluate_pretrained`` and greedy tokens/s with its head and with the
+    dense head (``dense_tok_s``, ``vq_tok_s``). An indexed model, whose logits are the original's:
+    top-1 agreement, certification and head speed of each decoding mode (``measure_index``)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if KINDS[meta.get("head", "vq")].index:
+        model = load_pretrained(folder)
+        splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
+        head = model.get_output_embeddings()
+        h = hidden_states(model, splits[split], min(max_tokens, 2048))
+        rows = measure_index(head, head.weight, h, [head.probes], batches=(1,), tv_rows=min(256, h.shape[0]))
+        return {"folder": str(folder), "corpus": corpus, "split": split, "tokens": h.shape[0], "modes": rows}
+    result = evaluate_pretrained(folder, corpus, max_tokens, cache, split)
+    model, dense = load_pretrained(folder), dense_head_weight(folder)
+    speeds = decode_tokens_per_s(
+        model,
+        {"dense": lambda h: (h @ dense.T).argmax(-1), "vq": model.get_output_embeddings().greedy},
+        batch=1,
+        steps=16,
+        repeats=2,
+    )
+    return {**result, **{f"{name}_tok_s": v for name, v in speeds.items()}}

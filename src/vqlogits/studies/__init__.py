@@ -1,0 +1,1 @@
+"""The measurements and reports behind docs/: the library never imports them; the CLI and scripts/ do."""
