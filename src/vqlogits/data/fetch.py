@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..files import USER_CACHE
 from .devdocs import build_devdocs
-from .embedded import pydocs_root, smollm2_gguf
+from .embedded import gemma3_gguf, pydocs_root, smollm2_gguf
 from .tokenizer import smollm2_tokenizer_file
 
 
@@ -16,7 +16,7 @@ def _smollm2(cache: str | Path) -> Path:
     return smollm2_gguf(cache)
 
 
-EMBEDDED = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": _smollm2}
+EMBEDDED = {"pydocs": pydocs_root, "devdocs": build_devdocs, "smollm2": _smollm2, "gemma3": gemma3_gguf}
 
 
 def fetch(names: list[str], cache: str | Path = USER_CACHE) -> dict[str, str]:

@@ -4,6 +4,7 @@ and how many bytes of text each token stands for (bits per byte)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,23 +85,36 @@ def _byte_of_symbol() -> dict[str, int]:
     return table
 
 
+SPACE_PIECE = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}  # SentencePiece's normalizer
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
 def token_byte_lengths(tok) -> np.ndarray:
     """(V,) int64: how many UTF-8 bytes of the text each token id stands for.
 
-    For a byte-level BPE (``bpe:N``, SmolLM2's) a token's symbols are bytes, so this is exact and a
-    document's token lengths add up to its UTF-8 length (``corpus_stats`` checks it). Special tokens
-    count 0 bytes: the end-of-text that ``tokenize_corpus`` appends to each document is not text,
-    though predicting it costs nats. A ``ValueError`` for a tokenizer that is not byte-level."""
+    Exact for the two tokenizer families whose tokens are strings of the text: a byte-level BPE
+    (``bpe:N``, SmolLM2's: each symbol a byte) and a SentencePiece-style BPE with byte fallback
+    whose only normalizer writes spaces as "\u2581" (Gemma's: a piece's text with "\u2581" read as a
+    space, and "<0xAB>" one byte), so a document's token lengths add up to its UTF-8 length
+    (``corpus_stats`` checks it). Special tokens count 0 bytes: the end-of-text that
+    ``tokenize_corpus`` appends to each document is not text, though predicting it costs nats. A
+    ``ValueError`` for any other tokenizer."""
     spec = json.loads(tok.to_str())
-    if spec.get("normalizer") or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    byte_level = not spec.get("normalizer") and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    pieces = spec.get("normalizer") == SPACE_PIECE and spec["model"].get("byte_fallback")
+    if not (byte_level or pieces):
         raise ValueError(
-            "bits per byte needs a byte-level BPE tokenizer without a normalizer (each token a string of bytes)"
+            "bits per byte needs a byte-level BPE, or a SentencePiece-style BPE with byte fallback (each token a"
+            " string of the text)"
         )
     symbols = _byte_of_symbol()
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
     for piece, i in tok.get_vocab().items():
         if piece in special:
+            continue
+        if pieces:
+            out[i] = 1 if BYTE_PIECE.fullmatch(piece) else len(piece.replace("\u2581", " ").encode())
             continue
         if not all(c in symbols for c in piece):
             raise ValueError(

@@ -20,6 +20,7 @@ from torch import nn
 
 from .adaptive import AdaptiveHead
 from .dense import DenseHead
+from .frequent import FrequentHead
 from .hybrid import HybridHead, HybridTwoLevelHead
 from .indexed import IndexedHead
 from .lowrank import LowRankHead
@@ -72,6 +73,7 @@ KINDS = {
         HeadKind("rvq", RVQHead, **_CODES),
         HeadKind("hybrid", HybridHead, **_CODES, frequent=True),
         HeadKind("hybrid-twolevel", HybridTwoLevelHead, **_CODES, frequent=True),
+        HeadKind("frequent", FrequentHead, **_CODES, frequent=True),
         HeadKind("indexed", IndexedHead, trainable=False, index=True),  # a pretrained head's own rows
         HeadKind("quantized", QuantizedHead, trainable=False),  # its rows in bits, see quant.py
     )
@@ -170,6 +172,7 @@ __all__ = [
     "IndexedHead",
     "QuantizedHead",
     "DenseHead",
+    "FrequentHead",
     "HybridHead",
     "HybridTwoLevelHead",
     "LowRankHead",

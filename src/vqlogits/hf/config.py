@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from .. import quant
 from ..config import check_choices, check_ints, option
+from ..data.embedded import MODEL_HELP
 from ..heads import FROM_ROWS, SIZES
 from ..heads.vq import INITS
 
-MODEL_HELP = "smollm2 (fetched on first use), an HF model folder, or a .gguf file"
 DTYPES = ("", "float32", "float16", "bfloat16")
 DTYPE_HELP = "float32, float16 or bfloat16 for the weights written; empty: the smallest that holds the source exactly"
 OVERWRITE_HELP = "replace what --out holds (default: refuse anything but an interrupted {})"

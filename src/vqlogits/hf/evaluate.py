@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.corpora import eval_windows, tokenize_corpus
+from ..data.tokenizer import token_byte_lengths
 from ..files import USER_CACHE
 from ..stats import ratio_interval
 from .folder import dense_head_weight, describe, load_pretrained, read_meta
@@ -62,6 +63,47 @@ def compare_heads(
     }
 
 
+@torch.no_grad()
+def row_kinds(head, dense: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """(own (V,), exact (V,)) booleans: the tokens with a row of their own in ``head`` (a singleton
+    code, or any per-token row), and those whose row, bias included, is the original's exactly."""
+    V = dense.shape[0]
+    own, exact = torch.zeros(V, dtype=torch.bool), torch.zeros(V, dtype=torch.bool)
+    codebook, assignment = getattr(head, "codebook", None), getattr(head, "assignment", None)
+    if isinstance(codebook, torch.Tensor) and isinstance(assignment, torch.Tensor) and assignment.dim() == 1:
+        own = torch.bincount(assignment, minlength=codebook.shape[0])[assignment] == 1
+        rows = lambda s: codebook[assignment[s : s + chunk]].detach().float()  # noqa: E731
+    elif isinstance(getattr(head, "weight", None), torch.Tensor):
+        own = torch.ones(V, dtype=torch.bool)
+        weight = head.weight.detach().float()
+        rows = lambda s: weight[s : s + chunk]  # noqa: E731
+    else:
+        return own, exact
+    for s in range(0, V, chunk):
+        exact[s : s + chunk] = (rows(s) == dense[s : s + chunk]).all(-1)
+    bias = getattr(head, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        exact &= bias.detach() == 0
+    return own, exact & own
+
+
+def _text_measures(head, dense, data, max_tokens: int, tok, result: dict) -> dict:
+    """The shares of evaluated targets whose rows are the head's own and the original's exactly, and
+    bits per byte of both models (None for a tokenizer whose tokens are not strings of the text)."""
+    targets = torch.cat([w[0, 1:] for w in eval_windows(data, 256, max_tokens, batch=1)])
+    own, exact = row_kinds(head, dense)
+    out = {"own_row_share": float(own[targets].float().mean()), "exact_row_share": float(exact[targets].float().mean())}
+    try:
+        n_bytes = int(torch.from_numpy(token_byte_lengths(tok))[targets].sum())
+    except ValueError:
+        n_bytes = 0
+    for name in ("original", "compressed"):
+        nats = math.log(result[f"ppl_{name}"]) * result["eval_tokens"]
+        out[f"bpb_{name}"] = nats / (n_bytes * math.log(2)) if n_bytes else None
+    out["eval_bytes"] = n_bytes or None
+    return out
+
+
 def evaluate_pretrained(
     folder: str | Path,
     corpus: str = "pydocs",
@@ -75,7 +117,7 @@ def evaluate_pretrained(
     folder = Path(folder)
     model = load_pretrained(folder)
     meta = read_meta(folder)
-    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
+    splits, tok, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
     dense = dense_head_weight(folder)
     original = None
     if meta.get("source") and (meta.get("calibrated_backbone")):
@@ -94,6 +136,7 @@ def evaluate_pretrained(
             cache=cache,
         )
     )
+    result.update(_text_measures(vq, dense, splits[split], max_tokens, tok, result))
     stored = describe(folder)  # bytes as stored: codes, map, bias, scales and packed weights
     result.update(
         head_params=stored["head_params"],

@@ -1,5 +1,11 @@
-"""Loading Hugging Face causal LMs (an HF folder, a GGUF file, the embedded SmolLM2) and swapping
-their output layer for a vqlogits head."""
+"""Loading Hugging Face causal LMs (an HF folder, a GGUF file, the embedded SmolLM2 and Gemma-3)
+and swapping their output layer for a vqlogits head.
+
+The architectures vqlogits supports are listed once, in ``SUPPORTED`` (transformers' model types)
+and ``GGUF_ARCHITECTURES`` (a GGUF's ``general.architecture``, read before its minutes of
+dequantizing). A GGUF is converted once into an HF folder with its tokenizer, kept in the user
+cache under a digest of the file, so every command reads the same folder.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,68 @@ from . import _quiet  # noqa: F401  (first: torchao's import lines silenced befo
 
 # isort: split
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..data.embedded import smollm2_gguf
+from ..data.embedded import MODEL_HELP, MODELS
 from ..files import USER_CACHE
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma3_text")
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2", "gemma3": "gemma3_text"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def check_supported(model) -> None:
+    """The model's architecture is one vqlogits handles, and its logits are a plain ``h @ W.T``."""
     arch = model.config.model_type
     if arch not in SUPPORTED:
         raise ValueError(f"architecture {arch!r} ({type(model).__name__}) is not supported; supported: {SUPPORTED}")
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma 2: tanh(logits / c) * c, which no vqlogits head computes
+        raise ValueError(
+            f"final_logit_softcapping={cap} ({arch}): its logits are tanh-capped, which vqlogits heads do not apply"
+        )
+
+
+def gguf_architecture(path: Path) -> str:
+    """The transformers model type of a GGUF file, from its metadata alone; refuses an unsupported one."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path).fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {tuple(GGUF_ARCHITECTURES)}")
+    return GGUF_ARCHITECTURES[arch]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def gguf_folder(path: Path, cache: str | Path = USER_CACHE) -> Path:
+    """The GGUF at ``path`` as an HF folder (fp32 weights, config, tokenizer) in ``<cache>/gguf``,
+    converted once (SmolLM2 10 s, Gemma-3-270M 30 s) and found again by the file's digest."""
+    gguf_architecture(path)
+    folder = Path(cache) / "gguf" / f"{path.stem}-{_file_digest(path)}"
+    if (folder / "config.json").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _from_gguf(path).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    tmp.replace(folder)  # config.json appears with the complete folder
+    return folder
 
 
 def vqlogits_head(model, *needs: str):
@@ -43,17 +95,6 @@ def use_head(model, head) -> None:
     model.set_output_embeddings(head)
 
 
-def _smollm2_folder(cache: str | Path) -> Path:
-    """SmolLM2-135M-Instruct as a plain HF folder, converted once from the GGUF (about 10 s)."""
-    folder = Path(cache) / "smollm2"
-    hf = folder / "hf"
-    if not (hf / "model.safetensors").exists():
-        gguf = smollm2_gguf(cache)  # fetched on first use
-        _from_gguf(gguf).save_pretrained(hf)
-        AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name).save_pretrained(hf)
-    return hf
-
-
 def _from_gguf(path: Path):
     """Dequantised fp32 model from a GGUF file, rebuilt so that it can be saved again."""
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -67,18 +108,19 @@ def _from_gguf(path: Path):
 
 
 def load_causal_lm(spec: str, cache: str | Path = USER_CACHE):
-    """(model, folder) for ``smollm2``, an HF model folder, or a ``.gguf`` file. Float32, eval mode."""
-    if spec == "smollm2":
-        spec = str(_smollm2_folder(cache))
+    """(model, folder) for an embedded model (``MODELS``), an HF model folder, or a
+    ``.gguf`` file (converted once, ``gguf_folder``). Float32, eval mode. The folder holds the
+    model's tokenizer."""
     path = Path(spec)
-    if path.suffix == ".gguf" and path.is_file():
-        model = _from_gguf(path)
-    elif (path / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    else:
-        raise ValueError(f"model {spec!r}: expected 'smollm2', an HF model folder with config.json, or a .gguf file")
+    if spec in MODELS:
+        path = gguf_folder(MODELS[spec](cache), cache)
+    elif path.suffix == ".gguf" and path.is_file():
+        path = gguf_folder(path, cache)
+    if not (path / "config.json").exists():
+        raise ValueError(f"model {spec!r}: expected {MODEL_HELP}")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     check_supported(model)
-    return model, path if path.is_dir() else path.parent
+    return model, path
 
 
 @torch.no_grad()

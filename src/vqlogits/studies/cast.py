@@ -1,7 +1,7 @@
 """The original model with its head cast to another dtype, scored like a compressed head: a point
 on the bytes axis of the pretrained study (scripts/pretrained_bytes.sh).
 
-    python -m vqlogits.studies.cast smollm2 bfloat16
+    python -m vqlogits.studies.cast smollm2 bfloat16 [corpus [max_tokens]]
 """
 
 from __future__ import annotations
@@ -47,4 +47,5 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(json.dumps(evaluate_cast(*sys.argv[1:3]), indent=1))
+    spec, dtype, *rest = sys.argv[1:]  # [corpus [max_tokens]]
+    print(json.dumps(evaluate_cast(spec, dtype, *rest[:1], *map(int, rest[1:2])), indent=1))
