@@ -123,3 +123,73 @@ def test_softcapped_logits_and_unknown_architectures_are_refused_by_name(source,
     with pytest.raises(ValueError, match="not a readable GGUF"):
         (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
         gguf_architecture(tmp_path / "junk.gguf")
+
+
+@pytest.fixture(scope="module")
+def accelerated(source):
+    from vqlogits.hf.accelerate import accelerate
+
+    folder, corpus, cache = source
+    return accelerate(
+        model=str(folder), clusters=16, out=folder.parent / "fast2", corpus=str(corpus), hidden_tokens=1024, cache=cache
+    )
+
+
+def test_model_generate_is_exact_and_honours_hf_arguments(source, accelerated):
+    from vqlogits import load_pretrained
+    from vqlogits.hf.load import load_causal_lm
+
+    fast, (original, _) = load_pretrained(accelerated), load_causal_lm(str(source[0]), source[2])
+    ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(fast.generate(ids, max_new_tokens=12), fp64_greedy(original, ids, 12))
+    # left padding: each row as the original decodes it alone; eos ids and pad as HF applies them
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    kw = dict(attention_mask=mask, max_new_tokens=10, eos_token_id=[1, 7], pad_token_id=0, min_new_tokens=3)
+    ours, theirs = fast.generate(ids, **kw), original.generate(ids, do_sample=False, **kw)
+    assert torch.equal(ours, theirs)
+    seen = []
+    streamer = type("S", (), {"put": lambda self, x: seen.append(x), "end": lambda self: seen.append(None)})()
+    out = fast.generate(ids[:1], max_new_tokens=5, streamer=streamer)
+    assert torch.equal(torch.cat(seen[:-1], 1), out) and seen[-1] is None
+    for bad, name in (
+        (dict(num_beams=2), "num_beams=2"),
+        (dict(repetition_penalty=1.3), "repetition_penalty"),
+        (dict(foo=1), "foo"),
+        (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]] * 2)), "right"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            fast.generate(ids, max_new_tokens=2, **bad)
+    approx = fast.generate(ids, max_new_tokens=4, approximate=True)
+    assert approx.shape == (2, 10)
+
+
+def test_sampling_through_model_generate_is_the_original_distribution(source, accelerated):
+    from conftest import chi_square_p
+    from vqlogits import load_pretrained
+    from vqlogits.functional import sampling_probs
+    from vqlogits.hf.load import load_causal_lm
+
+    fast, (original, _) = load_pretrained(accelerated), load_causal_lm(str(source[0]), source[2])
+    ids = torch.randint(3, 300, (1, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        p = sampling_probs(original(ids).logits[0, -1].double(), temperature=0.8, top_k=50, top_p=0.95)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat(
+        [
+            fast.generate(ids, max_new_tokens=1, do_sample=True, temperature=0.8, top_p=0.95, generator=g)[:, -1]
+            for _ in range(3000)
+        ]
+    )
+    assert chi_square_p(torch.bincount(draws, minlength=p.numel()), p) > 1e-3
+
+
+def test_a_pipeline_decodes_through_the_exact_path(source, accelerated):
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    from vqlogits import load_pretrained
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(accelerated / "tokenizer.json"), eos_token="w1", pad_token="w1")
+    model = load_pretrained(accelerated)
+    text = pipeline("text-generation", model=model, tokenizer=tok)("w3 w4 w5", max_new_tokens=6, do_sample=False)
+    ids = torch.tensor([tok("w3 w4 w5").input_ids])
+    assert text[0]["generated_text"] == tok.decode(model.generate(ids, max_new_tokens=6)[0])

@@ -89,7 +89,7 @@ def _generate(args):
     if _model_folder(args.folder):
         from ..heads import KINDS
         from ..hf.folder import read_meta
-        from ..hf.generate import generate_text
+        from ..hf.text import generate_text
 
         if not KINDS[read_meta(args.folder).get("head", "vq")].index:
             _ignored(args, {"--verify": args.verify, "--approximate": args.approximate}, "the model is not accelerated")

@@ -21,6 +21,7 @@ from . import _quiet  # noqa: F401  (first: torchao's import lines silenced befo
 
 # isort: split
 
+import functools
 import json
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .. import quant
 from ..files import write_atomic, write_json
 from ..heads import KINDS, head_config, head_from_config
 from .load import check_supported, copy_tokenizer, use_head, vqlogits_head
+from .model_generate import model_generate
 from .training import patch
 
 FORMAT = 2  # 1: config.json was the base model's own (transformers then built a random head)
@@ -193,9 +195,8 @@ def load_pretrained(folder: str | Path, model=None):
         q = quant.unpack(state.pop(f"{key}.packed"), bits, width)
         state[key] = quant.dequantize(q, state.pop(f"{key}.scale"), state.pop(f"{key}.offset"), group_size)
     model.load_state_dict(state, strict=True)
-    model.save_pretrained = lambda out, *a, **k: save_loaded(
-        model, folder, out
-    )  # HF's own would drop the head's format
+    model.save_pretrained = lambda out, *a, **k: save_loaded(model, folder, out)  # HF's own would drop the head
+    model.generate = functools.partial(model_generate, model)  # exact decoding, see hf/model_generate.py
     return patch(model.eval())  # model(input_ids, labels=...).loss through the head's own loss
 
 

@@ -16,16 +16,13 @@ from . import _quiet  # noqa: F401  (first: torchao's import lines silenced befo
 
 # isort: split
 
-from pathlib import Path
-
 import torch
-from tokenizers import Tokenizer
 from transformers import DynamicCache
 
+from ..functional import sampling_probs
 from ..heads import kind_of
 from ..heads import probes as policy
 from ..heads.speculative import dense_probs, draft_sample, verify_block
-from .folder import load_pretrained
 from .load import vqlogits_head
 
 MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per token stops falling around here
@@ -123,14 +120,32 @@ def speculative_decode(backbone, cache, verified: _Verified, hidden, k: int, emi
     return dense[:, : m + 1]
 
 
-def _finish_rows(emitted, done, eos_token_id):
-    """A row that has emitted ``eos_token_id`` repeats it from then on; returns (emitted, done)."""
-    if eos_token_id is None:
+def _finish_rows(emitted, done, eos: torch.Tensor | None, fill: int | None):
+    """After a row emits one of ``eos`` it holds ``fill`` (default: that first end-of-sequence
+    id); returns (emitted, done)."""
+    if eos is None:
         return emitted, done
-    is_eos = (emitted == eos_token_id).int()
+    is_eos = torch.isin(emitted, eos).int()
     after = torch.cumsum(is_eos, 1) - is_eos > 0  # an end-of-sequence earlier in this run
-    emitted = torch.where(done[:, None] | after, eos_token_id, emitted)
-    return emitted, done | (emitted == eos_token_id).any(1)
+    emitted = torch.where(done[:, None] | after, int(eos[0]) if fill is None else fill, emitted)
+    return emitted, done | torch.isin(emitted, eos).any(1)
+
+
+def _eos_ids(eos_token_id) -> torch.Tensor | None:
+    """An int, or a list of ints (Gemma's end-of-text and end-of-turn), as a tensor; None: none."""
+    if eos_token_id is None or eos_token_id == []:
+        return None
+    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+
+
+def decode_banned(head, hidden, sampling: dict | None, banned: torch.Tensor, generator):
+    """The dense model's next token with ``banned`` ids excluded (``min_new_tokens``): its fp32
+    logits with those set to -inf, then greedy (ties to the smallest id) or sampling, as HF does."""
+    logits = (head.dense_logits(hidden) if hasattr(head, "dense_logits") else head(hidden)).float()
+    logits[:, banned] = float("-inf")
+    if sampling is None:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, **sampling), 1, generator=generator).squeeze(1)
 
 
 def _check(head, verify, block) -> bool:
@@ -153,12 +168,14 @@ def generate(
     top_p=None,
     do_sample: bool = False,
     generator=None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     verify: bool | None = None,
     block: int = 8,
     on_tokens=None,
     stats: dict | None = None,
     draft_probes: int | None = None,
+    min_new_tokens: int = 0,
+    pad_token_id: int | None = None,
 ) -> torch.Tensor:
     """Decode with the backbone's KV cache and the head's compact greedy / sample: no (B, V) logits.
 
@@ -173,6 +190,9 @@ def generate(
     ``verify=False``: the approximate greedy of the probed clusters, or ``IndexedHead.sample``.
     ``draft_probes``: clusters a draft reads (default ``heads.probes.draft``).
 
+    ``eos_token_id``: an id or a list of them; a row that emitted one holds ``pad_token_id``
+    (default: that id) after it. ``min_new_tokens``: before that many, the end-of-sequence ids are
+    excluded from the dense model's own logits (``decode_banned``, no drafting), as HF does.
     ``on_tokens(ids (B, n))`` is called with each run of verified tokens as they are emitted;
     ``stats`` (a dict) receives the blocks, drafted and kept tokens and where a fallback began.
     (B, T) -> (B, T + new).
@@ -188,14 +208,17 @@ def generate(
         verified = _Verified(model, head, sampling, generator, draft_probes, B, block)
         if head.draft_share(hidden, verified.probes) > 0.5:  # a batch whose drafts read most rows: dense is cheaper
             verified.stats["fallback_at"] = 0
+    eos = _eos_ids(eos_token_id)
     out, done, new = [input_ids], torch.zeros(B, dtype=torch.bool), 0
-    while new < max_new_tokens and not (eos_token_id is not None and bool(done.all())):
+    while new < max_new_tokens and not (eos is not None and bool(done.all())):
         k = min(verified.block if verified else block, max_new_tokens - new - 1)
-        if verified is None or verified.stats["fallback_at"] is not None or k < 1:
+        if new < min_new_tokens and eos is not None:
+            emitted = decode_banned(head, hidden, sampling, eos, generator)[:, None]
+        elif verified is None or verified.stats["fallback_at"] is not None or k < 1:
             emitted = decode_one_token(head, hidden, verified, sampling, generator)[:, None]
         else:
             emitted = speculative_decode(backbone, cache, verified, hidden, k, new)
-        emitted, done = _finish_rows(emitted, done, eos_token_id)
+        emitted, done = _finish_rows(emitted, done, eos, pad_token_id)
         out.append(emitted)
         new += emitted.shape[1]
         if on_tokens is not None:
@@ -205,25 +228,3 @@ def generate(
     if stats is not None:
         stats.update({**(verified.stats if verified else {}), "emitted": new})
     return torch.cat(out, 1)
-
-
-def generate_text(
-    folder: str | Path,
-    prompt: str,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    top_k=None,
-    top_p=None,
-    do_sample: bool = False,
-    seed: int = 0,
-    verify: bool | None = None,
-) -> str:
-    """Prompt in, continuation out, through ``generate`` (the compact path)."""
-    folder = Path(folder)
-    model = load_pretrained(folder)
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    ids = torch.tensor([tok.encode(prompt).ids])
-    eos = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
-    g = torch.Generator().manual_seed(seed)
-    out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, do_sample, g, eos, verify)
-    return tok.decode(out[0].tolist())
