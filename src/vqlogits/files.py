@@ -154,7 +154,8 @@ def output_folder(path: str | Path, kind: str, overwrite: bool = False, finished
             )
         if finished and (path / finished).exists():
             raise ValueError(
-                f"out={str(path)!r} already holds a finished {what} ({finished}); choose another folder,"
+                f"out={str(path)!r} already holds a finished {what.removeprefix('a ')} ({finished});"
+                " choose another folder,"
                 " or pass --overwrite to replace it"
             )
     if overwrite and not created:

@@ -27,7 +27,9 @@ METHODS = ("hqq", "rtn")
 def check(bits: int, group_size: int, d: int) -> None:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
         raise ValueError(f"bits must be an int in [1, 8], got {bits!r}")
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1 or d % group_size:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if d % group_size:
         raise ValueError(f"group_size must be a positive int that divides the row length {d}, got {group_size!r}")
 
 

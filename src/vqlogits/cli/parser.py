@@ -35,7 +35,12 @@ def _eval(sub) -> None:
         "perplexity of a trained run, or original vs compressed for a compressed model",
         "vqlogits eval runs/vq2 --corpus devdocs",
     )
-    p.add_argument("run_dir", help="a run folder (model.pt) or a compressed model folder (vqlogits.json)")
+    p.add_argument("run_dir", nargs="?", default=None, help="a run folder (model.pt) or a model folder (vqlogits.json)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="instead: the original model alone (smollm2, gemma3, an HF folder or a .gguf file), the baseline",
+    )
     p.add_argument(
         "--corpus",
         default=None,

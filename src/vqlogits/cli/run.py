@@ -42,6 +42,16 @@ def _train(args):
 
 
 def _eval(args):
+    if (args.model is None) == (args.run_dir is None):
+        raise ValueError("eval takes a run or model folder, or --model SPEC for the original model alone (one of them)")
+    if args.model is not None:
+        from ..hf.evaluate import evaluate_original
+
+        return _print(evaluate_original(args.model, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+    if args.run_dir.endswith(".gguf"):
+        from ..hf.folder import check_not_gguf
+
+        check_not_gguf(args.run_dir)
     if _model_folder(args.run_dir):
         from ..hf.speed import evaluate_folder
 
@@ -115,6 +125,9 @@ def _generate(args):
             )
         )
     else:
+        from ..hf.folder import check_not_gguf
+
+        check_not_gguf(args.folder)
         raise ValueError(f"{args.folder} is neither a model folder (vqlogits.json) nor a training run (model.pt)")
 
 

@@ -29,7 +29,7 @@ from ..functional import compute_dtype, vq_soft_cross_entropy
 from ..heads import VQLogitsHead
 from ..heads.learned_map import LEARNABLE, MapLearner
 from .config import CalibrateConfig
-from .folder import dense_head_weight, keep_teacher, load_pretrained, read_meta, save_pretrained
+from .folder import check_not_gguf, dense_head_weight, keep_teacher, load_pretrained, read_meta, save_pretrained
 from .hidden import cached_hidden_states
 
 STAGE1_ROWS = 512  # hidden states per stage-1 step
@@ -218,6 +218,7 @@ def calibrate(cfg: CalibrateConfig | None = None, /, **options) -> dict:
     for every head with one; the map's rule counts the cross-entropy term, the loss keeps the KL."""
     cfg = cfg or CalibrateConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
     cfg.check()
+    check_not_gguf(cfg.folder)
     folder = check_folder(cfg.folder, "model")
     model = load_pretrained(folder)
     dense = dense_head_weight(folder)

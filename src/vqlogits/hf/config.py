@@ -54,7 +54,7 @@ class CompressConfig:
         check_ints(self, ("codebook_size", "token_dim"), 1)
         check_ints(self, ("exact_tokens", "part_bits"), 0)
         if self.head == "quantized":
-            quant.check(self.bits, self.group_size, self.group_size)  # the row length is checked once loaded
+            quant.check(self.bits, self.group_size, 0)  # the row length is checked once the model is loaded
         if self.part_bits not in (0, 4, 8):
             raise ValueError(f"part_bits must be 0, 4 or 8, got {self.part_bits!r}")
 
@@ -110,7 +110,12 @@ class CalibrateConfig:
         check_choices(self)
         if not self.folder:
             raise ValueError("folder is required: a compressed model folder")
-        if not self.budget_minutes > 0:
-            raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes!r}")
+        for name, low, high in (("budget_minutes", 0, float("inf")), ("stage1_share", 0, 1), ("reassign_frac", 0, 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low < value <= high):
+                raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}")
+        for name in ("kl_weight", "lr_head", "lr_model"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
         check_ints(self, ("max_steps", "reassign_every", "train_layers", "seed"), 0)
         check_ints(self, ("hidden_tokens", "block", "batch"), 1)

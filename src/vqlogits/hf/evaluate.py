@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.corpora import eval_windows, tokenize_corpus
@@ -146,3 +147,34 @@ def evaluate_pretrained(
         dense_head_bytes_bf16=dense.numel() * 2,
     )
     return result
+
+
+@torch.no_grad()
+def evaluate_original(
+    spec: str, corpus: str = "pydocs", max_tokens: int = 16384, cache: str | Path = USER_CACHE, split: str = "test"
+) -> dict:
+    """The original model alone, the baseline of every comparison: perplexity and bits per byte on
+    ``corpus``'s ``split`` (the same windows ``evaluate_pretrained`` scores)."""
+    model, source = load_causal_lm(spec, cache)
+    splits, tok, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=(split,))
+    windows = list(eval_windows(splits[split], 256, max_tokens, batch=1))
+    hs = cached_hidden_states(model.base_model, [w[:, :-1] for w in windows], cache)
+    W = model.get_output_embeddings().weight.detach().float()
+    nll = sum(float(F.cross_entropy(h[0] @ W.T, w[0, 1:], reduction="sum")) for h, w in zip(hs, windows, strict=True))
+    count = sum(w.shape[1] - 1 for w in windows)
+    targets = torch.cat([w[0, 1:] for w in windows])
+    try:
+        n_bytes = int(torch.from_numpy(token_byte_lengths(tok))[targets].sum())
+    except ValueError:
+        n_bytes = 0
+    return {
+        "model": spec,
+        "corpus": corpus,
+        "split": split,
+        "ppl": math.exp(nll / count),
+        "bpb": nll / (n_bytes * math.log(2)) if n_bytes else None,
+        "eval_tokens": count,
+        "eval_bytes": n_bytes or None,
+        "head_params": W.numel(),
+        "head_bytes_fp32": 4 * W.numel(),
+    }

@@ -69,8 +69,20 @@ AutoConfig.register(VQLogitsConfig.model_type, VQLogitsConfig, exist_ok=True)
 AutoModelForCausalLM.register(VQLogitsConfig, VQLogitsForCausalLM, exist_ok=True)
 
 
+def check_not_gguf(path: str | Path) -> None:
+    """A ``.gguf`` file where a model folder is expected gets a message that says what to do."""
+    path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        raise ValueError(
+            f"{path} is a GGUF file, not a vqlogits model folder: make one with `vqlogits accelerate --model {path}"
+            f" --out DIR` or `vqlogits compress --model {path} --out DIR`, or score the original alone with"
+            f" `vqlogits eval --model {path}`"
+        )
+
+
 def read_meta(folder: str | Path) -> dict:
     """vqlogits.json of ``folder``, with an error that names the file and what is wrong with it."""
+    check_not_gguf(folder)
     path = Path(folder) / "vqlogits.json"
     if not path.exists():
         raise ValueError(
