@@ -210,3 +210,27 @@ def test_the_original_alone_and_a_gguf_where_a_folder_belongs(source, tmp_path, 
     for argv in (["eval", str(gguf)], ["generate", str(gguf), "hi"], ["calibrate", str(gguf)]):
         assert main(argv) == 2
         assert "is a GGUF file, not a vqlogits model folder" in capsys.readouterr().err
+
+
+def test_generate_prints_what_verified_decoding_did(accelerated, capsys):
+    from vqlogits.cli import main
+
+    assert main(["generate", str(accelerated), "w3 w4 w5", "--max-new-tokens", "12"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "tokens/s" in err and ("verified:" in err or "12 tokens" in err)
+    assert main(["generate", str(accelerated), "w3 w4 w5", "--max-new-tokens", "4", "--quiet"]) == 0
+    assert "tokens/s" not in capsys.readouterr().err
+    assert main(["calibrate", str(accelerated)]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
+
+
+def test_transformers_knows_vqlogits_folders_whichever_is_imported_first(accelerated):
+    import subprocess
+    import sys
+
+    load = "from transformers import AutoModelForCausalLM; m = AutoModelForCausalLM.from_pretrained({!r})"
+    check = "; print(type(m.get_output_embeddings()).__name__)"
+    for first in ("import vqlogits; import transformers", "import transformers; import vqlogits"):
+        code = f"{first}; {load.format(str(accelerated))}{check}"
+        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert got.returncode == 0 and got.stdout.strip().endswith("IndexedHead"), (first, got.stderr[-1000:])

@@ -69,13 +69,17 @@ def run_lock(folder: str | Path):
         holder = handle.read().strip() or "?"
         handle.close()
         raise RunLocked(f"{folder} is being trained by another process (pid {holder})") from None
+    finished = False
     try:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
+        finished = True
     finally:
+        if finished:  # a finished run leaves no lock behind (removed while still held: no one else writes it)
+            Path(folder, "lock").unlink(missing_ok=True)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 

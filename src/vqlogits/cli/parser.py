@@ -122,6 +122,7 @@ def _generate(sub) -> None:
         help="accelerated models: the probed clusters only, no verification (faster, not exact)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no summary line (tokens/s, drafts kept) on stderr")
     cache_option(p)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -104,17 +105,20 @@ def _generate(args):
         if not KINDS[read_meta(args.folder).get("head", "vq")].index:
             _ignored(args, {"--verify": args.verify, "--approximate": args.approximate}, "the model is not accelerated")
         verify = False if args.approximate else (True if args.verify else None)
-        print(
-            generate_text(
-                args.folder,
-                args.prompt,
-                args.max_new_tokens,
-                do_sample=args.sample,
-                seed=args.seed,
-                verify=verify,
-                **sampling,
-            )
+        stats, t0 = {}, time.perf_counter()
+        text = generate_text(
+            args.folder,
+            args.prompt,
+            args.max_new_tokens,
+            do_sample=args.sample,
+            seed=args.seed,
+            verify=verify,
+            stats=stats,
+            **sampling,
         )
+        print(text)
+        if not args.quiet:
+            print(_decode_summary(stats, time.perf_counter() - t0), file=sys.stderr)
     elif (Path(args.folder) / "model.pt").exists() or (Path(args.folder) / "ckpt.pt").exists():
         from ..lm.generate import generate_from_run
 
@@ -129,6 +133,20 @@ def _generate(args):
 
         check_not_gguf(args.folder)
         raise ValueError(f"{args.folder} is neither a model folder (vqlogits.json) nor a training run (model.pt)")
+
+
+def _decode_summary(stats: dict, seconds: float) -> str:
+    """One line: tokens/s end to end (loading the folder included), and for verified decoding the
+    drafts kept and the tokens emitted per backbone step."""
+    line = f"{stats.get('emitted', 0)} tokens in {seconds:.1f} s ({stats.get('emitted', 0) / seconds:.1f} tokens/s"
+    line += ", loading included)"
+    if stats.get("blocks"):
+        kept = stats["accepted"] / max(1, stats["drafted"])
+        line += f"; verified: {100 * kept:.0f}% of drafts kept, {stats['block_tokens'] / stats['backbone_steps']:.2f}"
+        line += " tokens per backbone step"
+        if stats.get("fallback_at") is not None:
+            line += f", dense from token {stats['fallback_at']}"
+    return line
 
 
 def _sweep(args):
@@ -249,6 +267,15 @@ def _warning(message, category, filename, lineno, file=None, line=None):
     print(f"vqlogits: warning: {message}", file=sys.stderr)
 
 
+RESUMABLE = ("train", "sweep", "compress", "accelerate", "calibrate", "fetch", "corpus", "demo")
+
+
+def _check_cache(args) -> None:
+    cache = getattr(args, "cache", None)
+    if cache and Path(cache).exists() and not Path(cache).is_dir():
+        raise ValueError(f"--cache {cache} is a file; it must be a folder (or a path that does not exist yet)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in CONFIGURED and getattr(args, "cache", "") is None:
@@ -256,10 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _warning  # one line per warning, no source line
     try:
+        _check_cache(args)
         COMMANDS[args.command](args)
     except ValueError as e:
         print(f"vqlogits {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resumes = " rerun the same command to resume" if args.command in RESUMABLE else ""
+        print(f"vqlogits {args.command}: interrupted;{resumes or ' nothing was finished'}", file=sys.stderr)
+        return 130
     finally:
         warnings.showwarning = shown
     return 0

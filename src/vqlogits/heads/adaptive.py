@@ -34,6 +34,8 @@ class AdaptiveHead(FullLogitsMixin, nn.Module):
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(d_model, vocab_size, cutoffs, div_value)
         self.register_buffer("rank", torch.arange(vocab_size))  # token id -> frequency rank
 
+    UNUSED_PARAMETERS = True  # a batch may reach no token of a tail cluster: DDP must not wait for its gradients
+
     @classmethod
     def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "AdaptiveHead":
         return cls(d_model, vocab_size)

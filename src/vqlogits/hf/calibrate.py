@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data.corpora import get_batch, tokenize_corpus
 from ..files import USER_CACHE, check_folder, load_checkpoint, previous, save_checkpoint, write_json
 from ..functional import compute_dtype, vq_soft_cross_entropy
-from ..heads import VQLogitsHead
+from ..heads import KINDS, VQLogitsHead
 from ..heads.learned_map import LEARNABLE, MapLearner
 from .config import CalibrateConfig
 from .folder import check_not_gguf, dense_head_weight, keep_teacher, load_pretrained, read_meta, save_pretrained
@@ -220,6 +220,11 @@ def calibrate(cfg: CalibrateConfig | None = None, /, **options) -> dict:
     cfg.check()
     check_not_gguf(cfg.folder)
     folder = check_folder(cfg.folder, "model")
+    if KINDS[read_meta(folder).get("head", "vq")].index:
+        raise ValueError(
+            f"{folder} is accelerated: an index over the original rows, whose logits are the original's, so there is"
+            " nothing to calibrate; calibrate a folder made by `vqlogits compress`"
+        )
     model = load_pretrained(folder)
     dense = dense_head_weight(folder)
     if "2" in cfg.stages and cfg.train_layers == 0:  # the embedding will train: a tied teacher needs its own copy

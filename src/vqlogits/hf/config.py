@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .. import quant
 from ..config import check_choices, check_ints, option
 from ..data.embedded import MODEL_HELP
-from ..heads import FROM_ROWS, SIZES
+from ..heads import FROM_ROWS, KINDS, SIZES
 from ..heads.vq import INITS
 
 DTYPES = ("", "float32", "float16", "bfloat16")
@@ -53,7 +53,7 @@ class CompressConfig:
             raise ValueError(f"head_budget must be in [0, 1], got {self.head_budget!r}")
         check_ints(self, ("codebook_size", "token_dim"), 1)
         check_ints(self, ("exact_tokens", "part_bits"), 0)
-        if self.head == "quantized":
+        if "bits" in KINDS[self.head].cls.ROW_OPTIONS:
             quant.check(self.bits, self.group_size, 0)  # the row length is checked once the model is loaded
         if self.part_bits not in (0, 4, 8):
             raise ValueError(f"part_bits must be 0, 4 or 8, got {self.part_bits!r}")

@@ -266,7 +266,7 @@ def describe(folder: str | Path) -> dict:
         sizes = {k: (int(torch.Size(shapes[k]).numel()), s.get_dtype()) for k, s in head.items()}
     # A quantized matrix (the quantized head's rows, a hybrid's quantized parts) counts its weights,
     # packed integers plus fp16 scales and offsets, not those numbers themselves.
-    groups = {"": meta["group_size"]} if meta.get("head") == "quantized" else {}
+    groups = {"": meta["group_size"]} if "bits" in meta and "group_size" in meta else {}  # a quantized head
     groups.update({f"{name}.": g for name, (_, g) in (meta.get("quantized_parts") or {}).items()})
     packed = {f"{p}{k}" for p in groups for k in ("packed", "scale", "offset")}
     params = sum(n for k, (n, dt) in sizes.items() if dt.startswith(("F", "BF")) and k not in packed)

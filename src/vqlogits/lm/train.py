@@ -259,7 +259,7 @@ class _Run:
     def wrap(self):
         if self.world == 1:
             return self.model
-        return DDP(self.model, find_unused_parameters=self.cfg.head == "adaptive")
+        return DDP(self.model, find_unused_parameters=getattr(self.model.head, "UNUSED_PARAMETERS", False))
 
     def swap_in_mapped_head(self, counts) -> None:
         """At the end of a dense warm-up: the mapped head built from the dense head."""
@@ -275,6 +275,8 @@ HISTORY = ("step", "loss", "lr", "val_step", "val_ppl", "moved")
 def _train(cfg: TrainConfig, progress: bool, rank: int, world: int, device: torch.device, out: Path) -> dict:
     ckpt_path = out / "ckpt.pt"
     state = _resume_state(cfg, ckpt_path)
+    if state is not None and progress and rank == 0 and state["step"]:
+        tqdm.write(f"{cfg.out}: resuming at step {state['step']} of {cfg.steps}")
     splits, tok, meta = _read_data(cfg, rank, world, out)
     V = meta["vocab_size"]
     counts = token_counts(splits["train"], V)
