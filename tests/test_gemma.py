@@ -2,6 +2,8 @@
 the text decoded (so verified decoding crops a sliding cache after rejected drafts), scaled input
 embeddings, tied head; refused architectures and softcapped logits named before anything loads."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -234,3 +236,41 @@ def test_transformers_knows_vqlogits_folders_whichever_is_imported_first(acceler
         code = f"{first}; {load.format(str(accelerated))}{check}"
         got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert got.returncode == 0 and got.stdout.strip().endswith("IndexedHead"), (first, got.stderr[-1000:])
+
+
+def test_out_of_range_options_and_bad_files_are_named(source, tmp_path, capsys):
+    from vqlogits.cli import main
+
+    folder, corpus, cache = source
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    cases = [
+        (["eval", str(folder), "--max-tokens", "0"], "argument --max-tokens: must be > 0, got 0"),
+        (
+            ["accelerate", "--model", str(folder), "--clusters", "16", "--probes", "17", "--out", str(tmp_path / "a")],
+            "probes must be at most clusters=16, got 17",
+        ),
+        (
+            [
+                "compress",
+                "--model",
+                str(folder),
+                "--head",
+                "quantized",
+                "--group-size",
+                "0",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "group_size must be a positive int, got 0",
+        ),
+        (["calibrate", str(folder), "--kl-weight", "-1"], "kl_weight must be a number >= 0, got -1.0"),
+        (["compress", "--model", str(bad), "--out", str(tmp_path / "d")], "config.json is not a readable JSON file"),
+        (["fetch", "pydocs", "--cache", str(bad / "config.json")], "is a file; it must be a folder"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext():
+            assert main(argv) == 2
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

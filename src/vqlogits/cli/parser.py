@@ -48,7 +48,7 @@ def _eval(sub) -> None:
     )
     p.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive(int),
         default=None,
         help="targets per split (default: the run's final_eval_tokens; 16384 for compressed models)",
     )
@@ -193,7 +193,7 @@ def _analyze(sub) -> None:
     )
     p.add_argument("dense_run", help="a dense run folder")
     p.add_argument("vq_run", help="a vq run folder on the same corpus and tokenizer")
-    p.add_argument("--max-tokens", type=int, default=65536, help="test targets to analyse (default: 65536)")
+    p.add_argument("--max-tokens", type=positive(int), default=65536, help="test targets to analyse (default: 65536)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
     cache_option(p)
 

@@ -40,6 +40,8 @@ def accelerate(cfg: AccelerateConfig | None = None, /, **options) -> Path:
     """
     cfg = cfg or AccelerateConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
     cfg.check()
+    if cfg.clusters and cfg.probes > cfg.clusters:
+        raise ValueError(f"probes must be at most clusters={cfg.clusters}, got {cfg.probes}")
     cache = cfg.cache or USER_CACHE
     with output_folder(cfg.out, "model", cfg.overwrite, finished="vqlogits.json") as out:
         model, source = load_causal_lm(cfg.model, cache)
@@ -48,6 +50,8 @@ def accelerate(cfg: AccelerateConfig | None = None, /, **options) -> Path:
         clusters = cfg.clusters or default_clusters(weight.shape[0])
         if clusters > weight.shape[0]:
             raise ValueError(f"clusters must be in [1, vocab_size={weight.shape[0]}], got {clusters}")
+        if cfg.probes > clusters:
+            raise ValueError(f"probes must be at most the {clusters} clusters, got {cfg.probes}")
         hidden = None
         if cfg.hidden_tokens and (source / "tokenizer.json").exists():
             splits, _, _ = tokenize_corpus(cfg.corpus, str(source / "tokenizer.json"), cache, splits=("train",))

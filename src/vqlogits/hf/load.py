@@ -14,6 +14,7 @@ from . import _quiet  # noqa: F401  (first: torchao's import lines silenced befo
 # isort: split
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,10 @@ def load_causal_lm(spec: str, cache: str | Path = USER_CACHE):
         path = gguf_folder(path, cache)
     if not (path / "config.json").exists():
         raise ValueError(f"model {spec!r}: expected {MODEL_HELP}")
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path / 'config.json'} is not a readable JSON file ({e})") from None
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     check_supported(model)
     return model, path
