@@ -120,3 +120,26 @@ def test_rows_of_an_earlier_report_are_kept_for_models_not_measured_again(tmp_pa
         ("b", "kmeans", 80.0),
         ("c", "kmeans", 30.0),
     ]
+
+
+def test_a_second_domain_gets_its_own_table_and_plot(tmp_path):
+    _model(tmp_path, "q", "quantized", 1000, (20.0, 12.0), 50, head_bytes=4_000_000)
+    _model(tmp_path, "f", "frequent", 100, (30.0, 25.0), 0, head_bytes=1_000_000)
+    meta = tmp_path / "q" / "vqlogits.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "bits": 4, "group_size": 32}))
+    for name, ppl in (("q", 40.0), ("f", 90.0)):  # the other domain: worse, and the frequent rows much worse
+        for key in ("kmeans", "stage1"):
+            r = json.loads((tmp_path / name / f"eval_{key}.json").read_text())
+            r.update(ppl_compressed=ppl, corpus="devdocs", exact_row_share=0.25 if name == "f" else 0.0)
+            (tmp_path / name / f"eval_{key}-devdocs.json").write_text(json.dumps(r))
+    reference = {"ppl_original": 10.0, "kl_original_to_compressed": 0.0, "top1_agreement": 1.0, "head_params": 1000}
+    reference.update(dense_head_params=1000, head_bytes=80_000_000, dense_head_bytes_bf16=56_000_000)
+    (tmp_path / "bf16.json").write_text(json.dumps({**reference, "ppl_compressed": 10.01}))
+    (tmp_path / "bf16-devdocs.json").write_text(json.dumps({**reference, "ppl_compressed": 10.02, "corpus": "devdocs"}))
+    report = pretrained_report(tmp_path, tmp_path / "out").read_text()
+    first, second = report.split("## At equal bytes\n\n")[1], report.split("## At equal bytes, on devdocs\n\n")[1]
+    assert "×3.000" in first and "×9.000" not in first.split("## At equal bytes, on devdocs")[0]
+    rows = second.split("\n\n")[0].splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| f", "| q", "| bf16"]
+    assert "×9.000" in rows[0] and "(25% exact rows)" in rows[0] and "×1.002" in rows[2]
+    assert (tmp_path / "out" / "pretrained_ppl_vs_bytes-devdocs.png").stat().st_size > 0

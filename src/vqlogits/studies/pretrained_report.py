@@ -17,13 +17,22 @@ STAGES = (
 )
 
 
-def load_evals(root: str | Path) -> list[dict]:
-    rows = []
+def domains(root: str | Path) -> list[str]:
+    """The evaluation domains under ``root``, as file-name suffixes: "" (eval_<stage>.json, the
+    calibration corpus) first, then e.g. "-devdocs" (eval_<stage>-devdocs.json, another corpus)."""
+    found = {f.stem.split("-", 1)[1] for f in Path(root).rglob("eval_*-*.json")}
+    return ["", *sorted(f"-{d}" for d in found)]
+
+
+def load_evals(root: str | Path, domain: str = "") -> list[dict]:
+    """One row per model folder and evaluated stage (``eval_<stage><domain>.json``), and the
+    references beside the folders (``<name><domain>.json``, e.g. the head cast to bf16)."""
+    rows, others = [], [d for d in domains(root) if d and d != domain]
     for meta_path in sorted(Path(root).rglob("vqlogits.json")):
         folder = meta_path.parent
         meta = json.loads(meta_path.read_text())
         for key, name, stage in STAGES:
-            f = folder / f"eval_{key}.json"
+            f = folder / f"eval_{key}{domain}.json"
             if f.exists():
                 r = json.loads(f.read_text())
                 calib = [c["stages"][stage] for c in meta.get("calibration", []) if stage in c["stages"]]
@@ -35,15 +44,18 @@ def load_evals(root: str | Path) -> list[dict]:
                     steps=calib[-1]["steps"] if calib else 0,
                     bits=meta.get("bits"),  # a quantized head's width and group size, else None
                     group_size=meta.get("group_size"),
+                    source=meta.get("source"),
                 )
                 rows.append(r)
     for f in sorted(Path(root).glob("*.json")):  # references beside the models, e.g. the head cast to bf16
+        if not f.stem.endswith(domain) or any(f.stem.endswith(d) for d in others):
+            continue
         r = json.loads(f.read_text())
         if isinstance(r, dict) and "ppl_compressed" in r:
             rows.append(
                 {
                     **r,
-                    "model": f.stem,
+                    "model": f.stem.removesuffix(domain) if domain else f.stem,
                     "series": r.get("head", f.stem),
                     "stage": "k-means only",
                     "stage_key": "kmeans",
@@ -214,7 +226,8 @@ def bytes_markdown(rows: list[dict]) -> str:
             return "– | – | –"
         lo, hi = r.get("ppl_ratio_interval95") or (_ratio(r), _ratio(r))
         kl, top1 = r["kl_original_to_compressed"], 100 * r["top1_agreement"]
-        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%"
+        exact = f" ({100 * r['exact_row_share']:.0f}% exact rows)" if r.get("exact_row_share") is not None else ""
+        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%{exact}"
 
     models = {r["model"] for r in panels["kmeans"] + panels["stage1"]}
     found = {key: {r["model"]: r for r in panel} for key, panel in panels.items()}
@@ -238,6 +251,17 @@ def _family(r: dict) -> tuple[str, str]:
     if r.get("bits") is not None:
         return f"quantized, groups of {r['group_size']}", f"{r['bits']}-bit"
     return r["series"], "" if r.get("reference") else f"{_share(r):g}%"
+
+
+def _goal_mb(rows: list[dict]) -> float | None:
+    """The bytes goal: 1/14 of the head in bf16 (4 MB for SmolLM2, 24 MB for Gemma-3-270M)."""
+    bf16 = next((r["dense_head_bytes_bf16"] for r in rows if r.get("dense_head_bytes_bf16")), None)
+    return bf16 / 14 / 1e6 if bf16 else None
+
+
+def _model_name(rows: list[dict]) -> str:
+    sources = {r["source"] for r in rows if r.get("source")}
+    return ", ".join(sorted(sources)) if sources else "SmolLM2"
 
 
 def bytes_plot(rows: list[dict], path: Path) -> bool:
@@ -279,10 +303,12 @@ def bytes_plot(rows: list[dict], path: Path) -> bool:
             alpha=0.2,
             label="Pareto front",
         )
-        ax.axvline(4.0, color="gray", ls=":", lw=0.8, label="4 MB (goal)")
+        goal = _goal_mb(rows)
+        if goal:
+            ax.axvline(goal, color="gray", ls=":", lw=0.8, label=f"{goal:.0f} MB (goal: 1/14 of bf16)")
         ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5% (goal)")
         ax.set(xscale="log", yscale="log", xlabel="head MB as stored (codes, map, bias, scales, packed weights)")
-        ax.set_title(f"SmolLM2 head at equal bytes, {title}")
+        ax.set_title(f"{_model_name(rows)} head at equal bytes, {title}", fontsize=9)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
@@ -293,6 +319,18 @@ def bytes_plot(rows: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _other_domains(root: str | Path, out: Path) -> str:
+    """The equal-bytes table and plot of every domain beyond the first (another corpus's test text)."""
+    text = ""
+    for domain in domains(root)[1:]:
+        rows = load_evals(root, domain)
+        corpus = rows[0].get("corpus", domain.lstrip("-"))
+        name = f"pretrained_ppl_vs_bytes{domain}.png"
+        if bytes_plot(rows, out / name):
+            text += f"## At equal bytes, on {corpus}\n\n" + bytes_markdown(rows) + f"\n![ppl vs bytes]({name})\n\n"
+    return text
 
 
 def with_previous(rows: list[dict], previous: str | Path) -> list[dict]:
@@ -362,6 +400,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None, previous:
             if with_bytes
             else ""
         )
+        + _other_domains(root, out)
         + "## Every stage\n\n"
         + pretrained_markdown(rows)
         + generations_markdown(root)
