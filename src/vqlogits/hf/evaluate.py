@@ -88,16 +88,22 @@ def row_kinds(head, dense: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tens
     return own, exact & own
 
 
+def target_bytes(tok, targets: torch.Tensor) -> int:
+    """The UTF-8 bytes of text the target tokens stand for; 0 for a tokenizer whose tokens are not
+    strings of the text (no bits per byte then)."""
+    try:
+        return int(torch.from_numpy(token_byte_lengths(tok))[targets].sum())
+    except ValueError:
+        return 0
+
+
 def _text_measures(head, dense, data, max_tokens: int, tok, result: dict) -> dict:
     """The shares of evaluated targets whose rows are the head's own and the original's exactly, and
     bits per byte of both models (None for a tokenizer whose tokens are not strings of the text)."""
     targets = torch.cat([w[0, 1:] for w in eval_windows(data, 256, max_tokens, batch=1)])
     own, exact = row_kinds(head, dense)
     out = {"own_row_share": float(own[targets].float().mean()), "exact_row_share": float(exact[targets].float().mean())}
-    try:
-        n_bytes = int(torch.from_numpy(token_byte_lengths(tok))[targets].sum())
-    except ValueError:
-        n_bytes = 0
+    n_bytes = target_bytes(tok, targets)
     for name in ("original", "compressed"):
         nats = math.log(result[f"ppl_{name}"]) * result["eval_tokens"]
         out[f"bpb_{name}"] = nats / (n_bytes * math.log(2)) if n_bytes else None
@@ -163,10 +169,7 @@ def evaluate_original(
     nll = sum(float(F.cross_entropy(h[0] @ W.T, w[0, 1:], reduction="sum")) for h, w in zip(hs, windows, strict=True))
     count = sum(w.shape[1] - 1 for w in windows)
     targets = torch.cat([w[0, 1:] for w in windows])
-    try:
-        n_bytes = int(torch.from_numpy(token_byte_lengths(tok))[targets].sum())
-    except ValueError:
-        n_bytes = 0
+    n_bytes = target_bytes(tok, targets)
     return {
         "model": spec,
         "corpus": corpus,

@@ -283,6 +283,6 @@ def describe(folder: str | Path) -> dict:
         "dense_head_params": V * d,
         "head_share": params / (V * d),
         "dtype": meta.get("dtype", "float32"),
-        "teacher": meta.get("dense_head", DENSE_FILE),
+        "teacher": meta.get("dense_head"),  # None: the head is the original rows themselves (an index)
         "file_bytes": files,
     }
