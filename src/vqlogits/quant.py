@@ -33,9 +33,18 @@ def check(bits: int, group_size: int, d: int) -> None:
         raise ValueError(f"group_size must be a positive int that divides the row length {d}, got {group_size!r}")
 
 
+PACK_ROWS = 8192  # rows packed or unpacked at a time: the bit streams are 8-32x the integers' bytes
+
+
 def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     """(n, d) integers in [0, 2^bits) -> (n, ceil(d * bits / 8)) uint8, little-endian bit order."""
+    if q.shape[0] > PACK_ROWS:
+        return torch.cat([pack(q[s : s + PACK_ROWS], bits) for s in range(0, q.shape[0], PACK_ROWS)])
     n, d = q.shape
+    if 8 % bits == 0 and d * bits % 8 == 0:  # whole values per byte: shifts, no bit stream
+        per = 8 // bits
+        shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=q.device)
+        return (q.to(torch.int32).view(n, d // per, per) << shifts).sum(-1).to(torch.uint8)
     shifts = torch.arange(bits, device=q.device)
     stream = ((q.to(torch.int32)[..., None] >> shifts) & 1).reshape(n, d * bits).to(torch.uint8)  # (n, d * bits)
     stream = torch.nn.functional.pad(stream, (0, -(d * bits) % 8))
@@ -44,6 +53,8 @@ def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int, d: int) -> torch.Tensor:
     """The inverse of ``pack``: (n, bytes) uint8 -> (n, d) uint8 integers."""
+    if packed.shape[0] > PACK_ROWS:
+        return torch.cat([unpack(packed[s : s + PACK_ROWS], bits, d) for s in range(0, packed.shape[0], PACK_ROWS)])
     n = packed.shape[0]
     if 8 % bits == 0:  # whole values per byte: shifts, no bit stream
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
