@@ -18,6 +18,7 @@ SmolLM2 at the same probe fraction (K / 8), measured on the backbone's own hidde
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -253,8 +254,9 @@ def identity(model, original, prompts: torch.Tensor, new: int) -> dict:
         )
         return torch.nn.functional.pad(out, (0, ids.shape[1] + new - out.shape[1]), value=eos)
 
-    def ours(ids):
-        return generate(model, ids, new, eos_token_id=eos)
+    def ours(ids):  # likewise: a batch whose rows all ended stops early
+        out = generate(model, ids, new, eos_token_id=eos)
+        return torch.nn.functional.pad(out, (0, ids.shape[1] + new - out.shape[1]), value=eos)
 
     one = [torch.equal(ours(p[None]), theirs(p[None])) for p in prompts]
     batched = torch.equal(ours(prompts), theirs(prompts))
@@ -339,10 +341,23 @@ def measure_gemma(
     return results
 
 
+def gemma_identity(folder: str | Path, out: str | Path = "docs/pretrained/gemma", cache: str | Path = USER_CACHE):
+    """``measure_gemma``'s identity checks alone, rerun into ``out``'s verified.json."""
+    model, (original, source) = load_pretrained(folder), load_causal_lm("gemma3", cache)
+    results = json.loads((Path(out) / "verified.json").read_text())
+    for corpus in ("pydocs", "devdocs"):
+        splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
+        prompts = torch.cat(eval_windows(splits["test"], 32, 64 * 32, batch=64))[:, :32]
+        results["environment"][f"identity {corpus}"] = identity(model, original, prompts, 48)
+        save(results, out)
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["gemma3"]:  # python -m vqlogits.studies.verified gemma3 FOLDER [OUT]
         measure_gemma(*sys.argv[2:4])
+    elif sys.argv[1:2] == ["gemma3-identity"]:  # the identity checks alone, into OUT's verified.json
+        gemma_identity(*sys.argv[2:4])
     else:
         measure_all(*sys.argv[1:3])
