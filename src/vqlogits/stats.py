@@ -1,5 +1,5 @@
 """Intervals for the reports: Student's t quantiles, Welch's interval between seeds, and a paired
-interval over evaluation windows. Plain Python, for every layer."""
+interval over evaluation windows, and bits per byte. Plain Python, for every layer."""
 
 from __future__ import annotations
 
@@ -79,3 +79,9 @@ def paired_ratio(gaps_a: list[float], gaps_b: list[float]) -> list[float] | None
     if len(gaps_a) != len(gaps_b):
         raise ValueError(f"gaps_b: {len(gaps_b)} windows, but gaps_a has {len(gaps_a)}; evaluate both on one split")
     return ratio_interval([a - b for a, b in zip(gaps_a, gaps_b, strict=True)])
+
+
+def bits_per_byte(nats: float, n_bytes: int) -> float | None:
+    """Total nats over the UTF-8 bytes of the text they score, in bits; None without bytes (a
+    tokenizer whose tokens are not strings of the text)."""
+    return nats / n_bytes / math.log(2) if n_bytes else None

@@ -22,10 +22,6 @@ class FrequentHead(HybridHead):
     def build(cls, d_model: int, vocab_size: int, sizes: dict) -> "FrequentHead":
         return cls(d_model, vocab_size, sizes["n_frequent"], bias=sizes["bias"])
 
-    @classmethod
-    def from_config(cls, config: dict, d_model: int, vocab_size: int) -> "FrequentHead":
-        return cls(d_model, vocab_size, config["n_frequent"], bias=config["bias"])
-
     @staticmethod
     def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
         """As many exact rows as fit beside the one shared code."""

@@ -137,7 +137,7 @@ class HybridTwoLevelHead(FrequentCodes, TwoLevelHead):
     @staticmethod
     def budget(rest: int, vocab_size: int, d_model: int) -> tuple[dict, int]:
         """As ``TwoLevelHead.budget``, with half the codes exact rows for frequent tokens."""
-        sizes, n = TwoLevelHead.budget(rest, vocab_size, d_model)
+        sizes, _ = TwoLevelHead.budget(rest, vocab_size, d_model)
         e = sizes["token_dim"]
         sizes.update(FrequentCodes.split(sizes["codebook_size"]))
         return sizes, (sizes["n_frequent"] + sizes["codebook_size"]) * d_model + e * (vocab_size + d_model)

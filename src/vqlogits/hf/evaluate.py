@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..data.corpora import eval_windows, tokenize_corpus
 from ..data.tokenizer import token_byte_lengths
 from ..files import USER_CACHE
-from ..stats import ratio_interval
+from ..stats import bits_per_byte, ratio_interval
 from .folder import dense_head_weight, describe, load_pretrained, read_meta
 from .hidden import cached_hidden_states
 from .load import load_causal_lm
@@ -106,7 +106,7 @@ def _text_measures(head, dense, data, max_tokens: int, tok, result: dict) -> dic
     n_bytes = target_bytes(tok, targets)
     for name in ("original", "compressed"):
         nats = math.log(result[f"ppl_{name}"]) * result["eval_tokens"]
-        out[f"bpb_{name}"] = nats / (n_bytes * math.log(2)) if n_bytes else None
+        out[f"bpb_{name}"] = bits_per_byte(nats, n_bytes)
     out["eval_bytes"] = n_bytes or None
     return out
 
@@ -175,7 +175,7 @@ def evaluate_original(
         "corpus": corpus,
         "split": split,
         "ppl": math.exp(nll / count),
-        "bpb": nll / (n_bytes * math.log(2)) if n_bytes else None,
+        "bpb": bits_per_byte(nll, n_bytes),
         "eval_tokens": count,
         "eval_bytes": n_bytes or None,
         "head_params": W.numel(),

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.corpora import eval_windows
 from ..data.tokenizer import token_byte_lengths
+from ..stats import bits_per_byte
 from .model import GPT
 
 
@@ -36,7 +37,7 @@ def evaluate_split(
             n_bytes += int(byte_lengths[targets.numpy()].sum())
     out = {"nats": nats, "tokens": tokens, "ppl": math.exp(nats / tokens)}
     if byte_lengths is not None:
-        out.update(bytes=n_bytes, bpb=nats / n_bytes / math.log(2) if n_bytes else None)
+        out.update(bytes=n_bytes, bpb=bits_per_byte(nats, n_bytes))
     return out
 
 
