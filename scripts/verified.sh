@@ -8,11 +8,14 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 [ -n "${GEMMA:-}" ] || taskset -c ${CORE:-1} python -m vqlogits.studies.verified docs/pretrained ${CACHE:-$HOME/.cache/vqlogits}
 # Real Gemma-3-270M (GEMMA=1): its head indexed by `vqlogits accelerate` (peak memory and time
-# printed), then verified decoding against dense at batch 1, 4 and 16 on pydocs and devdocs test
-# prompts, and the identity check on 64 prompts of each; about 45 minutes.
+# printed; the Q8_0 rows written in 8 bits), then every decoding mode (dense fp32 and bf16, the head
+# cast, q8 and q4 heads, approximate, verified fp32 and bf16) at batch 1, 4 and 16 on pydocs and
+# devdocs test prompts, the identity checks in both dtypes on 64 prompts of each, and the probes
+# of the drafts (studies/gemma_decoding.py); about an hour.
 if [ -n "${GEMMA:-}" ]; then
-  D=${GEMMA_FOLDER:-runs/gemma-fast}
+  D=${GEMMA_FOLDER:-runs/gemma-fast8}
   [ -f "$D/vqlogits.json" ] || /usr/bin/time -f "accelerate: %e s, peak %M KB" taskset -c ${CORE:-1} \
     vqlogits accelerate --model gemma3 --out "$D" --cache ${CACHE:-$HOME/.cache/vqlogits}
-  taskset -c ${CORE:-1} python -m vqlogits.studies.verified gemma3 "$D" docs/pretrained/gemma
+  du -b "$D"/*.safetensors
+  taskset -c ${CORE:-1} python -m vqlogits.studies.gemma_decoding "$D" docs/pretrained/gemma
 fi

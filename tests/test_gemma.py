@@ -91,6 +91,49 @@ def test_verified_decoding_of_a_gemma3_model_is_its_no_cache_fp64_greedy(source)
     assert torch.equal(generate(fast, ids, max_new_tokens=6 * WINDOW), want)  # a batch
 
 
+@torch.no_grad()
+def cached_fp64_head_greedy(model, ids: torch.Tensor, new: int) -> torch.Tensor:
+    """The reference in the model's own dtype: its backbone with the KV cache, one token per step
+    (as dense decoding runs it), the head's rows' logits in fp64, ties to the smallest id."""
+    from transformers import DynamicCache
+
+    W, cache, out, step = model.get_output_embeddings().weight.double(), DynamicCache(), ids, ids
+    for _ in range(new):
+        h = model.base_model(input_ids=step, cache=cache, use_cache=True).last_hidden_state[:, -1]
+        step = (h.double() @ W.T).argmax(-1, keepdim=True)
+        out = torch.cat([out, step], 1)
+    return out
+
+
+def test_a_bf16_model_decodes_verified_as_its_own_exact_greedy(source, accelerated, capsys):
+    from vqlogits import load_pretrained
+    from vqlogits.hf.generate import generate
+    from vqlogits.hf.load import load_causal_lm
+
+    fast = load_pretrained(accelerated).to(torch.bfloat16)
+    original = load_causal_lm(str(source[0]), source[2])[0].to(torch.bfloat16)
+    ids = torch.randint(3, 300, (3, 5), generator=torch.Generator().manual_seed(1))
+    want = cached_fp64_head_greedy(original, ids, 6 * WINDOW)
+    stats = {}
+    assert torch.equal(
+        generate(fast, ids[:1], max_new_tokens=6 * WINDOW, stats=stats, block=4, draft_probes=8), want[:1]
+    )
+    assert stats["blocks"] >= 2 and 0 < stats["accepted"] < stats["drafted"], stats
+    assert torch.equal(generate(fast, ids, max_new_tokens=6 * WINDOW), want)
+    assert torch.equal(fast.generate(ids, max_new_tokens=6 * WINDOW), want)
+    assert fast.get_output_embeddings().rows.dtype == torch.bfloat16
+    # The CLI's --dtype bfloat16: the same tokens, through the folder's tokenizer.
+    from tokenizers import Tokenizer
+
+    from vqlogits.cli import main
+
+    tok = Tokenizer.from_file(str(accelerated / "tokenizer.json"))
+    prompt = tok.encode("w3 w4 w5").ids
+    expected = tok.decode(cached_fp64_head_greedy(original, torch.tensor([prompt]), 8)[0].tolist())
+    assert main(["generate", str(accelerated), "w3 w4 w5", "--max-new-tokens", "8", "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.strip() == expected.strip()
+
+
 def test_compressed_gemma3_heads_round_trip_with_their_tokenizer(source, tmp_path):
     from vqlogits import load_pretrained
     from vqlogits.hf.compress import compress
@@ -274,3 +317,86 @@ def test_out_of_range_options_and_bad_files_are_named(source, tmp_path, capsys):
             assert main(argv) == 2
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_q8_0_rows_are_stored_in_8_bits_losslessly(source, tmp_path):
+    """A head whose rows are Q8_0 (as the GGUFs ship it) is written as int8 codes and fp16 scales,
+    the embedding and the index's rows both, and reloads bit for bit; anything else stays fp32."""
+    import safetensors
+
+    from vqlogits import load_pretrained
+    from vqlogits.hf.accelerate import accelerate
+    from vqlogits.hf.compress import compress
+    from vqlogits.hf.folder import dense_head_weight, describe
+    from vqlogits.hf.load import load_causal_lm
+
+    folder, corpus, cache = source
+    model, _ = load_causal_lm(str(folder), cache)
+    with torch.no_grad():  # Q8_0 as llama.cpp writes it: q = round(x / (max|x| / 127)), d = fp16(max|x| / 127)
+        E = model.get_input_embeddings().weight
+        groups = E.view(E.shape[0], -1, 32)
+        d = (groups.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-30)  # the padding row is zero
+        E.copy_((torch.round(groups / d) * d.half().float()).view_as(E))
+    q8 = tmp_path / "q8"
+    model.save_pretrained(q8)
+    (q8 / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    out = accelerate(
+        model=str(q8), clusters=16, out=tmp_path / "fast", corpus=str(corpus), hidden_tokens=512, cache=cache
+    )
+    with safetensors.safe_open(out / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert {"model.embed_tokens.weight.q8", "lm_head.rows.q8", "lm_head.rows.q8_scale"} <= keys
+    assert "lm_head.rows" not in keys and "lm_head.centroids" in keys  # means are not 8-bit: fp32
+    fast = load_pretrained(out)
+    assert torch.equal(fast.get_output_embeddings().weight, E)
+    assert torch.equal(fast.get_input_embeddings().weight, E)
+    info = describe(out)
+    index = fast.get_output_embeddings()  # the rows (padded to K L), the centroids, radius and spread
+    assert info["head_params"] == index.rows.numel() + index.centroids.numel() + 2 * 16
+    n = index.rows.numel()  # 8.5 bits a weight (codes, an fp16 scale per 32), not 32
+    assert info["head_bytes"] == n + n // 32 * 2 + 4 * (index.centroids.numel() + 32) + 8 * index.token_ids.numel()
+    # A compressed head's teacher is the tied embedding, read back from its 8-bit form.
+    small = compress(model=str(q8), out=tmp_path / "q4", head="quantized", bits=4, corpus=str(corpus), cache=cache)
+    assert torch.equal(dense_head_weight(small), E)
+
+
+def test_the_bf16_reference_is_the_fp64_argmax():
+    """The Gemma study's bf16 reference (certified fp32, fp64 for the close tokens), against the
+    fp64 argmax itself: exact ties (the smaller id) and near-ties far below fp32's rounding."""
+    from vqlogits.studies.gemma_decoding import exact_reference
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3000, 64, generator=g).bfloat16()
+    W[7] = W[3]  # an exact tie
+    h = torch.cat([W[[3, 100]].float() * 3, torch.randn(6, 64, generator=g) * 10]).bfloat16()
+    logits = h.double() @ W.double().T
+    want = torch.where(logits == logits.max(-1, keepdim=True).values, torch.arange(3000), 3000).min(-1).values
+    assert torch.equal(exact_reference(W)(h), want) and int(want[0]) == 3
+
+
+def test_the_gemma_decoding_study_on_a_tiny_gemma(source, accelerated, tmp_path):
+    """Every mode of studies/gemma_decoding.py, its identity checks in both dtypes, and its report."""
+    from vqlogits import load_pretrained
+    from vqlogits.heads import QuantizedHead
+    from vqlogits.hf.load import load_causal_lm
+    from vqlogits.studies import gemma_decoding as G
+
+    fast, fast16 = load_pretrained(accelerated), load_pretrained(accelerated).to(torch.bfloat16)
+    original = load_causal_lm(str(source[0]), source[2])[0]
+    W = fast.get_output_embeddings().weight.detach()
+    modes = G.runners(fast, fast16, {b: QuantizedHead.from_weight(W, b, 16, method="rtn") for b in (8, 4)})
+    prompts = torch.randint(3, 300, (16, 5), generator=torch.Generator().manual_seed(6))
+    row = G.compare(modes, prompts[:2], new=8, repeats=1)
+    assert row["verified agreement"] == 1.0 and all(row[f"{m} tok/s"] > 0 for m in G.FP32_MODES + G.BF16_MODES)
+    references = G._references(original, fast16, 8, [1])
+    for dtype, model in (("fp32", fast), ("bf16", fast16)):
+        same = G.identity(model, references[dtype], prompts, 8, [1])
+        assert same["identical_batch1"] == 16 and same["identical_batch16"] == 16, (dtype, same)
+    results = {
+        "environment": {"threads": 1, "torch": "x", "identity bf16 pydocs": same},
+        "rows": [{"domain": "toy", **row}],
+    }
+    results["sweep"] = [{"domain": "toy", **r} for r in G.probe_sweep(fast, prompts[:1], 8, 1, fractions=(8, 4))]
+    G.save(results, tmp_path)
+    text = (tmp_path / "decoding.md").read_text()
+    assert (tmp_path / "decoding.png").exists() and "| toy | 2 |" in text and "| bf16 pydocs | 16 | 16 / 16 |" in text

@@ -215,3 +215,25 @@ def test_exact_sampling_is_the_dense_distribution(heads, kw):
     assert bool((counts[p == 0] == 0).all())  # nothing outside top-k / top-p
     drafts = torch.multinomial(q.expand(n, -1), 1, generator=g).squeeze(1)  # control: the drafts alone fail
     assert chi_square_p(torch.bincount(drafts, minlength=head.vocab_size), p) < 1e-6
+
+
+def test_a_bf16_index_is_exact_for_its_bf16_rows(heads):
+    """Cast to bf16 (a bf16 model), the head's logits are those of its bf16 rows: exact greedy is
+    their fp64 argmax (ties to the smallest id), exact sampling their distribution (fp32 logits)."""
+    from conftest import chi_square_p
+    from vqlogits.functional import sampling_probs
+
+    W, head, _ = heads
+    low = IndexedHead.from_weight(W, 32, hidden=torch.randn(400, 24)).to(torch.bfloat16)
+    assert low.rows.dtype == torch.bfloat16
+    Wb = W.bfloat16().double()
+    for h in _cases(W):
+        h = h.bfloat16()
+        logits = h.double() @ Wb.T
+        ref = torch.where(logits == logits.max(-1, keepdim=True).values, torch.arange(700), 700).min(-1).values
+        assert torch.equal(low.greedy(h), ref)
+        assert low.greedy(h, exact=False).shape == ref.shape
+    h = (torch.randn(1, 24, generator=torch.Generator().manual_seed(3)) * 0.4).bfloat16()
+    p = sampling_probs(h.double() @ Wb.T, temperature=0.7)[0]
+    draws = low.sample(h.expand(30000, -1), probes=2, temperature=0.7, generator=torch.Generator(), exact=True)
+    assert chi_square_p(torch.bincount(draws, minlength=700), p) > 1e-3

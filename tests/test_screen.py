@@ -88,5 +88,20 @@ def test_the_adversarial_case_needs_the_whole_bound():
 def test_empty_and_bad_input():
     screen = BF16Screen(torch.randn(10, 4))
     assert screen.argmax(torch.zeros(0, 4))[0].numel() == 0
-    with pytest.raises(ValueError, match="fp32"):
+    with pytest.raises(ValueError, match="fp32 or bf16"):
         BF16Screen(torch.randn(10, 4).double())
+
+
+def test_bf16_rows_are_their_own_copy():
+    """A bf16 W (a bf16 model's head): no copy, no requantization error (e = 0), and the argmax of
+    the bf16 rows' exact logits, near-ties included."""
+    h, W = near_ties()
+    h, W = h.bfloat16().float(), W.bfloat16()
+    screen = BF16Screen(W)
+    assert screen.low is W and float(screen.e_norm.abs().max()) == 0.0
+    assert torch.equal(screen.argmax(h)[0], truth(h, W))
+    # Only the output rounding is left: a's 16 entries sum to 16.0546875 and b's (the smaller id)
+    # to 16.046875, exactly; both screen to 16, b ranks first, and only the whole bound keeps a.
+    row = lambda k: torch.tensor([1 + 2.0**-7] * k + [1.0] * (16 - k))  # noqa: E731
+    x, W = torch.ones(1, 16), torch.stack([row(6), row(7)]).bfloat16()
+    assert_needs_the_whole_bound(BF16Screen(W), x, W)

@@ -71,6 +71,37 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group
     return w.view(n, d)
 
 
+Q8_GROUP = 32  # GGUF's Q8_0: per 32 weights, an fp16 scale d and integers in [-127, 127]
+
+
+def lossless_q8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(codes int8 (..., d), scales fp16 (..., d / 32)) with ``codes * scales == t`` exactly in fp32,
+    or None when ``t`` is not of that form: a Q8_0 matrix dequantized to fp32 (the GGUF heads of
+    SmolLM2 and Gemma-3) is stored back in 8.5 bits a weight, losslessly. Q8_0 quantizes a group
+    with d = fp16(max|x| / 127) and q = round(x / d), so its largest |q| is 127 (fp16 moves d by
+    2^-11 at most) and d = max|w| / 127 exactly; every group is checked, ``PACK_ROWS`` rows at a time."""
+    if t.dtype != torch.float32 or t.dim() < 2 or t.shape[-1] % Q8_GROUP:
+        return None
+    flat = t.reshape(-1, t.shape[-1] // Q8_GROUP, Q8_GROUP)
+    codes, scales = torch.empty(flat.shape, dtype=torch.int8), torch.empty(flat.shape[:2], dtype=torch.float16)
+    for start in range(0, flat.shape[0], PACK_ROWS):
+        w = flat[start : start + PACK_ROWS]
+        d = (w.abs().amax(-1) / 127).to(torch.float16)  # exact when w is Q8_0, checked below
+        q = torch.round(w / d.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None])
+        if not (q.abs() <= 127).all() or not torch.equal(q * d.float()[..., None], w):
+            return None
+        codes[start : start + PACK_ROWS], scales[start : start + PACK_ROWS] = q.to(torch.int8), d
+    return codes.view(t.shape), scales.view(*t.shape[:-1], -1)
+
+
+def from_q8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``lossless_q8``: fp32 ``codes * scales`` per group of 32."""
+    w = codes.reshape(-1, codes.shape[-1] // Q8_GROUP, Q8_GROUP).float() * scales.float().reshape(
+        -1, scales.shape[-1], 1
+    )
+    return w.view(codes.shape)
+
+
 @contextlib.contextmanager
 def silenced():
     """Output at the file-descriptor level, and warnings, dropped: torchao's import prints lines

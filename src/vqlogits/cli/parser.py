@@ -121,6 +121,13 @@ def _generate(sub) -> None:
         action="store_true",
         help="accelerated models: the probed clusters only, no verification (faster, not exact)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model folders: decode in this dtype (bfloat16 casts backbone and head; verified decoding then gives "
+        "the bf16 model's exact tokens) (default: float32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no summary line (tokens/s, drafts kept) on stderr")
     cache_option(p)

@@ -114,6 +114,7 @@ def _generate(args):
             seed=args.seed,
             verify=verify,
             stats=stats,
+            dtype=args.dtype,
             **sampling,
         )
         print(text)
@@ -123,6 +124,7 @@ def _generate(args):
         from ..lm.generate import generate_from_run
 
         _ignored(args, {"--verify": args.verify, "--approximate": args.approximate}, "a trained run is not accelerated")
+        _ignored(args, {"--dtype": args.dtype != "float32"}, "a trained run decodes in float32")
         print(
             generate_from_run(
                 args.folder, args.prompt, args.max_new_tokens, args.sample, args.seed, args.cache, **sampling

@@ -148,7 +148,7 @@ class IndexedHead(nn.Module):
         self._refresh()
 
     def _refresh(self) -> None:
-        self._row_norm = self.rows.norm(dim=-1).reshape(-1)  # (K * L,)
+        self._row_norm = torch.linalg.vector_norm(self.rows, dim=-1, dtype=torch.float32).reshape(-1)  # (K * L,)
         self._real = (self.token_ids < self.vocab_size).reshape(-1)
         self._cluster_of = torch.empty(self.vocab_size, dtype=torch.long, device=self.rows.device)
         self._position = torch.empty(self.vocab_size, dtype=torch.long, device=self.rows.device)
@@ -158,7 +158,7 @@ class IndexedHead(nn.Module):
         self._cluster_of[flat_ids[positions]] = positions // self.width
         self._sizes = self._real.view(self.clusters, self.width).sum(1)
         self._padded = self.clusters * self.width > self.vocab_size
-        self._scratch = torch.empty(0, device=self.rows.device)
+        self._scratch = torch.empty(0, dtype=self.rows.dtype, device=self.rows.device)
         self._screen = None  # built on first use by the exact paths: W in token order, and in bf16
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -186,9 +186,9 @@ class IndexedHead(nn.Module):
     def _union(self, flat: torch.Tensor, probes: int):
         """Centroid scores (N, K), |h| (N, 1) and the probed clusters: the union of every row's top
         ``probes`` (sorted), or all of them when that union holds more than half."""
-        z = flat @ self.centroids.T  # (N, K)
+        z = (flat.to(self.centroids.dtype) @ self.centroids.T).float()  # (N, K)
         norm = flat.norm(dim=-1, keepdim=True)
-        union = torch.unique((z + RANK_SIGMAS * norm * self.spread).topk(probes, dim=-1).indices)  # (U,)
+        union = torch.unique((z + RANK_SIGMAS * norm * self.spread.float()).topk(probes, dim=-1).indices)  # (U,)
         if 2 * union.numel() > self.clusters:
             union = torch.arange(self.clusters, device=flat.device)
         return z, norm, union
@@ -201,11 +201,11 @@ class IndexedHead(nn.Module):
         else:  # into a kept buffer: a fresh allocation this size costs more in page faults than the copy
             size = union.numel() * self.width * self.d_model
             if self._scratch.numel() < size:
-                self._scratch = torch.empty(size, device=flat.device)
+                self._scratch = torch.empty(size, dtype=self.rows.dtype, device=flat.device)
             rows = self._scratch[:size].view(union.numel(), self.width, self.d_model)
             rows = torch.index_select(self.rows, 0, union, out=rows).reshape(-1, self.d_model)  # 2-3x rows[union]
         ids = self.token_ids[union].reshape(-1)  # (U * L,)
-        logits = flat @ rows.T
+        logits = (flat.to(rows.dtype) @ rows.T).float()  # bf16 rows (a bf16 model): drafts only, see greedy_stats
         if self._padded:
             logits.masked_fill_(ids == self.vocab_size, float("-inf"))
         return z, norm, union, ids, logits
@@ -213,7 +213,8 @@ class IndexedHead(nn.Module):
     def _estimate(self, z: torch.Tensor, norm: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """log of each cluster's estimated mass sum_v exp(logit_v / T), (N, K): h . (w - c) taken as
         Gaussian with standard deviation |h| x spread, so E[exp(h.e / T)] = exp((|h| spread / T)^2 / 2)."""
-        return torch.log(self._sizes.float()) + z / temperature + 0.5 * (norm * self.spread / temperature) ** 2
+        spread = self.spread.float()
+        return torch.log(self._sizes.float()) + z / temperature + 0.5 * (norm * spread / temperature) ** 2
 
     # ---- interface ---------------------------------------------------------------------------------
 
@@ -236,7 +237,9 @@ class IndexedHead(nn.Module):
     def dense_logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h @ W.T``, (..., d) -> (..., V), every entry exact."""
         check_hidden(h, self.d_model)
-        return h @ (self.weight if self.rows.device.type != "cpu" else self._exact_screen().weight).T
+        weight = self.weight if self.rows.device.type != "cpu" else self._exact_screen().weight
+        dtype = torch.promote_types(h.dtype, torch.float32)  # a bf16 model's rows: their logits in fp32
+        return h.to(dtype) @ weight.to(dtype).T
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """``F.cross_entropy(h @ W.T, targets)``: the dense head's loss (the index changes nothing)."""
@@ -273,6 +276,8 @@ class IndexedHead(nn.Module):
         """(``greedy(h, exact, probes)``, stats): the rows certified, the fp32 rows probed, the bf16
         rows screened and the candidates read in fp64."""
         check_hidden(h, self.d_model)
+        if exact and self.rows.dtype != torch.float32:  # the first round's certificate assumes fp32 rows
+            return self.exact_argmax(h)
         flat = h.reshape(-1, self.d_model).float()
         default = policy.exact_first_round(self.clusters) if exact else self.probes
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
@@ -386,7 +391,7 @@ class IndexedHead(nn.Module):
             torch.softmax(self._log_masses(z, norm, union, logits, temperature), dim=-1), 1, generator=generator
         ).squeeze(1)
         members = self.token_ids[cluster]  # (N, L)
-        within = torch.einsum("nld,nd->nl", self.rows[cluster], flat).masked_fill(
+        within = torch.einsum("nld,nd->nl", self.rows[cluster].float(), flat).masked_fill(
             members == self.vocab_size, float("-inf")
         )
         pick = torch.multinomial(torch.softmax(within / temperature, dim=-1), 1, generator=generator)

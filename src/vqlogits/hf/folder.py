@@ -149,11 +149,29 @@ def save_pretrained(
         key = f"lm_head.{name}"
         q, scale, offset = quant.quantize(state.pop(key).float(), bits, group_size)
         state[f"{key}.packed"], state[f"{key}.scale"], state[f"{key}.offset"] = quant.pack(q, bits), scale, offset
+    meta["q8_tensors"] = _store_q8(state)
     write_atomic(out / "model.safetensors", lambda tmp: safetensors.torch.save_file(state, tmp))
     if isinstance(dense_head, torch.Tensor):
         dense = {"weight": stored(dense_head)}
         write_atomic(out / DENSE_FILE, lambda tmp: safetensors.torch.save_file(dense, tmp))
     write_json(out / "vqlogits.json", meta)
+
+
+def _store_q8(state: dict) -> list[str]:
+    """Replace every large fp32 tensor that is exactly 8-bit in groups of 32 (a Q8_0 matrix from a
+    GGUF: the embedding, an index's rows) by its codes and scales (``quant.lossless_q8``); their keys."""
+    keys = []
+    for key in [k for k, t in state.items() if t.dtype == torch.float32 and t.numel() >= 4096]:
+        if (q8 := quant.lossless_q8(state[key])) is not None:
+            del state[key]
+            state[f"{key}.q8"], state[f"{key}.q8_scale"] = q8
+            keys.append(key)
+    return keys
+
+
+def _load_q8(get, key: str) -> torch.Tensor:
+    """A tensor ``_store_q8`` stored, from ``get(name)``."""
+    return quant.from_q8(get(f"{key}.q8"), get(f"{key}.q8_scale"))
 
 
 def quantized_parts(head, bits: int, group_size: int = 32) -> dict:
@@ -206,6 +224,8 @@ def load_pretrained(folder: str | Path, model=None):
         key, width = f"lm_head.{name}", getattr(model.get_output_embeddings(), name).shape[1]
         q = quant.unpack(state.pop(f"{key}.packed"), bits, width)
         state[key] = quant.dequantize(q, state.pop(f"{key}.scale"), state.pop(f"{key}.offset"), group_size)
+    for key in meta.get("q8_tensors", []):
+        state[key] = _load_q8(state.pop, key)
     model.load_state_dict(state, strict=True)
     model.save_pretrained = lambda out, *a, **k: save_loaded(model, folder, out)  # HF's own would drop the head
     model.generate = functools.partial(model_generate, model)  # exact decoding, see hf/model_generate.py
@@ -236,7 +256,7 @@ def dense_head_weight(folder: str | Path) -> torch.Tensor:
     key = meta.get("dense_head", DENSE_FILE)
     if key != DENSE_FILE:
         with safetensors.safe_open(folder / "model.safetensors", "pt") as f:
-            return f.get_tensor(key).float()
+            return _load_q8(f.get_tensor, key) if key in meta.get("q8_tensors", []) else f.get_tensor(key).float()
     path = folder / DENSE_FILE
     if not path.exists():
         raise ValueError(f"{path} is missing: the original head is needed as the teacher")
@@ -269,8 +289,10 @@ def describe(folder: str | Path) -> dict:
     groups = {"": meta["group_size"]} if "bits" in meta and "group_size" in meta else {}  # a quantized head
     groups.update({f"{name}.": g for name, (_, g) in (meta.get("quantized_parts") or {}).items()})
     packed = {f"{p}{k}" for p in groups for k in ("packed", "scale", "offset")}
+    q8 = [k.removeprefix("lm_head.") for k in meta.get("q8_tensors", []) if k.startswith("lm_head.")]
+    packed |= {f"{k}.q8_scale" for k in q8}  # an 8-bit matrix counts its codes as its weights
     params = sum(n for k, (n, dt) in sizes.items() if dt.startswith(("F", "BF")) and k not in packed)
-    params += sum(sizes[f"{p}scale"][0] * g for p, g in groups.items())
+    params += sum(sizes[f"{p}scale"][0] * g for p, g in groups.items()) + sum(sizes[f"{k}.q8"][0] for k in q8)
     head_bytes = sum(n * _BYTES[dt] for n, dt in sizes.values())
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".json")}
     return {

@@ -33,10 +33,14 @@ def generate_text(
     seed: int = 0,
     verify: bool | None = None,
     stats: dict | None = None,
+    dtype: str = "float32",
 ) -> str:
-    """Prompt in, continuation out, through ``generate`` (the compact or verified path)."""
+    """Prompt in, continuation out, through ``generate`` (the compact or verified path), the model
+    cast to ``dtype`` (float32 or bfloat16: backbone and head)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     folder = Path(folder)
-    model = load_pretrained(folder)
+    model = load_pretrained(folder).to(getattr(torch, dtype))
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     ids = torch.tensor([tok.encode(prompt).ids])
     g = torch.Generator().manual_seed(seed)

@@ -59,20 +59,27 @@ def argmax_smallest_id(values: torch.Tensor, ids: torch.Tensor, pad: int) -> tor
 
 
 class BF16Screen:
-    """A (V, d) fp32 matrix W, with its bf16 copy and the per-row norms the bound needs.
+    """A (V, d) fp32 matrix W, with its bf16 copy and the per-row norms the bound needs. A bf16 W
+    is its own copy (``e = 0``): the screen then certifies the argmax of the bf16 rows' exact logits.
 
     W itself is kept by reference (it is read in fp64 for the candidates only). Subclasses screen
     with another bf16-output kernel (``screens.int4.Int4Screen``): they set the norms of their own
     low-precision copy through ``_set_norms`` and override ``_screen`` and ``_rows``."""
 
     def __init__(self, weight: torch.Tensor):
-        if weight.dim() != 2 or weight.dtype != torch.float32:
-            raise ValueError(f"weight must be a 2-D fp32 tensor (V, d), got {tuple(weight.shape)} {weight.dtype}")
+        if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"weight must be a 2-D fp32 or bf16 tensor (V, d), got {tuple(weight.shape)} {weight.dtype}"
+            )
         self.weight = weight
-        self.low = weight.bfloat16()  # (V, d)
+        self.low = weight if weight.dtype == torch.bfloat16 else weight.bfloat16()  # (V, d); bf16 rows: w~ = w
         low32 = self.low.float()
         max_abs = float(low32.abs().max()) if weight.numel() else 0.0
-        self._set_norms(weight.norm(dim=-1), (weight - low32).norm(dim=-1), low32.norm(dim=-1), max_abs)
+        low_norm = low32.norm(dim=-1)
+        if weight.dtype == torch.bfloat16:
+            self._set_norms(low_norm, torch.zeros_like(low_norm), low_norm, max_abs)
+        else:
+            self._set_norms(weight.norm(dim=-1), (weight - low32).norm(dim=-1), low_norm, max_abs)
 
     def _set_norms(self, w_norm: torch.Tensor, e_norm: torch.Tensor, low_norm: torch.Tensor, max_abs: float) -> None:
         """Per token (V,): |w|, |w - w~| and |w~| for the copy w~ the screen multiplies; max|w~|."""
@@ -84,8 +91,8 @@ class BF16Screen:
         return x_low @ self.low.T
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """The fp32 rows ``W[ids]``."""
-        return self.weight[ids]
+        """The rows ``W[ids]`` in fp32."""
+        return self.weight[ids].float()
 
     @property
     def vocab_size(self) -> int:

@@ -18,7 +18,6 @@ SmolLM2 at the same probe fraction (K / 8), measured on the backbone's own hidde
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ from transformers import DynamicCache
 from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE, write_json
 from ..heads import IndexedHead
-from ..hf.folder import load_pretrained
 from ..hf.generate import generate
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm, use_head
@@ -311,53 +309,7 @@ def measure_all(
     return results
 
 
-def measure_gemma(
-    folder: str | Path,
-    out: str | Path = "docs/pretrained/gemma",
-    cache: str | Path = USER_CACHE,
-    new: int = 48,
-    repeats: int = 2,
-    identity_prompts: int = 64,
-) -> dict:
-    """Real Gemma-3-270M: the folder ``vqlogits accelerate --model gemma3`` wrote, against the
-    original, at batch 1, 4 and 16 on 32-token prompts from two domains (the pydocs and devdocs
-    test splits), the modes taking turns in every repeat; and the identity check against the
-    original's own ``generate`` on ``identity_prompts`` prompts of each domain."""
-    torch.manual_seed(0)
-    model, (original, source) = load_pretrained(folder), load_causal_lm("gemma3", cache)
-    head = model.get_output_embeddings()
-    W = head.weight.detach().clone()
-    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "folder": str(folder)}
-    rows, results = [], {"environment": env, "rows": [], "sweep": []}
-    for corpus in ("pydocs", "devdocs"):
-        splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
-        prompts = torch.cat(eval_windows(splits["test"], 32, 64 * 32, batch=64))[:, :32]  # (64, 32)
-        for b in (1, 4, 16):
-            rows.append({"model": f"Gemma-3-270M, {corpus}", **compare(model, W, head, prompts[:b], new, repeats)})
-            results["rows"] = rows
-            save(results, out)
-        env[f"identity {corpus}"] = identity(model, original, prompts[:identity_prompts], new)
-        save(results, out)
-    return results
-
-
-def gemma_identity(folder: str | Path, out: str | Path = "docs/pretrained/gemma", cache: str | Path = USER_CACHE):
-    """``measure_gemma``'s identity checks alone, rerun into ``out``'s verified.json."""
-    model, (original, source) = load_pretrained(folder), load_causal_lm("gemma3", cache)
-    results = json.loads((Path(out) / "verified.json").read_text())
-    for corpus in ("pydocs", "devdocs"):
-        splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
-        prompts = torch.cat(eval_windows(splits["test"], 32, 64 * 32, batch=64))[:, :32]
-        results["environment"][f"identity {corpus}"] = identity(model, original, prompts, 48)
-        save(results, out)
-
-
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] == ["gemma3"]:  # python -m vqlogits.studies.verified gemma3 FOLDER [OUT]
-        measure_gemma(*sys.argv[2:4])
-    elif sys.argv[1:2] == ["gemma3-identity"]:  # the identity checks alone, into OUT's verified.json
-        gemma_identity(*sys.argv[2:4])
-    else:
-        measure_all(*sys.argv[1:3])
+    measure_all(*sys.argv[1:3])
