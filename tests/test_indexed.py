@@ -237,3 +237,23 @@ def test_a_bf16_index_is_exact_for_its_bf16_rows(heads):
     p = sampling_probs(h.double() @ Wb.T, temperature=0.7)[0]
     draws = low.sample(h.expand(30000, -1), probes=2, temperature=0.7, generator=torch.Generator(), exact=True)
     assert chi_square_p(torch.bincount(draws, minlength=700), p) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_few_rows_screen_with_the_int8_kernel_many_with_bf16(dtype):
+    """Up to INT8_MAX_ROWS rows the exact paths use the int8 kernel's screen, beyond it the bf16
+    GEMM's; both give the fp64 argmax of the head's rows (ties to the smallest id)."""
+    from vqlogits.heads.indexed import INT8_MAX_ROWS
+
+    W = _clustered(V=900, d=32, groups=30, spread=0.3).to(dtype)
+    W[500] *= 3
+    W[11] = W[500]  # an exact tie at the top for h along it: 11 wins
+    head = IndexedHead.from_weight(W.float(), 30, probes=1).to(dtype)
+    g = torch.Generator().manual_seed(5)
+    for n, screen in ((1, "int8"), (INT8_MAX_ROWS, "int8"), (INT8_MAX_ROWS + 1, "bf16"), (16, "bf16")):
+        h = torch.cat([W[[500]].float() * 2, torch.randn(n - 1, 32, generator=g) * 3]).to(dtype)
+        logits = h.double() @ W.double().T
+        want = torch.where(logits == logits.max(-1, keepdim=True).values, torch.arange(900), 900).min(-1).values
+        ids, stats = head.exact_argmax(h)
+        assert torch.equal(ids, want) and stats["screen"] == screen and int(ids[0]) == 11
+        assert torch.equal(head.greedy(h), want)

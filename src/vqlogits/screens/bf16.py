@@ -66,6 +66,8 @@ class BF16Screen:
     with another bf16-output kernel (``screens.int4.Int4Screen``): they set the norms of their own
     low-precision copy through ``_set_norms`` and override ``_screen`` and ``_rows``."""
 
+    NAME = "bf16"
+
     def __init__(self, weight: torch.Tensor):
         if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(
@@ -111,7 +113,7 @@ class BF16Screen:
         ``bound_scale`` scales the proven bound (1); tests set 0.5 to show the bound is needed."""
         n, d = x.shape
         if n == 0:
-            return torch.zeros(0, dtype=torch.long), {"screened": 0, "candidates": 0}
+            return torch.zeros(0, dtype=torch.long), {"screened": 0, "candidates": 0, "screen": self.NAME}
         x = x.float()
         low, x_norm, r_norm, x_max = self._terms(x)
         screen = self._screen(low)  # (n, V) bf16: the screen's only pass over W
@@ -144,4 +146,5 @@ class BF16Screen:
         return argmax_smallest_id(exact, union, self.vocab_size), {
             "screened": n * self.vocab_size,
             "candidates": int(keep.sum()) + n,
+            "screen": self.NAME,
         }

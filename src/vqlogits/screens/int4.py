@@ -43,6 +43,8 @@ class Int4Screen(BF16Screen):
     the fp32 rows ``quant.dequantize(q, scale, offset)[ids]`` that the exact pass reads (kept
     as a function, so the screen holds no unpacked copy)."""
 
+    NAME = "int4"
+
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int, rows):
         V, d = q.shape
         if not available(4, group_size, d):

@@ -42,6 +42,8 @@ class Int8Screen(BF16Screen):
     copy); ``exact_rows(ids)``: the fp32 rows ``W[ids]`` the exact pass reads. The screen keeps
     only the int8 codes (V d bytes) and bf16 scales."""
 
+    NAME = "int8"
+
     def __init__(self, chunk_rows, exact_rows, vocab_size: int, d: int):
         if not available(d):
             raise ValueError(f"d must be a multiple of 16 for the int8 kernel, got {d!r}")
