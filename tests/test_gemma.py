@@ -400,3 +400,33 @@ def test_the_gemma_decoding_study_on_a_tiny_gemma(source, accelerated, tmp_path)
     G.save(results, tmp_path)
     text = (tmp_path / "decoding.md").read_text()
     assert (tmp_path / "decoding.png").exists() and "| toy | 2 |" in text and "| bf16 pydocs | 16 | 16 / 16 |" in text
+
+
+def test_the_bench_gemma_section_runs_every_mode(source, accelerated, tmp_path, monkeypatch, capsys):
+    """``vqlogits bench --gemma FOLDER``'s section, with the tiny model standing in for Gemma-3."""
+    from vqlogits import load_pretrained
+    from vqlogits.bench import decode
+    from vqlogits.bench.config import BenchConfig
+    from vqlogits.heads import QuantizedHead
+    from vqlogits.studies import gemma_decoding as G
+
+    def tiny_load(folder, cache):
+        fast, fast16 = load_pretrained(folder), load_pretrained(folder).to(torch.bfloat16)
+        W = fast.get_output_embeddings().weight.detach()
+        quantized = {b: QuantizedHead.from_weight(W, b, 16, method="rtn") for b in (8, 4)}
+        return {"source": folder, "modes": G.runners(fast, fast16, quantized)}
+
+    monkeypatch.setattr(G, "load", tiny_load)
+    monkeypatch.setattr(G, "prompts_of", lambda corpus, src, cache: torch.randint(3, 300, (16, 5)))
+    cfg = BenchConfig(gemma_folder=str(accelerated), gemma_batches=(1, 2), decode_steps=4, repeats=3, device="cpu")
+    rows = decode.bench_gemma(cfg, type("Bar", (), {"set_description": print, "update": print})())
+    assert [(r["domain"], r["batch"]) for r in rows] == [("pydocs", 1), ("pydocs", 2), ("devdocs", 1), ("devdocs", 2)]
+    assert all(r["verified agreement"] == 1.0 and r["verified bf16 tok/s"] > 0 for r in rows)
+    text = decode.gemma_markdown(rows, {"threads": 1, "torch": "x"})
+    assert "Real Gemma-3-270M" in text and "| devdocs | 2 |" in text
+    with pytest.raises(ValueError, match="device='cuda'"):
+        decode.bench_gemma(BenchConfig(gemma_folder="x", device="cuda"), None)
+    from vqlogits.cli import main
+
+    assert main(["bench", "--quick", "--gemma", str(accelerated), "--out", str(tmp_path / "b")]) == 2
+    assert "--gemma is part of the decode measurements" in capsys.readouterr().err

@@ -22,6 +22,9 @@ class BenchConfig:
     indexed_models: tuple = ("gemma-3-270m", "llama-3.2-1b")  # IndexedHead decode at published shapes (random weights)
     verified: bool = True  # verified decoding of a SmolLM2-shaped model with a synthetic head
     verified_agreement: float = 0.9993  # the synthetic head's draft agreement: SmolLM2's at K / 8 (docs/PRETRAINED.md)
+    gemma_folder: str = ""  # an accelerated Gemma-3-270M folder: every decoding mode on the real model (CPU)
+    gemma_batches: tuple = (1, 4, 16)
+    cache: str = ""  # the data cache (default: the user cache) for the Gemma section's model and prompts
     repeats: int = 10
     warmup: int = 2
     max_tflop: float = 3.0  # skip a dense measurement above this many TFLOP per call (CPU time)

@@ -1,5 +1,6 @@
 """``vqlogits bench``'s decode part: greedy tokens/s with a KV cache and head time, dense against
-the compact heads (SmolLM2's shape) and against ``IndexedHead`` at larger published shapes."""
+the compact heads (SmolLM2's shape), against ``IndexedHead`` at larger published shapes, and, given
+an accelerated Gemma-3-270M folder (``--gemma``), every decoding mode on the real model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files import USER_CACHE
 from ..heads import DenseHead, IndexedHead, VQLogitsHead
-from ..studies import accelerate, verified
+from ..studies import accelerate, gemma_decoding, verified
 from ..timing import decode_tokens_per_s, median_seconds
 from .config import BenchConfig
 from .format import seconds as _fmt_s
@@ -185,6 +187,35 @@ def verified_markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(out)
 
 
+def bench_gemma(cfg: BenchConfig, bar) -> list[dict]:
+    """Real Gemma-3-270M from an accelerated folder (``vqlogits bench --gemma FOLDER``): every mode
+    of ``studies.gemma_decoding`` (dense, head cast, q8 / q4, approximate, verified, in fp32 and
+    bf16), taking turns, at ``cfg.gemma_batches`` on pydocs and devdocs test prompts, on the CPU."""
+    if not cfg.gemma_folder:
+        return []
+    if torch.device(cfg.device).type != "cpu":
+        raise ValueError(f"--gemma measures decoding on the CPU (the screens' kernels), got device={cfg.device!r}")
+    cache = cfg.cache or USER_CACHE
+    run = gemma_decoding.load(cfg.gemma_folder, cache)
+    rows = []
+    for corpus in ("pydocs", "devdocs"):
+        prompts = gemma_decoding.prompts_of(corpus, run["source"], cache)
+        for b in cfg.gemma_batches:
+            bar.set_description(f"gemma {corpus} batch={b}")
+            row = gemma_decoding.compare(run["modes"], prompts[:b], cfg.decode_steps, max(1, cfg.repeats // 3))
+            rows.append({"domain": corpus, **row})
+            bar.update(1)
+    return rows
+
+
+def gemma_markdown(rows: list[dict], env: dict) -> str:
+    table = gemma_decoding.markdown({"environment": env, "rows": rows, "sweep": []}).split("\n", 1)[1]
+    return (
+        "\n### Real Gemma-3-270M, every greedy decoding mode (tokens/s × dense of the same dtype; head ms/token)\n"
+        + table
+    )
+
+
 @dataclass(frozen=True)
 class Section:
     """A part of ``vqlogits bench`` beyond logits and loss: how it measures, renders and counts its rows."""
@@ -204,4 +235,5 @@ SECTIONS = {
         verified_markdown,
         lambda cfg: int(cfg.verified),
     ),
+    "gemma": Section(bench_gemma, gemma_markdown, lambda cfg: 2 * len(cfg.gemma_batches) * bool(cfg.gemma_folder)),
 }

@@ -279,6 +279,13 @@ def _bench(sub) -> None:
         "(quantized.md / json in --out; MODEL: smollm2 if omitted, or an HF folder)",
     )
     p.add_argument("--corpus", default="pydocs", help="--quantized: hidden states from this corpus (default: pydocs)")
+    p.add_argument(
+        "--gemma",
+        metavar="FOLDER",
+        default=None,
+        help="the decode part also measures real Gemma-3-270M from FOLDER (vqlogits accelerate --model gemma3): "
+        "dense, head cast, q8 / q4, approximate and verified decoding in fp32 and bf16, batch 1, 4 and 16, on the CPU",
+    )
     cache_option(p)
 
 

@@ -216,7 +216,12 @@ def _bench(args):
 
     kw = dict(QUICK) if args.quick else {}
     given = {"out": args.out, "device": args.device, "max_tflop": args.max_tflop, "repeats": args.repeats}
+    given.update(gemma_folder=args.gemma, cache=str(args.cache) if args.gemma else None)
     kw.update({k: v for k, v in given.items() if v is not None})
+    if args.quick and args.gemma:
+        raise ValueError(
+            f"--gemma is part of the decode measurements, which --quick leaves out; got --gemma {args.gemma}"
+        )
     sections = {}
     if not args.quick:  # decoding runs causal LMs through transformers: --quick stays without it
         from ..bench.decode import SECTIONS as sections

@@ -196,6 +196,30 @@ def _references(original, model16, new: int, eos: list[int]) -> dict:
     return {"fp32": fp32, "bf16": bf16}
 
 
+def load(folder: str | Path, cache: str | Path = USER_CACHE) -> dict:
+    """The accelerated ``folder`` in fp32 and cast to bf16, the original, the q8 / q4 heads of its
+    rows, the modes (``runners``), the tokenizer's folder and the end-of-sequence ids."""
+    model, (original, source) = load_pretrained(folder), load_causal_lm("gemma3", cache)
+    model16 = load_pretrained(folder).to(torch.bfloat16)
+    W = model.get_output_embeddings().weight.detach().clone()
+    quantized = {b: QuantizedHead.from_weight(W, b, 32, method="rtn").eval() for b in (8, 4)}
+    eos = original.generation_config.eos_token_id
+    return {
+        "model": model,
+        "model16": model16,
+        "original": original,
+        "source": source,
+        "modes": runners(model, model16, quantized),
+        "eos": list(eos) if isinstance(eos, list) else [eos],
+    }
+
+
+def prompts_of(corpus: str, source: Path, cache: str | Path) -> torch.Tensor:
+    """64 prompts of 32 tokens from ``corpus``'s test split, (64, 32)."""
+    splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
+    return torch.cat(eval_windows(splits["test"], 32, 64 * 32, batch=64))[:, :32]
+
+
 def measure(
     folder: str | Path,
     out: str | Path = "docs/pretrained/gemma",
@@ -207,25 +231,19 @@ def measure(
     """The folder ``vqlogits accelerate --model gemma3`` wrote, at batch 1, 4 and 16 on 32-token
     prompts of the pydocs and devdocs test splits; the identity checks; the probe sweep."""
     torch.manual_seed(0)
-    model, (original, source) = load_pretrained(folder), load_causal_lm("gemma3", cache)
-    model16 = load_pretrained(folder).to(torch.bfloat16)
-    W = model.get_output_embeddings().weight.detach().clone()
-    quantized = {b: QuantizedHead.from_weight(W, b, 32, method="rtn").eval() for b in (8, 4)}
-    modes = runners(model, model16, quantized)
-    eos = original.generation_config.eos_token_id
-    eos = list(eos) if isinstance(eos, list) else [eos]
-    references = _references(original, model16, new, eos)
+    run = load(folder, cache)
+    references = _references(run["original"], run["model16"], new, run["eos"])
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "folder": str(folder)}
     results = {"environment": env, "rows": [], "sweep": []}
     for corpus in ("pydocs", "devdocs"):
-        splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
-        prompts = torch.cat(eval_windows(splits["test"], 32, 64 * 32, batch=64))[:, :32]  # (64, 32)
+        prompts = prompts_of(corpus, run["source"], cache)
         for b in (1, 4, 16):
-            results["rows"].append({"domain": corpus, **compare(modes, prompts[:b], new, repeats)})
+            results["rows"].append({"domain": corpus, **compare(run["modes"], prompts[:b], new, repeats)})
             save(results, out)
-        results["sweep"] += [{"domain": corpus, **r} for r in probe_sweep(model, prompts[:1], new, repeats)]
-        for dtype, fast in (("fp32", model), ("bf16", model16)):
-            env[f"identity {dtype} {corpus}"] = identity(fast, references[dtype], prompts[:identity_prompts], new, eos)
+        results["sweep"] += [{"domain": corpus, **r} for r in probe_sweep(run["model"], prompts[:1], new, repeats)]
+        for dtype, fast in (("fp32", run["model"]), ("bf16", run["model16"])):
+            got = identity(fast, references[dtype], prompts[:identity_prompts], new, run["eos"])
+            env[f"identity {dtype} {corpus}"] = got
             save(results, out)
     env["peak RSS GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     save(results, out)
