@@ -135,3 +135,19 @@ def test_token_cache_is_keyed_by_the_tokenizer_file_contents(wikitext_dir, tmp_p
     ids_b, tok_b, _ = tokenize_corpus(corpus, str(b), cache)
     assert tok_b.get_vocab_size() == tok_large.get_vocab_size()
     assert ids_b["test"].shape == large["test"].shape and (ids_b["test"] == large["test"]).all()
+
+
+def test_eval_windows_score_every_target_once():
+    """Full windows, then one shorter window for the targets left: the targets are data[1:] (or
+    its first max_tokens), each once, in order."""
+    import numpy as np
+    import torch
+
+    from vqlogits.data.corpora import eval_windows
+
+    data = np.arange(1000)  # 999 targets: 15 windows of 64, then 39
+    for max_tokens, shapes in ((10**6, [(15, 65), (1, 40)]), (100, [(1, 65), (1, 37)])):
+        ws = eval_windows(data, 64, max_tokens, batch=16)
+        assert [tuple(w.shape) for w in ws] == shapes
+        targets = torch.cat([w[:, 1:].reshape(-1) for w in ws])
+        assert torch.equal(targets, torch.arange(1, 1 + min(999, max_tokens)))

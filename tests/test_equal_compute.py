@@ -80,14 +80,14 @@ class ConstantHead(torch.nn.Module):
 
 
 def test_bits_per_byte_by_hand():
-    # 2 windows of 4 targets over ids 0..9; token i stands for i bytes; uniform over V = 16.
+    # 2 windows of 4 targets and one of 1 over ids 0..9; token i stands for i bytes; uniform over V = 16.
     model = GPT(ModelConfig(16, 1, 1, 8, 4))
     model.head = ConstantHead(16)
-    data = np.arange(10, dtype=np.int64)  # targets: ids 1..8 (the first token never is one)
+    data = np.arange(10, dtype=np.int64)  # targets: ids 1..9 (the first token never is one)
     r = evaluate_split(model, data, 100, byte_lengths=np.arange(16))
-    assert r["tokens"] == 8 and r["bytes"] == sum(range(1, 9)) == 36
-    assert r["nats"] == pytest.approx(8 * math.log(16))
-    assert r["bpb"] == pytest.approx(8 * 4 / 36)  # 4 bits per token, 36 bytes
+    assert r["tokens"] == 9 and r["bytes"] == sum(range(1, 10)) == 45
+    assert r["nats"] == pytest.approx(9 * math.log(16))
+    assert r["bpb"] == pytest.approx(9 * 4 / 45)  # 4 bits per token, 45 bytes
     assert r["ppl"] == pytest.approx(16)
 
 

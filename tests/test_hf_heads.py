@@ -81,7 +81,7 @@ def test_generic_distillation_loss_equals_its_naive_form():
 
 
 @pytest.mark.parametrize("name", ["vq", "hybrid-twolevel"])
-def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
+def test_stage1_learns_the_map(setup, tmp_path, name):
     source, corpus, cache = setup
     out = compress(
         model=str(source),
@@ -111,5 +111,3 @@ def test_stage1_learns_the_map_and_resumes(setup, tmp_path, name):
     if name == "hybrid-twolevel":
         frequent = after.assignment < after.n_frequent
         assert torch.equal(frequent, before < after.n_frequent)  # frequent tokens keep their own codes
-    ckpt = torch.load(out / "calib_stage1.pt", weights_only=True)
-    assert ckpt["learner"] is not None and ckpt["learner"]["calls"] == stage["steps"]

@@ -140,10 +140,34 @@ def test_dtype_tied_teacher_file_modes_and_the_summary(source, tmp_path, capsys)
     code, out, _ = cli(
         capsys, "compress", "--model", source, "--codebook-size", 8, "--out", tmp_path / "a", "--dtype", "float16"
     )
+    folder = tmp_path / "a"
+    from vqlogits.hf.folder import describe
+
+    info = describe(folder)  # the human summary: sizes, labelled shares, where the teacher is
+    assert code == 0 and out.startswith(f"{folder}: vq head (codebook size 8); V = 300, d = 32, weights in float16")
+    assert f"head parameters: {8 * 32 + 300:,}, {(8 * 32 + 300) / (300 * 32):.1%} of the dense head's 9,600" in out
+    assert f"head bytes as stored: {info['head_bytes'] / 1e6:,.1f} MB, {info['head_byte_share']:.1%} of" in out
+    assert "teacher (the original head, for calibrate and eval): model.safetensors: model.embed_tokens.weight" in out
+    code, out, _ = cli(
+        capsys,
+        "compress",
+        "--model",
+        source,
+        "--codebook-size",
+        8,
+        "--out",
+        folder,
+        "--overwrite",
+        "--dtype",
+        "float16",
+        "--json",
+    )
     summary = json.loads(out)
     assert code == 0 and summary["head"] == "vq" and summary["codebook_size"] == 8 and summary["dtype"] == "float16"
-    assert summary["head_params"] == 8 * 32 + 300 and summary["teacher"] == "model.embed_tokens.weight"  # tied
-    folder = tmp_path / "a"
+    assert summary["head_params"] == 8 * 32 + 300 and summary["head_param_share"] == (8 * 32 + 300) / 9600
+    assert summary["head_bytes"] < summary["dense_head_bytes"] and summary["teacher"].endswith(
+        "(the tied input embedding)"
+    )
     assert not (folder / "dense_head.safetensors").exists()  # the tied teacher is not written twice
     with safetensors.safe_open(folder / "model.safetensors", "pt") as f:
         assert f.get_tensor("lm_head.codebook").dtype == torch.float16
@@ -310,3 +334,54 @@ def test_the_profiler_prints_nothing(capfd):
 
     assert peak_bytes(lambda: torch.ones(100, 100) + 1) > 0
     assert "profiler" not in capfd.readouterr().err
+
+
+# ---- calibrate keeps its promises ---------------------------------------------------------------
+
+
+def test_calibrate_resumes_exactly_refuses_other_options_and_leaves_nothing(
+    source, corpus, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C mid-stage (the step under way finishes, then the checkpoint): the rerun resumes at that
+    step and ends with exactly the uninterrupted run's head; other options are refused while it
+    is unfinished; the finished run leaves no checkpoint, and a rerun is a new, recorded calibration;
+    a budget the caching uses up is refused before any step."""
+    import signal
+
+    from vqlogits.hf import calibrate as C
+
+    cache = tmp_path / "cache"
+    args = ["--corpus", corpus, "--max-steps", 12, "--hidden-tokens", 1024, "--block", 32, "--reassign-every", 5]
+    args += ["--cache", cache]  # the map moves at steps 5 and 10: the resumed run needs the learner's state too
+    whole = compress(model=str(source), codebook_size=8, out=tmp_path / "whole")
+    assert cli(capsys, "calibrate", whole, *args, "--stages", "1")[0] == 0
+    cut = compress(model=str(source), codebook_size=8, out=tmp_path / "cut")
+    source_vq = compress(model=str(source), codebook_size=8, out=tmp_path / "uncalibrated")
+    real, calls = C.distill_loss, []
+
+    def ctrl_c_at_step_7(*a, **k):
+        calls.append(1)
+        if len(calls) == 7:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(C, "distill_loss", ctrl_c_at_step_7)
+    code, _, err = cli(capsys, "calibrate", cut, *args, "--stages", "1")
+    assert code == 130 and "interrupted; rerun the same command to resume" in err
+    assert torch.load(cut / "calib_stage1.pt", weights_only=True)["step"] == 7  # the whole step 7, no more
+    code, _, err = cli(capsys, "calibrate", cut, *args, "--stages", "1", "--kl-weight", 0.5)
+    assert code == 2 and "interrupted calibration with other options (kl_weight 1.0 -> 0.5)" in err
+    monkeypatch.setattr(C, "distill_loss", real)
+    code, out, _ = cli(capsys, "calibrate", cut, *args, "--stages", "1")
+    assert code == 0 and "stage 1: 12 steps" in out
+    a, b = load_pretrained(whole).get_output_embeddings(), load_pretrained(cut).get_output_embeddings()
+    assert torch.equal(a.codebook, b.codebook) and torch.equal(a.bias, b.bias)  # exactly the uninterrupted run
+    assert torch.equal(a.assignment, b.assignment) and not torch.equal(
+        a.assignment, load_pretrained(source_vq).get_output_embeddings().assignment
+    )
+    assert sorted(p.name for p in cut.iterdir() if p.name.startswith("calib")) == []
+    code, out, _ = cli(capsys, "calibrate", cut, *args, "--stages", "1", "--max-steps", 3, "--json")
+    history = json.loads((cut / "vqlogits.json").read_text())["calibration"]
+    assert json.loads(out)["stages"]["1"]["steps"] == 3 and [r["stages"]["1"]["steps"] for r in history] == [12, 3]
+    code, _, err = cli(capsys, "calibrate", cut, *args[:-2], "--cache", tmp_path / "fresh", "--budget-minutes", 1e-4)
+    assert code == 2 and "went to caching 1,024 hidden states" in err and "rerun with a larger --budget-minutes" in err

@@ -10,9 +10,9 @@ import torch
 
 from conftest import train_until_crash
 from vqlogits.cli import main
-from vqlogits.data.corpora import load_corpus
+from vqlogits.data.corpora import load_corpus, tokenize_corpus
 from vqlogits.lm import train as train_mod
-from vqlogits.lm.experiments import evaluate, sweep
+from vqlogits.lm.experiments import evaluate, load_model, sweep
 from vqlogits.lm.train import TrainConfig, train
 from vqlogits.studies.report import write_report
 
@@ -159,6 +159,13 @@ def test_sweep_report_and_cli(base, tmp_path, capsys, json_never_in_place):
     r = evaluate(tmp_path / "sweep" / "vq32-random-s0")
     assert r["val_ppl"] == json.loads((tmp_path / "sweep" / "vq32-random-s0" / "results.json").read_text())["val_ppl"]
     assert main(["eval", str(tmp_path / "sweep" / "dense-s0")]) == 0
+    # Every target token of a split is scored, the partial last window's too: the whole test split.
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "sweep" / "dense-s0"), "--max-tokens", "1000000"]) == 0
+    scored = json.loads(capsys.readouterr().out)["eval"]["test"]["tokens"]
+    test = tokenize_corpus(base.corpus, base.tokenizer, base.cache, splits=("test",))[0]["test"]
+    block = load_model(tmp_path / "sweep" / "dense-s0")[0].cfg.block_size
+    assert scored == len(test) - 1 and scored % block != 0  # a window cut short at the end
     assert (
         main(
             [

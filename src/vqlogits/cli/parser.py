@@ -65,6 +65,7 @@ def _compress(sub) -> None:
         "vqlogits compress --model smollm2 --head hybrid-twolevel --head-budget 0.085 --out runs/smol-ht",
     )
     add_config_options(p, CompressConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a short summary")
 
 
 def _accelerate(sub) -> None:
@@ -77,6 +78,7 @@ def _accelerate(sub) -> None:
         "vqlogits accelerate --model smollm2 --clusters 1024 --out runs/smol-indexed",
     )
     add_config_options(p, AccelerateConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a short summary")
 
 
 def _calibrate(sub) -> None:
@@ -89,6 +91,7 @@ def _calibrate(sub) -> None:
         "vqlogits calibrate runs/smol-vq4096 --corpus pydocs --budget-minutes 10",
     )
     add_config_options(p, CalibrateConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a short summary")
 
 
 def _generate(sub) -> None:

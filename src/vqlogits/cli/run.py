@@ -13,6 +13,7 @@ from pathlib import Path
 from ..files import USER_CACHE
 from .options import boolean, config_from
 from .parser import build_parser
+from .summaries import calibration_summary, folder_summary
 
 
 def _train_config(args):
@@ -24,6 +25,14 @@ def _train_config(args):
 def _print(result: dict) -> None:
     bulky = ("history", "config", "model_config", "code_sizes", "code_usage")
     print(json.dumps({k: v for k, v in result.items() if k not in bulky}, indent=1))
+
+
+def _summary(args, result: dict, human) -> None:
+    """``human(result)``, or with ``--json`` the result itself."""
+    if args.json:
+        _print(result)
+    else:
+        print(human(result))
 
 
 def _ignored(args, names: dict, why: str) -> None:
@@ -68,7 +77,7 @@ def _compress(args):
     from ..hf.config import CompressConfig
     from ..hf.folder import describe
 
-    _print(describe(compress(config_from(args, CompressConfig))))
+    _summary(args, describe(compress(config_from(args, CompressConfig))), folder_summary)
 
 
 def _accelerate(args):
@@ -76,14 +85,15 @@ def _accelerate(args):
     from ..hf.config import AccelerateConfig
     from ..hf.folder import describe
 
-    _print(describe(accelerate(config_from(args, AccelerateConfig))))
+    _summary(args, describe(accelerate(config_from(args, AccelerateConfig))), folder_summary)
 
 
 def _calibrate(args):
     from ..hf.calibrate import calibrate
     from ..hf.config import CalibrateConfig
 
-    _print(calibrate(config_from(args, CalibrateConfig)))
+    cfg = config_from(args, CalibrateConfig)
+    _summary(args, calibrate(cfg), lambda summary: calibration_summary(cfg.folder, summary))
 
 
 def _generate(args):

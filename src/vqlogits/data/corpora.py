@@ -288,16 +288,16 @@ def get_batch(data: np.ndarray, step: int, seed: int, batch: int, block: int, ra
 
 def eval_windows(data, block: int, max_tokens: int, batch: int = 16) -> list[torch.Tensor]:
     """Consecutive windows of ``block + 1`` tokens from the start of ``data``, batched (B, block + 1),
-    with at most ``max_tokens`` targets in all. Every evaluation reads the same tokens."""
-    n = max(1, min((len(data) - 1) // block, max_tokens // block))
-    return [
-        torch.from_numpy(
-            np.stack(
-                [
-                    np.asarray(data[s : s + block + 1], dtype=np.int64)
-                    for s in range(i * block, min(n, i + batch) * block, block)
-                ]
-            )
-        )
+    then one shorter window (1, r + 1) for the r targets left: every target up to ``max_tokens`` is
+    scored once (the split's first token is never a target), so two tokenizers score the same text.
+    Every evaluation reads the same tokens."""
+    n, r = divmod(max(1, min(len(data) - 1, max_tokens)), block)
+
+    def window(start: int, targets: int) -> np.ndarray:
+        return np.asarray(data[start : start + targets + 1], dtype=np.int64)
+
+    full = [
+        torch.from_numpy(np.stack([window(s, block) for s in range(i * block, min(n, i + batch) * block, block)]))
         for i in range(0, n, batch)
     ]
+    return full + ([torch.from_numpy(window(n * block, r))[None]] if r else [])

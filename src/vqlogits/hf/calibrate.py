@@ -14,8 +14,13 @@ fine-tunes every weight instead.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import signal
+import threading
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from .folder import check_not_gguf, dense_head_weight, keep_teacher, load_pretra
 from .hidden import cached_hidden_states
 
 STAGE1_ROWS = 512  # hidden states per stage-1 step
+RUN_FILE = "calib_run.json"  # an unfinished calibration's id and options: its checkpoints belong to it
 
 
 def distill_loss(
@@ -66,6 +72,27 @@ def _blocks(model):
     return blocks, norm
 
 
+@contextlib.contextmanager
+def _interrupt_between_steps():
+    """A Ctrl-C ends the step under way first (a list that gets an entry when it comes): the
+    checkpoint then holds a whole step. A second Ctrl-C interrupts at once."""
+    got: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum, frame):
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 class _Stage:
     """One stage's progress (step, seconds spent, losses), resumable from its checkpoint ``ckpt``
     holding ``module``'s and ``opt``'s state (and ``learner``'s, the map's statistics)."""
@@ -76,10 +103,12 @@ class _Stage:
         saved = load_checkpoint(ckpt)
         if saved is not None:
             module.load_state_dict(saved["module"])
-            opt.load_state_dict(saved["opt"])
+            if saved["opt"] is not None:  # a finished stage keeps the module alone
+                opt.load_state_dict(saved["opt"])
             if learner is not None and saved.get("learner"):
                 learner.load_state_dict(saved["learner"])
             self.step, self.elapsed, self.losses = saved["step"], saved["elapsed"], saved["losses"]
+        self.finished = bool(saved and saved.get("finished"))
 
     def snapshot(self) -> dict:
         return {
@@ -93,22 +122,28 @@ class _Stage:
 
     def run(self, desc: str, seconds: float, max_steps: int, step_fn, save_every: int) -> None:
         """Call ``step_fn(step) -> loss`` until ``seconds`` of this stage are spent or, with
-        ``max_steps`` > 0, that many steps are done (resumed time and steps count). The finished
-        stage keeps one checkpoint: its ``.prev`` copy goes."""
+        ``max_steps`` > 0, that many steps are done (resumed time and steps count). A finished
+        stage keeps a checkpoint of its module alone, until ``calibrate`` saves the folder."""
+        if self.finished:
+            return
         total = round(seconds)
         bar = tqdm(total=total, initial=min(round(self.elapsed), total), desc=desc, unit="s", mininterval=1.0)
-        while self.elapsed < seconds and not (max_steps and self.step >= max_steps):
-            t0 = time.perf_counter()
-            loss = step_fn(self.step)
-            self.step += 1
-            self.elapsed += time.perf_counter() - t0
-            self.losses.append(loss)
-            bar.n = min(round(self.elapsed), total)
-            bar.set_postfix(step=self.step, loss=f"{loss:.3f}")
-            if self.step % save_every == 0:
-                save_checkpoint(self.snapshot(), self.ckpt)
+        with _interrupt_between_steps() as interrupted:
+            while self.elapsed < seconds and not (max_steps and self.step >= max_steps):
+                t0 = time.perf_counter()
+                loss = step_fn(self.step)
+                self.step += 1
+                self.elapsed += time.perf_counter() - t0
+                self.losses.append(loss)
+                bar.n = min(round(self.elapsed), total)
+                bar.set_postfix(step=self.step, loss=f"{loss:.3f}")
+                if interrupted or self.step % save_every == 0:
+                    save_checkpoint(self.snapshot(), self.ckpt)
+                if interrupted:
+                    bar.close()
+                    raise KeyboardInterrupt
         bar.close()
-        save_checkpoint(self.snapshot(), self.ckpt)
+        save_checkpoint({**self.snapshot(), "opt": None, "learner": None, "finished": True}, self.ckpt)
         previous(self.ckpt).unlink(missing_ok=True)
 
     def summary(self) -> dict:
@@ -135,7 +170,14 @@ def head_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds:
     every = cfg.reassign_every
     learner = MapLearner(head, cfg.reassign_frac, seed=cfg.seed) if every and isinstance(head, LEARNABLE) else None
     stage = _Stage(folder / "calib_stage1.pt", head, opt, learner)
-    stage.elapsed += caching_s  # the budget covers the caching (or the cache's reading)
+    if not stage.finished:
+        stage.elapsed += caching_s  # the budget covers the caching (or the cache's reading)
+    if stage.elapsed >= seconds and stage.step == 0:
+        raise ValueError(
+            f"stage 1's budget ({seconds:.0f} s of --budget-minutes {cfg.budget_minutes:g}) went to caching"
+            f" {H.shape[0]:,} hidden states ({caching_s:.0f} s), leaving no step; they are cached now, so rerun with"
+            " a larger --budget-minutes (or fewer --hidden-tokens)"
+        )
     moved = []
 
     def step(i: int) -> float:
@@ -205,13 +247,52 @@ def model_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds
     }
 
 
+def _begin(folder: Path, cfg: CalibrateConfig) -> str:
+    """This calibration's id: the interrupted one's when ``RUN_FILE`` holds these options (its
+    checkpoints resume it), else a new one. Other options than those of an interrupted run with
+    checkpoints are refused."""
+    path, options = folder / RUN_FILE, {k: v for k, v in asdict(cfg).items() if k != "cache"}
+    if path.exists() and any(folder.glob("calib_stage*.pt")):  # without checkpoints there is nothing to resume
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k: (saved["options"].get(k), v) for k, v in options.items() if saved["options"].get(k) != v}
+        if changed:
+            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{folder} holds an interrupted calibration with other options ({diff}): rerun it with its own options"
+                f" to finish it, or delete {RUN_FILE} and calib_stage*.pt there to start over"
+            )
+        return saved["id"]
+    run = uuid.uuid4().hex
+    write_json(path, {"id": run, "options": options})
+    return run
+
+
+def _finish(folder: Path, run: str, record: dict, backbone: bool) -> None:
+    """Record the calibration (once: a rerun after a kill here does not add it twice), then remove
+    what only a resume needed."""
+    meta = read_meta(folder)
+    history = meta.setdefault("calibration", [])
+    if not history or history[-1].get("run") != run:
+        history.append({**record, "run": run})
+    meta["calibrated_backbone"] = meta.get("calibrated_backbone", False) or backbone
+    write_json(folder / "vqlogits.json", meta)  # the folder does not load without it
+    for path in (*folder.glob("calib_stage*.pt*"), folder / RUN_FILE):
+        path.unlink(missing_ok=True)
+
+
 def calibrate(cfg: CalibrateConfig | None = None, /, **options) -> dict:
     """Run the chosen stages ("1", "2" or "12") and save the calibrated model back into ``cfg.folder``.
 
     ``cfg`` (or its fields as keywords). Budget: ``budget_minutes`` of wall time over the stages
     (``stage1_share`` of it to stage 1 when both run), including the caching of stage 1's hidden
-    states; ``max_steps`` > 0 also stops each stage after that many steps (a budget that does not
+    states (a budget that the caching uses up is refused before any step, the states kept for the
+    rerun); ``max_steps`` > 0 also stops each stage after that many steps (a budget that does not
     depend on the machine's load).
+
+    Resumable: each stage checkpoints in the folder (``calib_stage*.pt``) and an interrupted run
+    resumes exactly when rerun with the same options (other options are refused). A finished run
+    saves the folder, appends its record to vqlogits.json and removes its checkpoints, so a rerun
+    calibrates again, on top, and is recorded as such.
 
     Stage 1 learns the token -> code map too (``heads.learned_map.MapLearner``, every
     ``reassign_every`` steps, at most ``reassign_frac`` of the seen tokens moving; 0: a fixed map)
@@ -225,6 +306,7 @@ def calibrate(cfg: CalibrateConfig | None = None, /, **options) -> dict:
             f"{folder} is accelerated: an index over the original rows, whose logits are the original's, so there is"
             " nothing to calibrate; calibrate a folder made by `vqlogits compress`"
         )
+    run = _begin(folder, cfg)
     model = load_pretrained(folder)
     dense = dense_head_weight(folder)
     if "2" in cfg.stages and cfg.train_layers == 0:  # the embedding will train: a tied teacher needs its own copy
@@ -244,16 +326,6 @@ def calibrate(cfg: CalibrateConfig | None = None, /, **options) -> dict:
         if name in cfg.stages:
             summary["stages"][name] = stage(cfg, model, dense, splits["train"], shares[name], folder)
     save_pretrained(model, folder)
-    meta = read_meta(folder)
-    meta.setdefault("calibration", []).append(
-        {
-            "corpus": cfg.corpus,
-            "budget_minutes": cfg.budget_minutes,
-            "kl_weight": cfg.kl_weight,
-            **summary,
-            "config": asdict(cfg),
-        }
-    )
-    meta["calibrated_backbone"] = meta.get("calibrated_backbone", False) or "2" in cfg.stages
-    write_json(folder / "vqlogits.json", meta)  # the folder does not load without it
+    record = {"corpus": cfg.corpus, "budget_minutes": cfg.budget_minutes, "kl_weight": cfg.kl_weight, **summary}
+    _finish(folder, run, {**record, "config": asdict(cfg)}, "2" in cfg.stages)
     return summary

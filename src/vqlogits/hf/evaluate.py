@@ -131,7 +131,7 @@ def evaluate_pretrained(
         original, _ = load_causal_lm(meta["source"], cache)
     vq = model.get_output_embeddings()
     result = {"folder": str(folder), "corpus": corpus, "split": split, "head": meta.get("head", "vq")}
-    result["codebook_size"] = getattr(vq, "codebook_size", None)
+    result["codebook_size"] = meta.get("codebook_size")  # as the folder records it (compress prints the same)
     result.update(
         compare_heads(
             model.base_model,

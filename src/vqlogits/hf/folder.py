@@ -303,8 +303,19 @@ def describe(folder: str | Path) -> dict:
         "head_params": params,
         "head_bytes": head_bytes,
         "dense_head_params": V * d,
-        "head_share": params / (V * d),
+        "dense_head_bytes": 4 * V * d,  # the original head in fp32
+        "head_param_share": params / (V * d),
+        "head_byte_share": head_bytes / (4 * V * d),
         "dtype": meta.get("dtype", "float32"),
-        "teacher": meta.get("dense_head"),  # None: the head is the original rows themselves (an index)
+        "teacher": _teacher(folder, meta),
         "file_bytes": files,
     }
+
+
+def _teacher(folder: Path, meta: dict) -> str | None:
+    """Where the original head is kept, as the folder holds it: a file, the tied embedding's key in
+    model.safetensors, or None (an index: the head is the original rows themselves)."""
+    key = meta.get("dense_head")
+    if key is None or key == DENSE_FILE:
+        return DENSE_FILE if (folder / DENSE_FILE).exists() else None
+    return f"model.safetensors: {key} (the tied input embedding)"
