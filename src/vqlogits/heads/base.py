@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import functional as VF
 from .._checks import check_hidden, check_reduction, check_sampling, check_targets
+from ..kernels import first_argmax
 
 
 class FullLogitsMixin:
@@ -21,7 +22,7 @@ class FullLogitsMixin:
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        return self(h).argmax(-1)
+        return first_argmax(self(h))
 
     @torch.no_grad()
     def sample(self, h, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ..functional import sampling_probs
 from ..heads import kind_of
 from ..heads import probes as policy
 from ..heads.speculative import dense_probs, draft_sample, verify_block
+from ..kernels import first_argmax
 from .load import vqlogits_head
 
 MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per token stops falling around here
@@ -144,7 +145,7 @@ def decode_banned(head, hidden, sampling: dict | None, banned: torch.Tensor, gen
     logits = (head.dense_logits(hidden) if hasattr(head, "dense_logits") else head(hidden)).float()
     logits[:, banned] = float("-inf")
     if sampling is None:
-        return logits.argmax(-1)
+        return first_argmax(logits)
     return torch.multinomial(sampling_probs(logits, **sampling), 1, generator=generator).squeeze(1)
 
 

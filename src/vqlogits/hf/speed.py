@@ -11,6 +11,7 @@ from ..data.corpora import tokenize_corpus
 from ..files import USER_CACHE
 from ..heads import KINDS, IndexedHead
 from ..heads import probes as probes_policy
+from ..kernels import first_argmax
 from ..timing import decode_tokens_per_s, median_seconds
 from .evaluate import evaluate_pretrained
 from .folder import dense_head_weight, load_pretrained, read_meta
@@ -37,8 +38,8 @@ def measure_index(
     the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
     each batch size (same run). One row for exact greedy, with its certified fraction and the
     fp32 / fp16 rows it read per token."""
-    dense_top = torch.cat([(c @ weight.T).argmax(-1) for c in h.split(1024)])
-    dense_time = {b: median(lambda b=b: (h[:b] @ weight.T).argmax(-1), repeats) for b in batches}
+    dense_top = torch.cat([first_argmax(c @ weight.T) for c in h.split(1024)])
+    dense_time = {b: median(lambda b=b: first_argmax(h[:b] @ weight.T), repeats) for b in batches}
     rows = []
     for P in [*probes, None]:
         exact = P is None
@@ -105,7 +106,7 @@ def evaluate_folder(
     model, dense = load_pretrained(folder), dense_head_weight(folder)
     speeds = decode_tokens_per_s(
         model,
-        {"dense": lambda h: (h @ dense.T).argmax(-1), "vq": model.get_output_embeddings().greedy},
+        {"dense": lambda h: first_argmax(h @ dense.T), "vq": model.get_output_embeddings().greedy},
         batch=1,
         steps=16,
         repeats=2,

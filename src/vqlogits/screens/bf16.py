@@ -117,7 +117,7 @@ class BF16Screen:
         x = x.float()
         low, x_norm, r_norm, x_max = self._terms(x)
         screen = self._screen(low)  # (n, V) bf16: the screen's only pass over W
-        top = screen.argmax(-1)
+        top_s, top = screen.max(-1)  # the first maximal index, as argmax (3x faster: kernels.first_argmax)
         floor = (x.double() * self._rows(top).double()).sum(-1)  # (n,), exact logits of the screen's picks
         # Below the fp64 value by more than its own rounding (gamma_d^64 |x| |w| < 2^-40 |x| |w|).
         floor = floor - 2.0**-40 * x_norm.squeeze(1).double() * self.w_norm[top].double()
@@ -130,9 +130,13 @@ class BF16Screen:
             bound = x_norm[rows, 0] * e_norm + r_norm[rows, 0] * w_norm + g * x_norm[rows, 0] * low_norm
             return bound_scale * INFLATE * (bound + u_out * s.abs() + slack[rows])
 
-        # A first pass with the largest row norms (no token's bound exceeds it), then each survivor's own.
+        # A first pass with the largest row norms, then each survivor's own. No pass over |S|: with
+        # c the output term's factor, L = max(D0 + c |S_top|, (D0 + c |floor|) / (1 - c)) excludes
+        # safely every token with S < floor - L (S >= 0 has |S| <= S_top; S < 0 has
+        # S + D0 + c |S| = (1 - c) S + D0 < floor).
         every = torch.arange(n)
-        loose = delta(every, *self.maxes_e_w_low, screen.abs().amax(-1).float())
+        d0, c = delta(every, *self.maxes_e_w_low, torch.zeros(n)), bound_scale * INFLATE * u_out
+        loose = torch.maximum(d0 + c * top_s.float().abs(), (d0 + c * floor32.abs()) / (1 - c))
         below = floor32 - loose
         below = (below - below.abs() * 2.0**-7 - TINY).bfloat16()  # rounded to bf16 downward: compared in bf16
         rows, cols = torch.nonzero(screen >= below[:, None], as_tuple=True)

@@ -33,6 +33,7 @@ from ..heads import QuantizedHead
 from ..hf.folder import load_pretrained
 from ..hf.generate import generate
 from ..hf.load import load_causal_lm
+from ..kernels import first_argmax
 from ..screens.bf16 import gamma
 from .verified import _Clock, greedy_loop
 
@@ -95,12 +96,12 @@ def runners(model, model16, quantized: dict) -> dict:
     W, W16 = head.weight.detach().clone(), head16.weight.detach().clone()
     Wc = W.bfloat16()
     return {
-        "dense fp32": _timed_loop(model, lambda h: (h @ W.T).argmax(-1)),
-        "head bf16": _timed_loop(model, lambda h: (h.bfloat16() @ Wc.T).argmax(-1)),
+        "dense fp32": _timed_loop(model, lambda h: first_argmax(h @ W.T)),
+        "head bf16": _timed_loop(model, lambda h: first_argmax(h.bfloat16() @ Wc.T)),
         **{f"q{b} head": _timed_loop(model, q.greedy) for b, q in quantized.items()},
         "approximate": _timed_loop(model, lambda h: head.greedy(h, exact=False)),
         "verified": _timed_generate(model, head),
-        "dense bf16": _timed_loop(model16, lambda h: (h @ W16.T).argmax(-1)),
+        "dense bf16": _timed_loop(model16, lambda h: first_argmax(h @ W16.T)),
         "verified bf16": _timed_generate(model16, head16),
     }
 
@@ -139,7 +140,7 @@ def probe_sweep(model, prompts: torch.Tensor, new: int, repeats: int, fractions=
     """Verified decoding at batch 1 with drafts reading K / f clusters, against dense fp32 in turns."""
     head = model.get_output_embeddings()
     W = head.weight.detach().clone()
-    modes = {"dense fp32": _timed_loop(model, lambda h: (h @ W.T).argmax(-1))}
+    modes = {"dense fp32": _timed_loop(model, lambda h: first_argmax(h @ W.T))}
     modes.update({f"K/{f}": _timed_generate(model, head, draft_probes=head.clusters // f) for f in fractions})
     speeds, stats = {n: [] for n in modes}, {}
     for r in range(repeats + 1):

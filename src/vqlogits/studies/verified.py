@@ -31,6 +31,7 @@ from ..heads import IndexedHead
 from ..hf.generate import generate
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm, use_head
+from ..kernels import first_argmax
 from .accelerate import random_model
 
 SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 64 rows each
@@ -80,7 +81,7 @@ def synthetic_index(W: torch.Tensor, assignment: torch.Tensor, clusters: int, pr
 @torch.no_grad()
 def agreement(W: torch.Tensor, head: IndexedHead, hidden: torch.Tensor) -> float:
     """Top-1 agreement of approximate greedy with dense greedy over the rows of ``hidden``."""
-    return float((head.greedy(hidden, exact=False) == (hidden @ W.T).argmax(-1)).float().mean())
+    return float((head.greedy(hidden, exact=False) == first_argmax(hidden @ W.T)).float().mean())
 
 
 @torch.no_grad()
@@ -105,8 +106,8 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
     (median), plus the verified run's acceptance and every mode's head seconds per token."""
     W_bf16 = W.bfloat16()
     clocks = {
-        "dense fp32": _Clock(lambda h: (h @ W.T).argmax(-1)),
-        "dense bf16": _Clock(lambda h: (h.bfloat16() @ W_bf16.T).argmax(-1)),
+        "dense fp32": _Clock(lambda h: first_argmax(h @ W.T)),
+        "dense bf16": _Clock(lambda h: first_argmax(h.bfloat16() @ W_bf16.T)),
         "approximate": _Clock(lambda h: head.greedy(h, exact=False)),
     }
     use_head(model, head)
