@@ -430,3 +430,19 @@ def test_the_bench_gemma_section_runs_every_mode(source, accelerated, tmp_path, 
 
     assert main(["bench", "--quick", "--gemma", str(accelerated), "--out", str(tmp_path / "b")]) == 2
     assert "--gemma is part of the decode measurements" in capsys.readouterr().err
+
+
+def test_eval_of_an_accelerated_folder_times_generates_path_end_to_end(source, accelerated, capsys):
+    """``vqlogits eval`` on an index: the head alone per mode (neutral keys), and end-to-end decoding
+    through the path ``vqlogits generate`` runs (verified) in turns with the dense head, with a range."""
+    import json
+
+    from vqlogits.cli import main
+
+    _, corpus, cache = source
+    assert main(["eval", str(accelerated), "--corpus", str(corpus), "--max-tokens", "256", "--cache", str(cache)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    exact = next(m for m in r["modes"] if m["mode"] == "exact")
+    assert {"screened_rows_per_token", "head_speedup_b1", "certified"} <= set(exact) and exact["agreement"] == 1.0
+    lo, hi = r["decode_speedup_range"]
+    assert 0 < lo <= r["decode_speedup"] <= hi and r["decode_tok_s"] > 0 and r["decode_setup"]["repeats"] == 5

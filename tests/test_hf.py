@@ -163,7 +163,14 @@ def test_calibrate_and_evaluate(source, corpus, tmp_path):
     after = evaluate_pretrained(out, str(corpus), max_tokens=1024, cache=cache)
     for r in (before, after):
         assert 0 <= r["top1_agreement"] <= 1 and r["kl_original_to_compressed"] >= 0
-        assert r["head_params"] < r["dense_head_params"] and r["vq_tok_s"] > 0
+        assert r["head_params"] < r["dense_head_params"] and r["decode_tok_s"] > 0 and r["dense_decode_tok_s"] > 0
+        lo, hi = r["decode_speedup_range"]  # end to end through generate's path, in turns with dense
+        assert lo <= r["decode_speedup"] <= hi and r["decode_setup"] == {
+            "batch": 1,
+            "prompt": 32,
+            "new": 32,
+            "repeats": 5,
+        }
         lo, hi = r["ppl_ratio_interval95"]  # equal windows: the ratio is exp(mean window gap), inside its interval
         assert lo < r["ppl_compressed"] / r["ppl_original"] < hi
     assert after["ppl_original"] == pytest.approx(before["ppl_original"], rel=1e-6)  # the teacher is the original model

@@ -37,9 +37,9 @@ def median_seconds(
     return statistics.median(times), q[2] - q[0]
 
 
-def median_seconds_in_turns(fns: dict, repeats: int = 21, warmup: int = 1) -> dict:
-    """``name: median wall seconds`` of each ``name: fn()``, the functions taking turns within
-    every repeat (so drift in the machine's speed hits them alike), after ``warmup`` rounds."""
+def seconds_in_turns(fns: dict, repeats: int = 21, warmup: int = 1) -> dict:
+    """``name: [wall seconds of each repeat]`` of each ``name: fn()``, the functions taking turns
+    within every repeat (so drift in the machine's speed hits them alike), after ``warmup`` rounds."""
     times = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
@@ -47,7 +47,12 @@ def median_seconds_in_turns(fns: dict, repeats: int = 21, warmup: int = 1) -> di
             fn()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_seconds_in_turns(fns: dict, repeats: int = 21, warmup: int = 1) -> dict:
+    """``name: median wall seconds`` of ``seconds_in_turns``."""
+    return {name: statistics.median(t) for name, t in seconds_in_turns(fns, repeats, warmup).items()}
 
 
 @torch.no_grad()

@@ -90,6 +90,19 @@ def prefill(backbone, input_ids, cache):
     return _step(backbone, input_ids, cache)
 
 
+@torch.no_grad()
+def greedy_loop(model, ids: torch.Tensor, new: int, pick) -> torch.Tensor:
+    """Cached greedy decoding with ``pick(hidden (B, d)) -> ids (B,)`` as the head, one backbone step
+    a token (dense decoding, as a baseline): (B, T + new)."""
+    cache, out = DynamicCache(), [ids]
+    hidden = prefill(model.base_model, ids, cache)
+    for i in range(new):
+        out.append(pick(hidden)[:, None])
+        if i + 1 < new:
+            hidden = _step(model.base_model, out[-1], cache)
+    return torch.cat(out, 1)
+
+
 def decode_one_token(head, hidden, verified: _Verified | None, sampling: dict | None, generator):
     """The next token of each row, (B,), one backbone step at a time: the dense model's own (exact)
     when decoding verified, else the head's compact greedy or sample (an index's approximate one)."""

@@ -3,18 +3,20 @@ and the measurements of an ``IndexedHead``'s decoding modes (agreement, certific
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
 
-from ..data.corpora import tokenize_corpus
+from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE
 from ..heads import KINDS, IndexedHead
 from ..heads import probes as probes_policy
 from ..kernels import first_argmax
-from ..timing import decode_tokens_per_s, median_seconds
+from ..timing import median_seconds, seconds_in_turns
 from .evaluate import evaluate_pretrained
 from .folder import dense_head_weight, load_pretrained, read_meta
+from .generate import generate, greedy_loop
 from .hidden import hidden_states
 
 TV_ROWS = 512  # hidden states per TV distance: one softmax over V each
@@ -35,21 +37,21 @@ def measure_index(
     repeats: int = 7,
 ) -> list[dict]:
     """For each probe count: top-1 agreement with ``(h @ W.T).argmax``, total-variation distance of
-    the T = 1 sampling distribution to the dense softmax, and head time against the dense head at
-    each batch size (same run). One row for exact greedy, with its certified fraction and the
-    fp32 / fp16 rows it read per token."""
+    the T = 1 sampling distribution to the dense softmax, and the head alone's time against the
+    dense head's at each batch size (same run). One row for exact greedy, with its certified
+    fraction, the rows it read per token in fp32 or fp64, and those a certified screen read."""
     dense_top = torch.cat([first_argmax(c @ weight.T) for c in h.split(1024)])
     dense_time = {b: median(lambda b=b: first_argmax(h[:b] @ weight.T), repeats) for b in batches}
     rows = []
     for P in [*probes, None]:
         exact = P is None
-        picks, certified, fp32_rows, fp16_rows = [], 0, 0, 0
+        picks, certified, fp32_rows, screened_rows = [], 0, 0, 0
         for i in range(h.shape[0]):  # one token at a time, as in batch-1 decoding
             pick, s = head.greedy_stats(h[i : i + 1], exact=exact, probes=P)
             picks.append(pick)
             certified += s["certified"]
             fp32_rows += s["probed_rows"] + s["verified_rows"]
-            fp16_rows += s["screened_rows"]
+            screened_rows += s["screened_rows"]
         agree = float((torch.cat(picks) == dense_top).float().mean())
         first_round = probes_policy.exact_first_round(head.clusters) if exact else P
         row = {
@@ -58,7 +60,7 @@ def measure_index(
             "mode": "exact" if exact else "approximate",
             "agreement": agree,
             "fp32_rows_per_token": fp32_rows / h.shape[0],
-            "fp16_rows_per_token": fp16_rows / h.shape[0],
+            "screened_rows_per_token": screened_rows / h.shape[0],
         }
         if exact:
             row["certified"] = certified / h.shape[0]
@@ -66,7 +68,8 @@ def measure_index(
             row["tv_distance"] = tv_distance(head, weight, h[:tv_rows], P)
         for b in batches:
             t = median(lambda b=b, exact=exact, P=P: head.greedy(h[:b], exact=exact, probes=P), repeats)
-            row[f"head_s_b{b}"], row[f"dense_head_s_b{b}"], row[f"speedup_b{b}"] = t, dense_time[b], dense_time[b] / t
+            row[f"head_s_b{b}"], row[f"dense_head_s_b{b}"] = t, dense_time[b]
+            row[f"head_speedup_b{b}"] = dense_time[b] / t
         rows.append(row)
     return rows
 
@@ -83,6 +86,30 @@ def tv_distance(head: IndexedHead, weight: torch.Tensor, h: torch.Tensor, probes
     return total / h.shape[0]
 
 
+@torch.no_grad()
+def decode_speed(model, dense: torch.Tensor, prompts: torch.Tensor, new: int = 32, repeats: int = 5) -> dict:
+    """End-to-end greedy decoding of ``prompts`` (B, T) through the path ``vqlogits generate`` runs
+    for the model (``hf.generate.generate``: verified for an index, the head's compact greedy
+    otherwise) and through its backbone with the dense head ``dense`` (``h @ W.T`` a step), taking
+    turns ``repeats`` times after a warm-up round: medians and the range of the per-turn ratio."""
+    times = seconds_in_turns(
+        {
+            "model": lambda: generate(model, prompts, new),
+            "dense": lambda: greedy_loop(model, prompts, new, lambda h: first_argmax(h @ dense.T)),
+        },
+        repeats,
+    )
+    ratios = sorted(d / m for d, m in zip(times["dense"], times["model"], strict=True))
+    tokens = prompts.shape[0] * new
+    return {
+        "decode_tok_s": tokens / statistics.median(times["model"]),
+        "dense_decode_tok_s": tokens / statistics.median(times["dense"]),
+        "decode_speedup": statistics.median(ratios),
+        "decode_speedup_range": [ratios[0], ratios[-1]],
+        "decode_setup": {"batch": prompts.shape[0], "prompt": prompts.shape[1], "new": new, "repeats": repeats},
+    }
+
+
 def evaluate_folder(
     folder: str | Path,
     corpus: str = "pydocs",
@@ -90,25 +117,20 @@ def evaluate_folder(
     cache: str | Path = USER_CACHE,
     split: str = "test",
 ) -> dict:
-    """A compressed model: ``evaluate_pretrained`` and greedy tokens/s with its head and with the
-    dense head (``dense_tok_s``, ``vq_tok_s``). An indexed model, whose logits are the original's:
-    top-1 agreement, certification and head speed of each decoding mode (``measure_index``)."""
+    """A compressed model: ``evaluate_pretrained``; an indexed model, whose logits are the
+    original's: top-1 agreement, certification and the head alone's speed of each decoding mode
+    (``measure_index``). Both: end-to-end decoding through ``vqlogits generate``'s path against
+    the dense head (``decode_speed``, batch 1, the split's first 32 tokens as the prompt)."""
     folder = Path(folder)
     meta = read_meta(folder)
+    model = load_pretrained(folder)
+    splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
+    prompt = eval_windows(splits[split], 32, 32, batch=1)[0][:, :32]  # (1, 32)
     if KINDS[meta.get("head", "vq")].index:
-        model = load_pretrained(folder)
-        splits, _, _ = tokenize_corpus(corpus, str(folder / "tokenizer.json"), cache, splits=(split,))
         head = model.get_output_embeddings()
         h = hidden_states(model, splits[split], min(max_tokens, 2048))
         rows = measure_index(head, head.weight, h, [head.probes], batches=(1,), tv_rows=min(256, h.shape[0]))
-        return {"folder": str(folder), "corpus": corpus, "split": split, "tokens": h.shape[0], "modes": rows}
+        result = {"folder": str(folder), "corpus": corpus, "split": split, "tokens": h.shape[0], "modes": rows}
+        return {**result, **decode_speed(model, head.weight, prompt)}
     result = evaluate_pretrained(folder, corpus, max_tokens, cache, split)
-    model, dense = load_pretrained(folder), dense_head_weight(folder)
-    speeds = decode_tokens_per_s(
-        model,
-        {"dense": lambda h: first_argmax(h @ dense.T), "vq": model.get_output_embeddings().greedy},
-        batch=1,
-        steps=16,
-        repeats=2,
-    )
-    return {**result, **{f"{name}_tok_s": v for name, v in speeds.items()}}
+    return {**result, **decode_speed(model, dense_head_weight(folder), prompt)}

@@ -31,11 +31,11 @@ from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE, write_json
 from ..heads import QuantizedHead
 from ..hf.folder import load_pretrained
-from ..hf.generate import generate
+from ..hf.generate import generate, greedy_loop
 from ..hf.load import load_causal_lm
 from ..kernels import first_argmax
 from ..screens.bf16 import gamma
-from .verified import _Clock, greedy_loop
+from .verified import _Clock
 
 FP32_MODES = ("dense fp32", "head bf16", "q8 head", "q4 head", "approximate", "verified")
 BF16_MODES = ("dense bf16", "verified bf16")

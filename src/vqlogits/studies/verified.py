@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE, write_json
 from ..heads import IndexedHead
-from ..hf.generate import generate
+from ..hf.generate import generate, greedy_loop
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm, use_head
 from ..kernels import first_argmax
@@ -48,18 +47,6 @@ class _Clock:
         out = self.fn(*a, **k)
         self.seconds += time.perf_counter() - t0
         return out
-
-
-@torch.no_grad()
-def greedy_loop(model, ids: torch.Tensor, new: int, pick) -> torch.Tensor:
-    """Cached greedy decoding with ``pick(hidden (B, d)) -> ids (B,)`` as the head: (B, T + new)."""
-    cache, out = DynamicCache(), [ids]
-    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
-    for i in range(new):
-        out.append(pick(hidden)[:, None])
-        if i + 1 < new:
-            hidden = model.base_model(input_ids=out[-1], cache=cache, use_cache=True).last_hidden_state[:, -1]
-    return torch.cat(out, 1)
 
 
 def synthetic_weight(V: int, d: int, clusters: int, spread: float, scale: float, seed: int = 0):
