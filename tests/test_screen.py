@@ -105,3 +105,37 @@ def test_bf16_rows_are_their_own_copy():
     row = lambda k: torch.tensor([1 + 2.0**-7] * k + [1.0] * (16 - k))  # noqa: E731
     x, W = torch.ones(1, 16), torch.stack([row(6), row(7)]).bfloat16()
     assert_needs_the_whole_bound(BF16Screen(W), x, W)
+
+
+@pytest.mark.parametrize("V", [100, 4096, 2 * 4096 + 123])
+def test_the_block_passes_equal_full_passes(V):
+    """Block maxima, the first maximal index and the threshold pass, against plain PyTorch over all
+    columns: one block, whole blocks, and a short tail; ties across blocks go to the first."""
+    from vqlogits.screens.bf16 import at_least, block_maxima, first_top
+
+    g = torch.Generator().manual_seed(V)
+    S = torch.randn(5, V, generator=g).bfloat16()
+    S[1, [7, V - 1]] = 9.0  # a tie: the first index wins
+    S[2, V - 1] = 9.0  # the maximum in the last (tail) block
+    maxima = block_maxima(S)
+    assert maxima.shape == (5, -(-V // 4096)) and torch.equal(maxima.max(-1).values, S.max(-1).values)
+    top_s, top = first_top(S, maxima)
+    assert torch.equal(top, S.max(-1).indices) and torch.equal(top_s, S.max(-1).values) and int(top[1]) == 7
+    below = (S.float().max(-1).values - 1.5).bfloat16()
+    rows, cols = at_least(S, maxima, below)
+    want_rows, want_cols = torch.nonzero(S >= below[:, None], as_tuple=True)
+    got = sorted(zip(rows.tolist(), cols.tolist()))
+    assert got == sorted(zip(want_rows.tolist(), want_cols.tolist())) and len(got) > 5
+
+
+def test_exact_across_blocks_and_a_tail():
+    """The screen's argmax over 2 blocks and a tail, with an exact tie across blocks and near-ties."""
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(2 * 4096 + 300, 32, generator=g)
+    W[8000] = W[100] * 1.5  # an exact tie at the top for h along it, in two blocks: 100 wins
+    W[8191] = W[100] * 1.5
+    W[8300] = W[100] * 1.5 * (1 + 1e-7)  # a near-tie in the tail, above them in fp64
+    h = torch.cat([W[[100]] * 2, torch.randn(15, 32, generator=g) * 5])
+    assert torch.equal(BF16Screen(W).argmax(h)[0], truth(h, W))
+    W[8300] = W[100] * 1.5
+    assert int(BF16Screen(W).argmax(h[:1])[0]) == int(truth(h[:1], W)) == 8000
