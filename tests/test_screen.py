@@ -124,8 +124,8 @@ def test_the_block_passes_equal_full_passes(V):
     below = (S.float().max(-1).values - 1.5).bfloat16()
     rows, cols = at_least(S, maxima, below)
     want_rows, want_cols = torch.nonzero(S >= below[:, None], as_tuple=True)
-    got = sorted(zip(rows.tolist(), cols.tolist()))
-    assert got == sorted(zip(want_rows.tolist(), want_cols.tolist())) and len(got) > 5
+    got = sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+    assert got == sorted(zip(want_rows.tolist(), want_cols.tolist(), strict=True)) and len(got) > 5
 
 
 def test_exact_across_blocks_and_a_tail():
