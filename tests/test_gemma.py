@@ -390,8 +390,10 @@ def test_the_gemma_decoding_study_on_a_tiny_gemma(source, accelerated, tmp_path)
     assert row["verified agreement"] == 1.0 and all(row[f"{m} tok/s"] > 0 for m in G.FP32_MODES + G.BF16_MODES)
     references = G._references(original, fast16, 8, [1])
     for dtype, model in (("fp32", fast), ("bf16", fast16)):
-        same = G.identity(model, references[dtype], prompts, 8, [1])
+        same = G.identity(model, references[dtype], prompts, 8, [1], hf=dtype == "fp32")
         assert same["identical_batch1"] == 16 and same["identical_batch16"] == 16, (dtype, same)
+        if dtype == "fp32":  # and through Hugging Face's call
+            assert same["model.generate identical_batch1"] == same["model.generate identical_batch16"] == 16
     results = {
         "environment": {"threads": 1, "torch": "x", "identity bf16 pydocs": same},
         "rows": [{"domain": "toy", **row}],
@@ -399,7 +401,11 @@ def test_the_gemma_decoding_study_on_a_tiny_gemma(source, accelerated, tmp_path)
     results["sweep"] = [{"domain": "toy", **r} for r in G.probe_sweep(fast, prompts[:1], 8, 1, fractions=(8, 4))]
     G.save(results, tmp_path)
     text = (tmp_path / "decoding.md").read_text()
-    assert (tmp_path / "decoding.png").exists() and "| toy | 2 |" in text and "| bf16 pydocs | 16 | 16 / 16 |" in text
+    assert (
+        (tmp_path / "decoding.png").exists()
+        and "| toy | 2 |" in text
+        and "| bf16 pydocs | hf.generate.generate | 16 | 16 / 16 | 16 / 16 |" in text
+    )
 
 
 def test_the_bench_gemma_section_runs_every_mode(source, accelerated, tmp_path, monkeypatch, capsys):

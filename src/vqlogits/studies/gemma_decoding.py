@@ -162,20 +162,30 @@ def probe_sweep(model, prompts: torch.Tensor, new: int, repeats: int, fractions=
 
 
 @torch.no_grad()
-def identity(fast, reference, prompts: torch.Tensor, new: int, eos: list[int]) -> dict:
-    """Verified greedy (``fast``) against ``reference(ids) -> (B, T + new)``, one prompt at a time and
-    in batches of 16; after one of ``eos`` a row holds ``eos[0]``, in both."""
+def identity(fast, reference, prompts: torch.Tensor, new: int, eos: list[int], hf: bool = False) -> dict:
+    """Verified greedy (``fast``, through ``hf.generate.generate``, and with ``hf`` also through
+    ``fast.generate()``, Hugging Face's call) against ``reference(ids) -> (B, T + new)``, one prompt
+    at a time and in batches of 16; after one of ``eos`` a row holds ``eos[0]``, in all."""
+    kw = dict(eos_token_id=eos, pad_token_id=eos[0])
+    paths = {"identical": lambda ids: generate(fast, ids, new, **kw)}
+    if hf:
+        paths["model.generate identical"] = lambda ids: fast.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False, **kw
+        )
 
     def padded(out, ids):
         return torch.nn.functional.pad(out, (0, ids.shape[1] + new - out.shape[1]), value=eos[0])
 
-    def same(ids):
-        ours = generate(fast, ids, new, eos_token_id=eos, pad_token_id=eos[0])
-        return torch.equal(padded(ours, ids), padded(reference(ids), ids))
+    def count(batch: int) -> dict:
+        hits = dict.fromkeys(paths, 0)
+        for i in range(0, prompts.shape[0], batch):
+            ids = prompts[i : i + batch]
+            want = padded(reference(ids), ids)
+            for name, path in paths.items():
+                hits[name] += batch * torch.equal(padded(path(ids), ids), want)
+        return {f"{name}_batch{batch}": n for name, n in hits.items()}
 
-    one = sum(same(p[None]) for p in prompts)
-    sixteen = sum(16 * same(prompts[i : i + 16]) for i in range(0, prompts.shape[0], 16))
-    return {"prompts": prompts.shape[0], "new_tokens": new, "identical_batch1": one, "identical_batch16": sixteen}
+    return {"prompts": prompts.shape[0], "new_tokens": new, **count(1), **count(16)}
 
 
 def _references(original, model16, new: int, eos: list[int]) -> dict:
@@ -243,7 +253,7 @@ def measure(
             save(results, out)
         results["sweep"] += [{"domain": corpus, **r} for r in probe_sweep(run["model"], prompts[:1], new, repeats)]
         for dtype, fast in (("fp32", run["model"]), ("bf16", run["model16"])):
-            got = identity(fast, references[dtype], prompts[:identity_prompts], new, run["eos"])
+            got = identity(fast, references[dtype], prompts[:identity_prompts], new, run["eos"], hf=dtype == "fp32")
             env[f"identity {dtype} {corpus}"] = got
             save(results, out)
     env["peak RSS GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -291,10 +301,16 @@ def markdown(results: dict) -> str:
     ident = {k.removeprefix("identity "): v for k, v in env.items() if k.startswith("identity ")}
     if ident:
         lines += ["\nIdentity (verified tokens equal to the reference's, token for token):\n"]
-        lines += ["| dtype, domain | prompts | batch 1 | batches of 16 |", "|---|---:|---:|---:|"]
+        lines += ["| dtype, domain | path | prompts | batch 1 | batches of 16 |", "|---|---|---:|---:|---:|"]
         for k, v in ident.items():
             n = v["prompts"]
-            lines.append(f"| {k} | {n} | {v['identical_batch1']} / {n} | {v['identical_batch16']} / {n} |")
+            for path, label in (
+                ("identical", "hf.generate.generate"),
+                ("model.generate identical", "model.generate()"),
+            ):
+                if f"{path}_batch1" in v:
+                    cells = f"{v[f'{path}_batch1']} / {n} | {v[f'{path}_batch16']} / {n}"
+                    lines.append(f"| {k} | {label} | {n} | {cells} |")
     if "peak RSS GB" in env:
         lines.append(
             f"\nPeak resident memory of the whole run (every mode's model and head loaded): "
