@@ -29,12 +29,14 @@ import torch
 
 from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE, write_json
-from ..heads import QuantizedHead
+from ..heads import IndexedHead, QuantizedHead
 from ..hf.folder import load_pretrained
 from ..hf.generate import generate, greedy_loop
+from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
 from ..kernels import first_argmax
 from ..screens.bf16 import gamma
+from ..timing import median_seconds
 from .verified import _Clock
 
 FP32_MODES = ("dense fp32", "head bf16", "q8 head", "q4 head", "approximate", "verified")
@@ -261,6 +263,60 @@ def measure(
     return results
 
 
+@torch.no_grad()
+def cluster_sweep(
+    out: str | Path = "docs/pretrained/gemma",
+    cache: str | Path = USER_CACHE,
+    clusters=(2048, 4096, 8192),
+    metric_tokens: int = 16384,
+    test_tokens: int = 4096,
+) -> list[dict]:
+    """K and the drafts' probes for Gemma-3-270M's head: each K's index (``accelerate``'s k-means in
+    the metric of ``metric_tokens`` pydocs train states), then, per probe count, its approximate
+    greedy's agreement with the dense argmax on ``test_tokens`` held-out states of the pydocs and
+    devdocs test splits, one row at a time (a batch-1 draft), and a draft's head time (median of 20)."""
+    model, source = load_causal_lm("gemma3", cache)
+    W = model.get_output_embeddings().weight.detach().float()
+    states = {}
+    for corpus, split, n in (
+        ("pydocs", "train", metric_tokens),
+        ("pydocs", "test", test_tokens),
+        ("devdocs", "test", test_tokens),
+    ):
+        data = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=(split,))[0][split]
+        states[corpus, split] = hidden_states(model, data, n)
+    rows = []
+    for K in clusters:
+        t0 = time.perf_counter()
+        head = IndexedHead.from_weight(W, K, hidden=states["pydocs", "train"], progress=True)
+        build_s = time.perf_counter() - t0
+        for f in (64, 32, 16):
+            row = {"clusters": K, "probes": f"K/{f}", "index build s": build_s}
+            for corpus in ("pydocs", "devdocs"):
+                h = states[corpus, "test"]
+                truth = torch.cat([first_argmax(c @ W.T) for c in h.split(512)])
+                drafts = torch.cat([head.greedy(r[None], exact=False, probes=K // f) for r in h])
+                row[f"{corpus} agreement"] = float((drafts == truth).float().mean())
+            one = states["pydocs", "test"][:1]
+            row["draft ms"] = 1e3 * median_seconds(lambda: head.greedy(one, exact=False, probes=K // f), 20, 3)[0]
+            rows.append(row)
+            write_json(Path(out) / "clusters.json", rows)
+        del head
+    (Path(out) / "clusters.md").write_text(clusters_markdown(rows))
+    return rows
+
+
+def clusters_markdown(rows: list[dict]) -> str:
+    lines = ["| K | draft probes | pydocs agreement | devdocs agreement | draft ms (1 row) | index build s |"]
+    lines.append("|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        lines.append(
+            f"| {r['clusters']:,} | {r['probes']} | {100 * r['pydocs agreement']:.2f}% |"
+            f" {100 * r['devdocs agreement']:.2f}% | {r['draft ms']:.2f} | {r['index build s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     modes = FP32_MODES + BF16_MODES
@@ -354,4 +410,7 @@ def save(results: dict, out: str | Path) -> None:
 if __name__ == "__main__":
     import sys
 
-    measure(*sys.argv[1:3])  # python -m vqlogits.studies.gemma_decoding FOLDER [OUT]
+    if sys.argv[1:2] == ["clusters"]:  # python -m vqlogits.studies.gemma_decoding clusters [OUT]
+        cluster_sweep(*sys.argv[2:3])
+    else:
+        measure(*sys.argv[1:3])  # python -m vqlogits.studies.gemma_decoding FOLDER [OUT]
