@@ -298,7 +298,8 @@ def cluster_sweep(
                 drafts = torch.cat([head.greedy(r[None], exact=False, probes=K // f) for r in h])
                 row[f"{corpus} agreement"] = float((drafts == truth).float().mean())
             one = states["pydocs", "test"][:1]
-            row["draft ms"] = 1e3 * median_seconds(lambda: head.greedy(one, exact=False, probes=K // f), 20, 3)[0]
+            draft = lambda head=head, P=K // f: head.greedy(one, exact=False, probes=P)  # noqa: E731
+            row["draft ms"] = 1e3 * median_seconds(draft, 20, 3)[0]
             rows.append(row)
             write_json(Path(out) / "clusters.json", rows)
         del head
