@@ -275,6 +275,7 @@ def cluster_sweep(
     the metric of ``metric_tokens`` pydocs train states), then, per probe count, its approximate
     greedy's agreement with the dense argmax on ``test_tokens`` held-out states of the pydocs and
     devdocs test splits, one row at a time (a batch-1 draft), and a draft's head time (median of 20)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     model, source = load_causal_lm("gemma3", cache)
     W = model.get_output_embeddings().weight.detach().float()
     states = {}
