@@ -25,7 +25,10 @@ from .load import copy_tokenizer, load_causal_lm, lossless_dtype, use_head
 
 def default_clusters(vocab_size: int) -> int:
     """K of about 48 rows per cluster, a power of 2: 1,024 for SmolLM2's V = 49,152, the K measured
-    in docs/PRETRAINED.md (4,096 for Gemma 3's 262,144, 2,048 for Llama 3's 128,256)."""
+    in docs/PRETRAINED.md (4,096 for Gemma 3's 262,144, 2,048 for Llama 3's 128,256). On Gemma-3-270M
+    (docs/pretrained/gemma/clusters.md) K = 2,048 / 4,096 / 8,192 drafts agree 99.51 / 99.68 /
+    99.73% at K / 32 probes (pydocs) for 3.0 / 3.3 / 3.7 ms, and the k-means takes 108 / 196 / 413 s:
+    4,096 keeps indexing within 5 minutes at nearly 8,192's agreement."""
     return max(1, min(vocab_size, 2 ** round(math.log2(max(1, vocab_size / 48)))))
 
 
