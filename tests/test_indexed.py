@@ -257,3 +257,19 @@ def test_few_rows_screen_with_the_int8_kernel_many_with_bf16(dtype):
         ids, stats = head.exact_argmax(h)
         assert torch.equal(ids, want) and stats["screen"] == screen and int(ids[0]) == 11
         assert torch.equal(head.greedy(h), want)
+
+
+def test_a_bf16_index_drafts_rank_near_ties_in_fp32():
+    """A bf16 model's probe GEMM rounds its logits to bf16: 20.0625 and 20.0 both become 20. The
+    approximate greedy re-ranks its best probed tokens in fp32, so it still picks 20.0625's token."""
+    W = torch.randn(700, 24, generator=torch.Generator().manual_seed(2)) * 0.1
+    W[10], W[600] = 0.0, 0.0
+    W[10, 0] = W[600, 0] = 20.0
+    W[600, 1] = 0.0625
+    head = IndexedHead.from_weight(W, 32).to(torch.bfloat16)
+    h = torch.zeros(1, 24)
+    h[0, :2] = 1.0
+    h = h.bfloat16()
+    rounded = h @ W[[10, 600]].bfloat16().T
+    assert float(rounded[0, 0]) == float(rounded[0, 1]) == 20.0  # tied by the rounding
+    assert int(head.greedy(h, exact=False, probes=32)) == 600 == int(head.greedy(h))

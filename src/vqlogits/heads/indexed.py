@@ -36,6 +36,7 @@ RANK_SIGMAS = 3.0
 # GEMM: on Gemma-3-270M's head (one Zen 4 core) int8 took 29 / 33 / 47 ms at 1 / 2 / 4 rows against
 # bf16's 46 / 49 / 55, and 94 / 188 ms at 8 / 16 rows against 89 / 85 (docs/decoding.md).
 INT8_MAX_ROWS = 4
+REFINE = 8  # a bf16 index's approximate greedy re-ranks this many best probed tokens in fp32
 
 
 class IndexedHead(nn.Module):
@@ -286,7 +287,10 @@ class IndexedHead(nn.Module):
         flat = h.reshape(-1, self.d_model).float()
         default = policy.exact_first_round(self.clusters) if exact else self.probes
         z, norm, union, ids, logits = self._probe(flat, self._check_probes(default if probes is None else probes))
-        answer = argmax_smallest_id(logits, ids, self.vocab_size)
+        if self.rows.dtype == torch.float32:
+            answer = argmax_smallest_id(logits, ids, self.vocab_size)
+        else:
+            answer = self._best_in_fp32(flat, union, ids, logits)
         stats = {
             "rows": flat.shape[0],
             "probed_rows": ids.numel(),
@@ -307,6 +311,16 @@ class IndexedHead(nn.Module):
                 stats["screened_rows"], stats["verified_rows"] = screened["screened"], screened["candidates"]
                 stats["screen"] = screened["screen"]
         return answer.reshape(h.shape[:-1]), stats
+
+    def _best_in_fp32(self, flat, union, ids, logits, k: int = REFINE) -> torch.Tensor:
+        """The best of each row's ``k`` best probed tokens by their logits in fp32 (ties to the smallest
+        id): a bf16 model's probe GEMM rounds its output to bf16 (a step of 1/8 at logit 20), which
+        ranks near-ties anyhow."""
+        top = logits.topk(min(k, logits.shape[1]), dim=-1).indices  # (N, k) columns of the probed rows
+        slot = union[top // self.width] * self.width + top % self.width  # (N, k) rows of ``rows``
+        exact = torch.einsum("nkd,nd->nk", self.rows.reshape(-1, self.d_model)[slot].float(), flat)
+        exact = exact.masked_fill(ids[top] == self.vocab_size, float("-inf"))
+        return argmax_smallest_id(exact, ids[top], self.vocab_size)
 
     @torch.no_grad()
     def draft_share(self, h: torch.Tensor, probes: int | None = None) -> float:
