@@ -33,8 +33,8 @@ from .speculative import accept, dense_probs, draft_sample
 # The cluster ranking: centroid score plus this many isotropic standard deviations of h . (w - c).
 RANK_SIGMAS = 3.0
 # Rows up to which the exact paths screen with the int8 kernel (a GEMV per row) rather than one bf16
-# GEMM: on Gemma-3-270M's head (one Zen 4 core) int8 took 29 / 33 / 47 ms at 1 / 2 / 4 rows against
-# bf16's 46 / 49 / 55, and 94 / 188 ms at 8 / 16 rows against 89 / 85 (docs/decoding.md).
+# GEMM: on Gemma-3-270M's head (one Zen 4 core) int8 took 25 / 29 / 42 ms at 1 / 2 / 4 rows against
+# bf16's 44 / 49 / 49, and 82 / 168 ms at 8 / 16 rows against 49 / 52 (docs/decoding.md).
 INT8_MAX_ROWS = 4
 REFINE = 8  # a bf16 index's approximate greedy re-ranks this many best probed tokens in fp32
 
