@@ -7,10 +7,14 @@ and decoding reads only the clusters that can matter:
 * ``greedy(h, exact=False, probes=P)``: score the K centroids, read the P most promising clusters'
   rows, return the best of them. Approximate.
 * ``greedy(h, exact=True)``: the same first round, then a certificate that no unread token can beat
-  (or tie) the best one read; rows that cannot be certified go through the certified bf16 screen of
-  all rows (``screen.BF16Screen``), which reads only the few tokens its bound cannot exclude in
-  fp64. Always equal to the argmax of the exact logits, ties to the smallest id. For a block of
-  rows (verified decoding) the screen's one bf16 GEMM costs about one fp32 GEMV in all.
+  (or tie) the best one read; rows that cannot be certified go through a certified screen of all
+  rows (``screens.int8`` up to ``INT8_MAX_ROWS`` rows, ``screens.bf16`` beyond), which reads only
+  the few tokens its bound cannot exclude in fp64. Always equal to the argmax of the exact logits,
+  ties to the smallest id. For a block of rows (verified decoding) the screen's one bf16 GEMM costs
+  about one fp32 GEMV in all.
+* In bf16 (``head.to(torch.bfloat16)``, a bf16 model): the logits are the bf16 rows' exact ones;
+  the exact paths use the screen alone, and approximate greedy re-ranks its best probed tokens in
+  fp32 (the bf16 probe GEMM rounds its output).
 * ``sample``: exact within every cluster; the unread clusters' masses are estimated.
   ``sample(exact=True)`` draws from the dense softmax exactly: a draft from the approximate
   logits (``forward``), then one verification (``functional.speculative_sample``).
