@@ -185,3 +185,20 @@ def test_quantizing_in_row_chunks_changes_nothing_per_row(monkeypatch):
         assert torch.equal(whole[0], chunked[0]) or method == "hqq"  # rtn is row-local: identical
         err = lambda q, s, o: (quant.dequantize(q, s, o, 32) - w).abs().mean()  # noqa: E731
         assert err(*chunked) <= 1.05 * err(*whole)  # hqq's solver stops on the chunk's error: as good
+
+
+def test_q8_0_matrices_round_trip_in_8_bits_and_nothing_else_is_taken_for_one():
+    from vqlogits.quant import from_q8, lossless_q8
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 64, generator=g)
+    groups = x.view(300, 2, 32)
+    amax = groups.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    w = (torch.round(groups * 127 / amax) * (amax / 127).half().float()).view(300, 64)  # as llama.cpp writes it
+    w[5] = 0.0  # an all-zero row (a padding token)
+    codes, scales = lossless_q8(w)
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float16 and torch.equal(from_q8(codes, scales), w)
+    assert lossless_q8(x) is None and lossless_q8(w[:, :48]) is None  # not Q8_0; a width not in groups of 32
+    off = w.clone()
+    off[299, 63] = torch.nextafter(off[299, 63], torch.tensor(float("inf")))  # one weight one ulp off
+    assert lossless_q8(off) is None

@@ -77,9 +77,9 @@ Q8_GROUP = 32  # GGUF's Q8_0: per 32 weights, an fp16 scale d and integers in [-
 def lossless_q8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(codes int8 (..., d), scales fp16 (..., d / 32)) with ``codes * scales == t`` exactly in fp32,
     or None when ``t`` is not of that form: a Q8_0 matrix dequantized to fp32 (the GGUF heads of
-    SmolLM2 and Gemma-3) is stored back in 8.5 bits a weight, losslessly. Q8_0 quantizes a group
-    with d = fp16(max|x| / 127) and q = round(x / d), so its largest |q| is 127 (fp16 moves d by
-    2^-11 at most) and d = max|w| / 127 exactly; every group is checked, ``PACK_ROWS`` rows at a time."""
+    SmolLM2 and Gemma-3) is stored back in 8.5 bits a weight, losslessly. llama.cpp's Q8_0 takes
+    q = round(x 127 / max|x|) and stores d = fp16(max|x| / 127), so the largest |q| is 127 and
+    d = max|w| / 127 exactly; every group is checked, ``PACK_ROWS`` rows at a time."""
     if t.dtype != torch.float32 or t.dim() < 2 or t.shape[-1] % Q8_GROUP:
         return None
     flat = t.reshape(-1, t.shape[-1] // Q8_GROUP, Q8_GROUP)
