@@ -73,7 +73,7 @@ def test_verified_decoding_of_a_gemma3_model_is_its_no_cache_fp64_greedy(source)
     folder, corpus, cache = source
     out = accelerate(
         model=str(folder),
-        clusters=16,
+        clusters=32,
         probes=2,
         out=folder.parent / "fast",
         corpus=str(corpus),
@@ -84,7 +84,7 @@ def test_verified_decoding_of_a_gemma3_model_is_its_no_cache_fp64_greedy(source)
     ids = torch.randint(3, 300, (3, 5), generator=torch.Generator().manual_seed(1))
     want = fp64_greedy(original, ids, 6 * WINDOW)
     stats = {}
-    got = generate(fast, ids[:1], max_new_tokens=6 * WINDOW, stats=stats, block=4, draft_probes=8)
+    got = generate(fast, ids[:1], max_new_tokens=6 * WINDOW, stats=stats, block=4, draft_probes=4)
     assert torch.equal(got, want[:1])
     # drafted blocks, some of them cut short: the sliding cache was cropped past its window
     assert stats["blocks"] >= 2 and 0 < stats["accepted"] < stats["drafted"], stats
@@ -116,7 +116,7 @@ def test_a_bf16_model_decodes_verified_as_its_own_exact_greedy(source, accelerat
     want = cached_fp64_head_greedy(original, ids, 6 * WINDOW)
     stats = {}
     assert torch.equal(
-        generate(fast, ids[:1], max_new_tokens=6 * WINDOW, stats=stats, block=4, draft_probes=8), want[:1]
+        generate(fast, ids[:1], max_new_tokens=6 * WINDOW, stats=stats, block=4, draft_probes=4), want[:1]
     )
     assert stats["blocks"] >= 2 and 0 < stats["accepted"] < stats["drafted"], stats
     assert torch.equal(generate(fast, ids, max_new_tokens=6 * WINDOW), want)
@@ -176,7 +176,7 @@ def accelerated(source):
 
     folder, corpus, cache = source
     return accelerate(
-        model=str(folder), clusters=16, out=folder.parent / "fast2", corpus=str(corpus), hidden_tokens=1024, cache=cache
+        model=str(folder), clusters=32, out=folder.parent / "fast2", corpus=str(corpus), hidden_tokens=1024, cache=cache
     )
 
 

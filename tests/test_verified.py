@@ -39,15 +39,15 @@ def _pair(V=300, d=32, clusters=16, probes=8, seed=0, scale=1.0):
 
 @pytest.mark.parametrize("batch,block", [(1, 8), (1, 1), (3, 3), (4, 32)])
 def test_verified_greedy_is_the_original_models(batch, block):
-    original, fast = _pair(scale=20)  # a peaked head: the drafts mostly agree
+    original, fast = _pair(clusters=32, scale=20)  # a peaked head: the drafts mostly agree
     ids = torch.randint(1, 300, (batch, 5), generator=torch.Generator().manual_seed(batch))
     stats = {}
-    ours = generate(fast, ids, max_new_tokens=24, block=block, stats=stats, draft_probes=8)
+    ours = generate(fast, ids, max_new_tokens=24, block=block, stats=stats, draft_probes=4)
     theirs = original.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
     if batch == 1:
         assert stats["blocks"] > 0 and stats["accepted"] > 0
-    else:  # the rows' probes cover more than half the clusters: drafting would cost more than the dense GEMM
+    else:  # the rows' probes cover more than DRAFT_SHARE_MAX of the clusters: the exact screen alone is cheaper
         assert stats["fallback_at"] == 0
 
 

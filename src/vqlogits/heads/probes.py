@@ -39,8 +39,8 @@ def exact_first_round(clusters: int) -> int:
 
 def draft(clusters: int, batch: int) -> int:
     """Clusters each row's draft reads, for a batch of ``batch`` rows: K / 32 times ceil(sqrt(B))
-    (the batch reads the union; past half of the clusters, it decodes with the dense head from the
-    start: ``IndexedHead.draft_share``)."""
+    (the batch reads the union; past ``hf.generate.DRAFT_SHARE_MAX`` of the clusters, it decodes
+    with the exact screen alone from the start: ``IndexedHead.draft_share``)."""
     return min(clusters, max(1, clusters // 32) * math.ceil(math.sqrt(batch)))
 
 

@@ -28,6 +28,10 @@ from .load import vqlogits_head
 
 MAX_BLOCK = 32  # drafts per block at most: the verification GEMM's cost per token stops falling around here
 WARMUP_BLOCKS = 4  # blocks before the break-even check
+# A batch whose drafts would read more than this share of the clusters decodes with the exact screen
+# alone: on Gemma-3-270M (docs/PRETRAINED.md) drafts reading 15% of them (batch 4) gave 1.50x dense
+# fp32, and 41% (batch 16) 1.10x where the screen alone gave 1.70x.
+DRAFT_SHARE_MAX = 0.25
 
 
 def head_share(model, head) -> float:
@@ -199,7 +203,8 @@ def generate(
     id) or samples from exactly its distribution, drafting ``block`` tokens at a time (adapted by
     ``_Verified.account``, at most ``MAX_BLOCK``); when the blocks emit fewer tokens per backbone
     step than ``break_even`` (after ``WARMUP_BLOCKS`` blocks), or when the batch's drafts would read
-    more than half the rows (``IndexedHead.draft_share``), the rest is decoded by the dense head. A
+    more than ``DRAFT_SHARE_MAX`` of the clusters (``IndexedHead.draft_share``), the rest is decoded
+    by the dense head's exact screen. A
     batch keeps, each block, the prefix that every row kept (the shortest), so it stays exact.
     ``verify=False``: the approximate greedy of the probed clusters, or ``IndexedHead.sample``.
     ``draft_probes``: clusters a draft reads (default ``heads.probes.draft``).
@@ -220,7 +225,7 @@ def generate(
     verified = None
     if indexed and verify is not False:
         verified = _Verified(model, head, sampling, generator, draft_probes, B, block)
-        if head.draft_share(hidden, verified.probes) > 0.5:  # a batch whose drafts read most rows: dense is cheaper
+        if head.draft_share(hidden, verified.probes) > DRAFT_SHARE_MAX:  # the exact screen alone is cheaper
             verified.stats["fallback_at"] = 0
     eos = _eos_ids(eos_token_id)
     out, done, new = [input_ids], torch.zeros(B, dtype=torch.bool), 0
