@@ -324,7 +324,7 @@ def markdown(results: dict) -> str:
     modes = FP32_MODES + BF16_MODES
     lines = [
         f"Greedy decoding of Gemma-3-270M, {env['threads']} thread(s), torch {env['torch']}: tokens/s "
-        "(× dense fp32; bf16 modes × dense bf16), then head ms/token.\n",
+        "(× dense fp32; bf16 modes × dense bf16), then head ms/token (the head's share of the time).\n",
         "| domain | batch | " + " | ".join(modes) + " |",
         "|---|---:|" + "---:|" * len(modes),
     ]
@@ -333,7 +333,8 @@ def markdown(results: dict) -> str:
         for m in modes:
             base = r["dense bf16 tok/s"] if m in BF16_MODES else r["dense fp32 tok/s"]
             ratio = "" if m in ("dense fp32", "dense bf16") else f" ({r[f'{m} tok/s'] / base:.2f}×)"
-            cells.append(f"{r[f'{m} tok/s']:.1f}{ratio}; {r[f'{m} head ms/token']:.1f} ms")
+            share = f"{100 * r[f'{m} head share']:.0f}%"
+            cells.append(f"{r[f'{m} tok/s']:.1f}{ratio}; {r[f'{m} head ms/token']:.1f} ms ({share})")
         lines.append(f"| {r['domain']} | {r['batch']} | " + " | ".join(cells) + " |")
     lines += [
         "\nAgreement with dense (fp32 modes: dense fp32; bf16 modes: dense bf16), and drafting:\n",
