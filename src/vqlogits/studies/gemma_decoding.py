@@ -242,7 +242,8 @@ def measure(
     identity_prompts: int = 64,
 ) -> dict:
     """The folder ``vqlogits accelerate --model gemma3`` wrote, at batch 1, 4 and 16 on 32-token
-    prompts of the pydocs and devdocs test splits; the identity checks; the probe sweep."""
+    prompts of the pydocs and devdocs test splits; the identity checks (none with
+    ``identity_prompts`` 0); the probe sweep."""
     torch.manual_seed(0)
     run = load(folder, cache)
     references = _references(run["original"], run["model16"], new, run["eos"])
@@ -254,7 +255,7 @@ def measure(
             results["rows"].append({"domain": corpus, **compare(run["modes"], prompts[:b], new, repeats)})
             save(results, out)
         results["sweep"] += [{"domain": corpus, **r} for r in probe_sweep(run["model"], prompts[:1], new, repeats)]
-        for dtype, fast in (("fp32", run["model"]), ("bf16", run["model16"])):
+        for dtype, fast in (("fp32", run["model"]), ("bf16", run["model16"])) if identity_prompts else ():
             got = identity(fast, references[dtype], prompts[:identity_prompts], new, run["eos"], hf=dtype == "fp32")
             env[f"identity {dtype} {corpus}"] = got
             save(results, out)
@@ -415,5 +416,7 @@ if __name__ == "__main__":
 
     if sys.argv[1:2] == ["clusters"]:  # python -m vqlogits.studies.gemma_decoding clusters [OUT]
         cluster_sweep(*sys.argv[2:3])
+    elif sys.argv[1:2] == ["speed"]:  # the same without the identity checks: speed FOLDER [OUT]
+        measure(*sys.argv[2:4], identity_prompts=0)
     else:
         measure(*sys.argv[1:3])  # python -m vqlogits.studies.gemma_decoding FOLDER [OUT]
