@@ -108,10 +108,9 @@ def runners(model, model16, quantized: dict) -> dict:
     }
 
 
-@torch.no_grad()
-def compare(modes: dict, prompts: torch.Tensor, new: int, repeats: int) -> dict:
-    """tokens/s, head ms/token and share per mode (median over ``repeats`` turns after a warm-up),
-    agreement with dense fp32 (fp32 modes) or dense bf16 (bf16 modes), and the drafting counts."""
+def _in_turns(modes: dict, prompts: torch.Tensor, new: int, repeats: int):
+    """Each mode run ``repeats`` times after a warm-up round, the modes taking turns: per mode, its
+    (tokens/s, head share, head seconds) of every repeat, its last tokens and its last verified stats."""
     runs, tokens, stats = {name: [] for name in modes}, {}, {}
     for r in range(repeats + 1):
         for name, run in modes.items():
@@ -121,6 +120,22 @@ def compare(modes: dict, prompts: torch.Tensor, new: int, repeats: int) -> dict:
             stats[name] = got or stats.get(name)
             if r:
                 runs[name].append((prompts.shape[0] * new / elapsed, head_s / elapsed, head_s))
+    return runs, tokens, stats
+
+
+def _drafting(s: dict) -> dict:
+    """A verified run's share of drafts kept and tokens emitted per backbone step."""
+    return {
+        "acceptance": s["accepted"] / max(1, s["drafted"]),
+        "tokens per backbone step": s["block_tokens"] / max(1, s["backbone_steps"]),
+    }
+
+
+@torch.no_grad()
+def compare(modes: dict, prompts: torch.Tensor, new: int, repeats: int) -> dict:
+    """tokens/s, head ms/token and share per mode (median over ``repeats`` turns after a warm-up),
+    agreement with dense fp32 (fp32 modes) or dense bf16 (bf16 modes), and the drafting counts."""
+    runs, tokens, stats = _in_turns(modes, prompts, new, repeats)
     B = prompts.shape[0]
     row = {"batch": B, "new_tokens": new}
     for name, rs in runs.items():
@@ -130,10 +145,8 @@ def compare(modes: dict, prompts: torch.Tensor, new: int, repeats: int) -> dict:
         row[f"{name} head ms/token"] = 1e3 * statistics.median(t for _, _, t in rs) / (B * new)
         row[f"{name} agreement"] = float((tokens[name][:, -new:] == tokens[base][:, -new:]).float().mean())
     for name in ("verified", "verified bf16"):
-        s = stats[name]
-        row[f"{name} acceptance"] = s["accepted"] / max(1, s["drafted"])
-        row[f"{name} tokens per backbone step"] = s["block_tokens"] / max(1, s["backbone_steps"])
-        row[f"{name} fallback_at"] = s["fallback_at"]
+        row.update({f"{name} {k}": v for k, v in _drafting(stats[name]).items()})
+        row[f"{name} fallback_at"] = stats[name]["fallback_at"]
     return row
 
 
@@ -144,21 +157,10 @@ def probe_sweep(model, prompts: torch.Tensor, new: int, repeats: int, fractions=
     W = head.weight.detach().clone()
     modes = {"dense fp32": _timed_loop(model, lambda h: first_argmax(h @ W.T))}
     modes.update({f"K/{f}": _timed_generate(model, head, draft_probes=head.clusters // f) for f in fractions})
-    speeds, stats = {n: [] for n in modes}, {}
-    for r in range(repeats + 1):
-        for name, run in modes.items():
-            t0 = time.perf_counter()
-            _, _, stats[name] = run(prompts, new)
-            if r:
-                speeds[name].append(prompts.shape[0] * new / (time.perf_counter() - t0))
-    base = statistics.median(speeds["dense fp32"])
+    runs, _, stats = _in_turns(modes, prompts, new, repeats)
+    speed = {name: statistics.median(s for s, _, _ in rs) for name, rs in runs.items()}
     return [
-        {
-            "probes": f"K/{f}",
-            "speed-up": statistics.median(speeds[f"K/{f}"]) / base,
-            "acceptance": stats[f"K/{f}"]["accepted"] / max(1, stats[f"K/{f}"]["drafted"]),
-            "tokens per backbone step": stats[f"K/{f}"]["block_tokens"] / max(1, stats[f"K/{f}"]["backbone_steps"]),
-        }
+        {"probes": f"K/{f}", "speed-up": speed[f"K/{f}"] / speed["dense fp32"], **_drafting(stats[f"K/{f}"])}
         for f in fractions
     ]
 
