@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import first_argmax
+
 U_BF16 = 2.0**-8
 U_FP32 = 2.0**-24
 TINY = 2.0**-126  # the smallest normal fp32 / bf16: the bf16 kernels flush anything smaller to zero
@@ -78,10 +80,10 @@ def block_maxima(screen: torch.Tensor) -> torch.Tensor:
 def first_top(screen: torch.Tensor, maxima: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's maximum and its first index, as ``screen.max(-1)``, reading one block a row."""
     top_s = maxima.max(-1).values
-    block = ((maxima == top_s[:, None]).to(torch.uint8)).max(-1).indices  # the first block holding it
+    block = first_argmax((maxima == top_s[:, None]).to(torch.uint8))  # the first block holding it
     ids, real = _block_index(block, screen.shape[1])
     scores = screen.gather(1, ids).masked_fill(~real, float("-inf"))
-    return top_s, ids.gather(1, scores.max(-1).indices[:, None]).squeeze(1)
+    return top_s, ids.gather(1, first_argmax(scores)[:, None]).squeeze(1)
 
 
 def at_least(screen: torch.Tensor, maxima: torch.Tensor, below: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +114,8 @@ class BF16Screen:
         self.low = weight if weight.dtype == torch.bfloat16 else weight.bfloat16()  # (V, d); bf16 rows: w~ = w
         low32 = self.low.float()
         max_abs = float(low32.abs().max()) if weight.numel() else 0.0
-        low_norm = low32.norm(dim=-1)
-        if weight.dtype == torch.bfloat16:
-            self._set_norms(low_norm, torch.zeros_like(low_norm), low_norm, max_abs)
-        else:
-            self._set_norms(weight.norm(dim=-1), (weight - low32).norm(dim=-1), low_norm, max_abs)
+        w32 = low32 if weight.dtype == torch.bfloat16 else weight
+        self._set_norms(w32.norm(dim=-1), (w32 - low32).norm(dim=-1), low32.norm(dim=-1), max_abs)
 
     def _set_norms(self, w_norm: torch.Tensor, e_norm: torch.Tensor, low_norm: torch.Tensor, max_abs: float) -> None:
         """Per token (V,): |w|, |w - w~| and |w~| for the copy w~ the screen multiplies; max|w~|."""
