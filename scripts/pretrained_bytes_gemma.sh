@@ -7,36 +7,47 @@
 # stage 1 on 32,768 cached hidden states of the pydocs train split) on two domains: the whole
 # pydocs test split (the calibration domain) and the first DEVDOCS_TOKENS tokens of the devdocs
 # test split (another domain), the same tokens for every model.
-# Budget: one core, one thread (CORE). Resumable: a finished step is skipped; rerun after any
-# interruption. Cost on this CPU: a quantized or frequent-token model about 40 minutes (two
-# calibrations of the head's 262k rows dominate), a k-means head 1-2 hours more; ~15 h in all.
+#
+# Budget: one core, one thread (CORE). Cost on this CPU: a quantized or frequent-token model about
+# 40 minutes (two calibrations of the head's 262k rows dominate), a k-means head 1-2 hours more;
+# ~15 h in all, more than one machine's session.
+# Resumable, across machines too: the model folders live in OUT (not kept), and what the report
+# needs, each model's vqlogits.json and eval_*.json, is written to KEEP, which is kept in git. A
+# model whose four evaluations are in KEEP is skipped; a half-done one resumes from OUT if OUT still
+# holds it, else it is rebuilt. Every result in KEEP comes from the code at KEEP/commit (checked).
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-bytes-gemma}
+KEEP=${KEEP:-docs/pretrained/bytes-gemma/measured}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
 vqlogits() { taskset -c "${CORE:-1}" vqlogits "$@"; }
 STAGE1_STEPS=${STAGE1_STEPS:-250}
 DEVDOCS_TOKENS=${DEVDOCS_TOKENS:-65536}
 into() { "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }
 only() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
-evals() {  # folder, stage: both domains
-  [ -s "$1/eval_$2.json" ] || into "$1/eval_$2.json" vqlogits eval "$1" --corpus pydocs --max-tokens 1000000
-  [ -s "$1/eval_$2-devdocs.json" ] || into "$1/eval_$2-devdocs.json" vqlogits eval "$1" --corpus devdocs --max-tokens $DEVDOCS_TOKENS
+kept() { [ -s "$KEEP/$1/eval_$2.json" ] && [ -s "$KEEP/$1/eval_$2-devdocs.json" ]; }
+evals() {  # name, stage: both domains, written to KEEP
+  local D=$OUT/$1 K=$KEEP/$1
+  mkdir -p "$K" && cp "$D/vqlogits.json" "$K/vqlogits.json"
+  [ -s "$K/eval_$2.json" ] || into "$K/eval_$2.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000
+  [ -s "$K/eval_$2-devdocs.json" ] || into "$K/eval_$2-devdocs.json" vqlogits eval "$D" --corpus devdocs --max-tokens $DEVDOCS_TOKENS
 }
 model() {  # name, calibrate options, compress options...
   only "$1" || return 0
-  local D=$OUT/$1 cal=$2; shift 2
+  local name=$1 D=$OUT/$1 cal=$2; shift 2
+  kept "$name" kmeans && kept "$name" stage1 && return 0
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model gemma3 --corpus pydocs --out "$D" "$@"
-  evals "$D" kmeans
-  if [ ! -s "$D/eval_stage1.json" ]; then
-    [ -f "$D/calib_done" ] || vqlogits calibrate "$D" --corpus pydocs --stages 1 --max-steps $STAGE1_STEPS --budget-minutes 600 $cal
-    touch "$D/calib_done"
-  fi
-  evals "$D" stage1
+  kept "$name" kmeans || evals "$name" kmeans
+  [ -f "$D/calib_done" ] || vqlogits calibrate "$D" --corpus pydocs --stages 1 --max-steps $STAGE1_STEPS --budget-minutes 600 $cal
+  touch "$D/calib_done"
+  evals "$name" stage1
 }
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$KEEP"
+commit=$(python -c 'import vqlogits, subprocess, pathlib; print(subprocess.check_output(["git", "-C", str(pathlib.Path(vqlogits.__file__).parent), "rev-parse", "HEAD"], text=True).strip())')
+[ -s "$KEEP/commit" ] || echo "$commit" > "$KEEP/commit"
+[ "$(cat "$KEEP/commit")" = "$commit" ] || { echo "$KEEP holds results of $(cat "$KEEP/commit"), this code is $commit: run that commit (git worktree add --detach DIR $(cat "$KEEP/commit"); PYTHONPATH=DIR/src)" >&2; exit 2; }
 if only bf16; then
-  [ -s "$OUT/bf16.json" ] || into "$OUT/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 pydocs
-  [ -s "$OUT/bf16-devdocs.json" ] || into "$OUT/bf16-devdocs.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 devdocs $DEVDOCS_TOKENS
+  [ -s "$KEEP/bf16.json" ] || into "$KEEP/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 pydocs
+  [ -s "$KEEP/bf16-devdocs.json" ] || into "$KEEP/bf16-devdocs.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 devdocs $DEVDOCS_TOKENS
 fi
 # Cheapest and most decisive first: the original's own rows at 8 bits, frequent-token rows (no
 # k-means), then the lower widths, then the k-means heads.
@@ -48,4 +59,4 @@ for F in 0.05 0.1 0.2; do model hybrid-b$F-parts4 "--reassign-every 0" --head hy
 for F in 0.05 0.1 0.2; do model ht-b$F-parts4 "--reassign-every 0" --head hybrid-twolevel --head-budget $F --part-bits 4; done
 model vq-b0.05 "--reassign-every 0" --head vq --head-budget 0.05
 REPORT=${REPORT:-docs/pretrained/bytes-gemma}
-vqlogits report "$OUT" --out "$REPORT"
+vqlogits report "$KEEP" --out "$REPORT"
