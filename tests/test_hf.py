@@ -400,3 +400,33 @@ def test_distillation_loss_of_a_quantized_head_runs_its_forward_once(monkeypatch
     torch.testing.assert_close(fast.double(), ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, torch.autograd.grad(ref, params), strict=True):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_head_speed_rebuilds_each_study_head_at_its_sizes(source, corpus, tmp_path):
+    import shutil
+
+    from vqlogits.studies.head_speed import head_speeds, markdown, study_heads
+
+    keep = tmp_path / "keep"
+    folders = {
+        "q4": compress(model=str(source), head="quantized", bits=4, group_size=16, out=tmp_path / "q4"),
+        "hybrid": compress(model=str(source), head="hybrid", head_budget=0.2, corpus=str(corpus), out=tmp_path / "hy"),
+    }
+    for name, folder in folders.items():
+        (keep / name).mkdir(parents=True)
+        shutil.copy(folder / "vqlogits.json", keep / name / "vqlogits.json")
+    dense = dense_head_weight(folders["q4"])
+    rebuilt = study_heads(keep, dense)
+    for name, folder in folders.items():
+        saved = load_pretrained(folder).get_output_embeddings().state_dict()
+        assert {k: v.shape for k, v in rebuilt[name].state_dict().items()} == {k: v.shape for k, v in saved.items()}
+    # the quantized head is the original's rows rounded to nearest: its greedy is its own exact argmax
+    h = torch.randn(5, dense.shape[1])
+    q4 = rebuilt["q4"]
+    assert torch.equal(q4.greedy(h), (h.double() @ q4.weight.double().T).argmax(-1))
+    result = head_speeds(keep, str(source), repeats=3, corpus=str(corpus))
+    assert [r["model"] for r in result["rows"]] == ["dense fp32", "dense bf16", "hybrid", "q4"]
+    assert all(r["q1_ms"] <= r["head_ms"] <= r["q3_ms"] for r in result["rows"])
+    assert "| q4 |" in markdown(result)
+    with pytest.raises(ValueError, match="vqlogits.json is a .* head, the model's is"):
+        study_heads(keep, dense[:-1])

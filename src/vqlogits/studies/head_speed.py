@@ -1,0 +1,122 @@
+"""Decode cost of every head of an equal-bytes study, in one run: greedy head time per token at
+batch 1 against the original head in fp32 and cast to bf16, the heads taking turns.
+
+    python -m vqlogits.studies.head_speed KEEP [OUT] [--model gemma3] [--repeats 41]
+
+``KEEP`` holds one folder per study model with its ``vqlogits.json`` (the head's kind and sizes;
+scripts/pretrained_bytes_gemma.sh keeps them in git). Each head is rebuilt at those sizes: a
+quantized head from the original's own rows rounded to nearest (its certified screen's work depends
+on the rows; the study's rounding method moves them by less than a step), every
+other kind with random weights, as its greedy reads the same number of values whatever they are.
+Hidden states are the model's own on the pydocs test split, one a repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..data.corpora import tokenize_corpus
+from ..files import USER_CACHE, write_atomic, write_json
+from ..heads import QuantizedHead, head_from_config
+from ..hf.hidden import hidden_states
+from ..hf.load import load_causal_lm
+from ..kernels import first_argmax
+from ..timing import seconds_in_turns
+
+
+def study_heads(keep: str | Path, dense: torch.Tensor, seed: int = 0) -> dict:
+    """``name: head`` for every ``KEEP/<name>/vqlogits.json``, built at its sizes (see the module)."""
+    V, d = dense.shape
+    heads, gen = {}, torch.Generator().manual_seed(seed)
+    for meta_path in sorted(Path(keep).glob("*/vqlogits.json")):
+        meta = json.loads(meta_path.read_text())
+        if (meta["vocab_size"], meta["d_model"]) != (V, d):
+            raise ValueError(
+                f"{meta_path} is a {meta['vocab_size']} x {meta['d_model']} head, the model's is {V} x {d}"
+            )
+        if meta["head"] == "quantized":
+            head = QuantizedHead.from_weight(dense, meta["bits"], meta["group_size"], method="rtn")
+        else:
+            head = head_from_config(meta, d, V)
+            with torch.no_grad():
+                for p in head.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * float(dense.std()))
+        heads[meta_path.parent.name] = head.eval()
+    if not heads:
+        raise ValueError(f"no */vqlogits.json under {keep}")
+    return heads
+
+
+@torch.no_grad()
+def head_speeds(
+    keep: str | Path, spec: str = "gemma3", repeats: int = 41, corpus: str = "pydocs", cache: str | Path = USER_CACHE
+) -> dict:
+    """Median and quartiles of greedy head ms per token at batch 1, every head in turns within each
+    repeat (``timing.seconds_in_turns``), each repeat on the next of the model's hidden states on
+    ``corpus``'s test split."""
+    model, source = load_causal_lm(spec, cache)
+    dense = model.get_output_embeddings().weight.detach().float()  # (V, d)
+    w16 = dense.bfloat16()
+    splits, _, _ = tokenize_corpus(corpus, str(source / "tokenizer.json"), cache, splits=("test",))
+    tokens = 256 * (repeats // 256 + 1)  # whole windows, one state for the warm-up and one a repeat
+    h = hidden_states(model, splits["test"], tokens)[: repeats + 1]  # (repeats + 1, d)
+    picks = {
+        "dense fp32": lambda x: first_argmax(x @ dense.T),
+        "dense bf16": lambda x: first_argmax(x.bfloat16() @ w16.T),
+        **{name: head.greedy for name, head in study_heads(keep, dense).items()},
+    }
+
+    def in_turn(pick):  # every head reads the same state in a round, the next one in the next round
+        rows = iter(h)
+        return lambda: pick(next(rows)[None])
+
+    times = seconds_in_turns({name: in_turn(pick) for name, pick in picks.items()}, repeats)
+    rows = []
+    for name, t in times.items():
+        q = statistics.quantiles(t, n=4)
+        rows.append({"model": name, "head_ms": 1e3 * statistics.median(t), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]})
+    base = rows[0]["head_ms"]
+    for r in rows:
+        r["speedup_vs_fp32"] = base / r["head_ms"]
+    return {"model": spec, "batch": 1, "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    out = [
+        f"Greedy head time per token, batch 1, {result['threads']} thread(s), median of {result['repeats']} "
+        "repeats with the heads in turns (quartiles in brackets).",
+        "",
+        "| head | ms/token | quartiles | × fp32 speed |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        out.append(
+            f"| {r['model']} | {r['head_ms']:.2f} | [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}] | {r['speedup_vs_fp32']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vqlogits.studies.head_speed", description=__doc__.split("\n")[0])
+    p.add_argument("keep")
+    p.add_argument("out", nargs="?")
+    p.add_argument("--model", default="gemma3")
+    p.add_argument("--repeats", type=int, default=41)
+    a = p.parse_args(argv)
+    if a.repeats < 3:
+        p.error(f"--repeats must be at least 3, got {a.repeats}")
+    result = head_speeds(a.keep, a.model, a.repeats)
+    out = Path(a.out) if a.out else Path(a.keep).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "head_speed.json", result)
+    write_atomic(out / "head_speed.md", lambda tmp: tmp.write_text(markdown(result)))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
