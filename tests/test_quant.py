@@ -202,3 +202,25 @@ def test_q8_0_matrices_round_trip_in_8_bits_and_nothing_else_is_taken_for_one():
     off = w.clone()
     off[299, 63] = torch.nextafter(off[299, 63], torch.tensor(float("inf")))  # one weight one ulp off
     assert lossless_q8(off) is None
+
+
+def test_rows_held_dequantizes_once_and_gives_the_same_logits(monkeypatch):
+    head = QuantizedHead.from_weight(torch.randn(300, 64), 3, 32, method="rtn", bias=True).eval()
+    with torch.no_grad():
+        head.bias.normal_()
+    h = torch.randn(4, 64)
+    with torch.no_grad():
+        expected = head(h)
+    calls = []
+    rows = QuantizedHead.rows
+    monkeypatch.setattr(QuantizedHead, "rows", lambda self, *a, **k: calls.append(1) or rows(self, *a, **k))
+    with head.rows_held(), torch.no_grad():
+        assert all(torch.equal(head(h), expected) for _ in range(3))
+        assert len(calls) == 1
+        head.gain.add_(0.1)  # a moved scale is dequantized afresh
+        moved = head(h)
+        assert len(calls) == 2 and not torch.allclose(moved, expected)
+    with head.rows_held():  # with autograd on, gradients still reach the scales
+        head(h).sum().backward()
+    assert head.gain.grad is not None and bool(head.gain.grad.abs().sum() > 0)
+    assert head._held is None  # nothing kept after the block

@@ -59,6 +59,10 @@ def unpack(packed: torch.Tensor, bits: int, d: int) -> torch.Tensor:
     if 8 % bits == 0:  # whole values per byte: shifts, no bit stream
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
         return ((packed[..., None] >> shifts) & (2**bits - 1)).reshape(n, -1)[:, :d]
+    if d % 8 == 0:  # 8 values fill `bits` whole bytes: read each such word at once (bits < 8 here)
+        words = (packed.view(n, d // 8, bits).long() << (8 * torch.arange(bits, device=packed.device))).sum(-1)
+        values = (words[..., None] >> (bits * torch.arange(8, device=packed.device))) & (2**bits - 1)  # (n, d/8, 8)
+        return values.reshape(n, d).to(torch.uint8)
     stream = (packed[..., None] >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1  # (n, bytes, 8)
     stream = stream.reshape(n, -1)[:, : d * bits].reshape(n, d, bits).to(torch.int32)
     return (stream << torch.arange(bits, device=packed.device)).sum(-1).to(torch.uint8)

@@ -15,6 +15,8 @@ slower than an fp32 GEMV (bench/quantized.py measures them). Calibration trains 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,12 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         self.shift = nn.Parameter(torch.zeros(vocab_size, groups))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
         self._screen: tuple | None = None  # (the parts' versions, Int4Screen or Int8Screen)
+        self._held: tuple | None = None  # (the parts' versions, the dequantized rows) inside rows_held
+
+    def _version(self) -> tuple:
+        """Changes whenever a code, scale or offset does (storage and in-place version counters)."""
+        parts = (self.packed, self.scale0, self.offset0, self.gain, self.shift)
+        return tuple((t.data_ptr(), t._version) for t in parts)
 
     @classmethod
     def from_weight(
@@ -114,7 +122,21 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         check_hidden(h, self.d_model)
-        return F.linear(h.float(), self.rows(), self.bias)
+        held = self._held is not None and not torch.is_grad_enabled() and self._held[0] == self._version()
+        return F.linear(h.float(), self._held[1] if held else self.rows(), self.bias)
+
+    @contextlib.contextmanager
+    def rows_held(self):
+        """Within it, forward without autograd multiplies by one dequantized copy of the rows
+        instead of dequantizing them at every call (the same numbers): for evaluating a fixed head
+        over many batches. The copy, V x d fp32, lives only for the block; a changed scale, offset
+        or code is dequantized afresh."""
+        with torch.no_grad():
+            self._held = (self._version(), self.rows())
+        try:
+            yield self
+        finally:
+            self._held = None
 
     def loss(self, h, targets, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
         """``F.cross_entropy(h @ self.weight.T + b, targets)``, row-chunked (``chunked_loss``)."""
@@ -153,9 +175,7 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         """Built on first use, rebuilt when calibration has moved the scales or offsets: the int4
         kernel's layout of the codes where it applies (V d / 2 bytes plus bf16 scales and zeros),
         else a per-row int8 copy of the rows (V d bytes plus bf16 scales)."""
-        version = tuple(
-            (t.data_ptr(), t._version) for t in (self.packed, self.scale0, self.offset0, self.gain, self.shift)
-        )
+        version = self._version()
         if self._screen is None or self._screen[0] != version:
             if screen_int4.available(self.bits, self.group_size, self.d_model):
                 q = quant.unpack(self.packed, self.bits, self.d_model)
