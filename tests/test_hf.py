@@ -424,9 +424,11 @@ def test_head_speed_rebuilds_each_study_head_at_its_sizes(source, corpus, tmp_pa
     h = torch.randn(5, dense.shape[1])
     q4 = rebuilt["q4"]
     assert torch.equal(q4.greedy(h), (h.double() @ q4.weight.double().T).argmax(-1))
+    (keep / "q4" / "eval_kmeans.json").write_text(json.dumps({"head_bytes": 1234}))
     result = head_speeds(keep, str(source), repeats=3, corpus=str(corpus))
     assert [r["model"] for r in result["rows"]] == ["dense fp32", "dense bf16", "hybrid", "q4"]
     assert all(r["q1_ms"] <= r["head_ms"] <= r["q3_ms"] for r in result["rows"])
-    assert "| q4 |" in markdown(result)
+    assert [r["head_bytes"] for r in result["rows"]] == [4 * dense.numel(), 2 * dense.numel(), None, 1234]
+    assert "| q4 | 0.00 |" in markdown(result) and "| hybrid | – |" in markdown(result)
     with pytest.raises(ValueError, match="vqlogits.json is a .* head, the model's is"):
         study_heads(keep, dense[:-1])

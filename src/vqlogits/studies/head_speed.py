@@ -52,6 +52,14 @@ def study_heads(keep: str | Path, dense: torch.Tensor, seed: int = 0) -> dict:
     return heads
 
 
+def stored_bytes(keep: str | Path) -> dict:
+    """``name: head bytes as stored``, from each model's first evaluation in ``keep``."""
+    found = {}
+    for f in sorted(Path(keep).glob("*/eval_*.json")):
+        found.setdefault(f.parent.name, json.loads(f.read_text())["head_bytes"])
+    return found
+
+
 @torch.no_grad()
 def head_speeds(
     keep: str | Path, spec: str = "gemma3", repeats: int = 41, corpus: str = "pydocs", cache: str | Path = USER_CACHE
@@ -76,10 +84,12 @@ def head_speeds(
         return lambda: pick(next(rows)[None])
 
     times = seconds_in_turns({name: in_turn(pick) for name, pick in picks.items()}, repeats)
+    stored = {"dense fp32": 4 * dense.numel(), "dense bf16": 2 * dense.numel(), **stored_bytes(keep)}
     rows = []
     for name, t in times.items():
         q = statistics.quantiles(t, n=4)
-        rows.append({"model": name, "head_ms": 1e3 * statistics.median(t), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]})
+        ms = {"head_ms": 1e3 * statistics.median(t), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
+        rows.append({"model": name, "head_bytes": stored.get(name), **ms})
     base = rows[0]["head_ms"]
     for r in rows:
         r["speedup_vs_fp32"] = base / r["head_ms"]
@@ -91,13 +101,13 @@ def markdown(result: dict) -> str:
         f"Greedy head time per token, batch 1, {result['threads']} thread(s), median of {result['repeats']} "
         "repeats with the heads in turns (quartiles in brackets).",
         "",
-        "| head | ms/token | quartiles | × fp32 speed |",
-        "|---|---:|---:|---:|",
+        "| head | MB as stored | ms/token | quartiles | × fp32 speed |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        out.append(
-            f"| {r['model']} | {r['head_ms']:.2f} | [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}] | {r['speedup_vs_fp32']:.2f} |"
-        )
+        mb = "–" if r["head_bytes"] is None else f"{r['head_bytes'] / 1e6:.2f}"
+        quartiles = f"[{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]"
+        out.append(f"| {r['model']} | {mb} | {r['head_ms']:.2f} | {quartiles} | {r['speedup_vs_fp32']:.2f} |")
     return "\n".join(out) + "\n"
 
 
