@@ -385,3 +385,56 @@ def test_calibrate_resumes_exactly_refuses_other_options_and_leaves_nothing(
     assert json.loads(out)["stages"]["1"]["steps"] == 3 and [r["stages"]["1"]["steps"] for r in history] == [12, 3]
     code, _, err = cli(capsys, "calibrate", cut, *args[:-2], "--cache", tmp_path / "fresh", "--budget-minutes", 1e-4)
     assert code == 2 and "went to caching 1,024 hidden states" in err and "rerun with a larger --budget-minutes" in err
+
+
+# ---- no silent defaults, one-line interrupts -----------------------------------------------------
+
+
+def test_ignored_options_interrupts_locks_and_the_cache_variable(source, corpus, tmp_path, capsys, monkeypatch):
+    """An option the head does not take is named; Ctrl-C is one line, with the rerun hint only where
+    a rerun resumes (and a rerun says where it resumes); a finished run keeps no lock; the
+    Makefile passes $VQLOGITS_CACHE on."""
+    from vqlogits.hf import compress as compress_mod
+    from vqlogits.hf import evaluate as evaluate_mod
+    from vqlogits.lm import train as train_mod
+
+    code, _, err = cli(capsys, "compress", "--model", source, "--out", tmp_path / "big")
+    assert code == 2 and "codebook_size must be at most the model's vocabulary, 300 tokens, got 1024" in err
+    assert not (tmp_path / "big").exists()
+    vq = ["compress", "--model", source, "--head", "vq", "--codebook-size", 8]
+    code, _, err = cli(capsys, *vq, "--bits", 4, "--out", tmp_path / "vq")
+    assert code == 0 and "--bits is ignored: a vq head takes" in err, err
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(compress_mod, "load_causal_lm", ctrl_c)
+        code, _, err = cli(capsys, "compress", "--model", source, "--out", tmp_path / "cut")
+    last = err.strip().splitlines()[-1]
+    assert code == 130 and last == "vqlogits compress: interrupted; rerun the same command to resume"
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_mod, "load_pretrained", ctrl_c)
+        code, _, err = cli(capsys, "eval", tmp_path / "vq", "--corpus", corpus)
+    assert code == 130 and err.strip().splitlines()[-1] == "vqlogits eval: interrupted; nothing was finished"
+
+    run = tmp_path / "run"
+    args = ["train", "--corpus", corpus, "--tokenizer", "bpe:300", "--steps", 4, "--eval-every", 0]
+    args += ["--final-eval-tokens", 1024, "--checkpoint-every", 2, "--warmup-steps", 1, "--cache", tmp_path / "cache"]
+    real = train_mod.get_batch
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "get_batch", lambda data, at, *a, **k: ctrl_c() if at == 3 else real(data, at, *a, **k))
+        code, _, err = cli(capsys, *args, "--out", run)
+    assert code == 130 and "interrupted; rerun the same command to resume" in err
+    code, out, err = cli(capsys, *args, "--out", run)
+    assert code == 0 and "resuming at step 2 of 4" in out + err
+    assert (run / "results.json").exists() and not (run / "lock").exists()
+
+    root = Path(__file__).resolve().parents[1]
+
+    def make(env: dict) -> str:
+        return subprocess.run(["make", "-n", "data"], cwd=root, env=env, capture_output=True, text=True).stdout
+
+    env = {k: v for k, v in os.environ.items() if k != "VQLOGITS_CACHE"}
+    assert f"--cache {tmp_path / 'mine'}" in make({**env, "VQLOGITS_CACHE": str(tmp_path / "mine")})
+    assert f"--cache {Path.home() / '.cache' / 'vqlogits'}" in make(env)

@@ -93,7 +93,11 @@ def add_config_options(p: argparse.ArgumentParser, config_cls, groups: dict | No
         target.add_argument(flag, type=kind, default=None, required=meta.get("required", False), help=text, **extra)
 
 
+def given_options(args: argparse.Namespace, config_cls) -> dict:
+    """The fields of ``config_cls`` the command line gave, with their values."""
+    return {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
+
+
 def config_from(args: argparse.Namespace, config_cls):
     """``config_cls`` with the fields the command line gave."""
-    given = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
-    return config_cls(**given)
+    return config_cls(**given_options(args, config_cls))

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..files import USER_CACHE
-from .options import boolean, config_from
+from .options import boolean, config_from, given_options
 from .parser import build_parser
 from .summaries import calibration_summary, folder_summary
 
@@ -77,7 +77,8 @@ def _compress(args):
     from ..hf.config import CompressConfig
     from ..hf.folder import describe
 
-    _summary(args, describe(compress(config_from(args, CompressConfig))), folder_summary)
+    # the options as given, so that one given at its default value is still named if the head ignores it
+    _summary(args, describe(compress(**given_options(args, CompressConfig))), folder_summary)
 
 
 def _accelerate(args):

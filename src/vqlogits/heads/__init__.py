@@ -131,7 +131,11 @@ def rows_sizes(name: str, options: dict, d_model: int, vocab_size: int) -> dict:
     if options.get("head_budget"):
         budget = size_for_budget(name, options["head_budget"], d_model, vocab_size, bias=options.get("bias", True))
         return {**budget, "init": options.get("init", "kmeans")}
-    return kind.cls.rows_sizes(options)
+    sizes = kind.cls.rows_sizes(options)
+    codes = sizes.get("codebook_size", 0) + sizes.get("n_frequent", 0)  # the K codes asked for
+    if vocab_size and codes > vocab_size:
+        raise ValueError(f"codebook_size must be at most the model's vocabulary, {vocab_size:,} tokens, got {codes}")
+    return sizes
 
 
 def head_from_rows(name: str, dense, sizes: dict, frequent=None, seed: int = 0, progress: bool = True):

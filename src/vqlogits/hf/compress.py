@@ -29,11 +29,13 @@ SHAPING = (
 )
 
 
-def _ignored_options(cfg: CompressConfig) -> None:
-    """Warn, by name, about a shaping option set away from its default that the head does not take."""
+def _ignored_options(cfg: CompressConfig, given: set[str] | None = None) -> None:
+    """Warn, by name, about a shaping option the head does not take: one of ``given`` (the options
+    passed as keywords), else one set away from its default."""
     takes = KINDS[cfg.head].cls.ROW_OPTIONS
     for f in fields(cfg):
-        if f.name in SHAPING and f.name not in takes and getattr(cfg, f.name) != f.default:
+        chosen = f.name in given if given is not None else getattr(cfg, f.name) != f.default
+        if f.name in SHAPING and f.name not in takes and chosen:
             flag = "--" + f.name.replace("_", "-")
             warnings.warn(f"{flag} is ignored: a {cfg.head} head takes {', '.join(takes)}", stacklevel=3)
 
@@ -53,7 +55,9 @@ def compress(cfg: CompressConfig | None = None, /, **options) -> Path:
     ``cfg`` (or its fields as keywords): ``head`` is built by its kind's ``from_rows`` (heads/),
     sized by ``head_budget`` F > 0 to F x the dense head's parameters (``heads.size_for_budget``,
     the rule training uses), else by the kind's own options (``codebook_size``, ``exact_tokens``,
-    ``token_dim``, or ``bits`` / ``group_size`` / ``method`` for ``quantized``).
+    ``token_dim``, or ``bits`` / ``group_size`` / ``method`` for ``quantized``). A shaping option
+    the kind does not take is named in a warning: any passed as a keyword, or with ``cfg``, any set
+    away from its default.
 
     ``out``: a new or empty folder, or one an interrupted compress left; a finished model folder or
     any other files are refused unless ``overwrite`` (``files.output_folder``). ``dtype`` of what
@@ -62,9 +66,10 @@ def compress(cfg: CompressConfig | None = None, /, **options) -> Path:
     stores a hybrid's codebook and token vectors quantized (``folder.quantized_parts``). The config
     is saved in vqlogits.json under ``compress``.
     """
+    given = set(options) if cfg is None else None
     cfg = cfg or CompressConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
     cfg.check()
-    _ignored_options(cfg)
+    _ignored_options(cfg, given)
     if cfg.part_bits and not KINDS[cfg.head].frequent:
         raise ValueError(
             f"part_bits must be 4 or 8 and needs a hybrid head, got part_bits={cfg.part_bits}, head={cfg.head!r}"
