@@ -143,3 +143,16 @@ def test_a_second_domain_gets_its_own_table_and_plot(tmp_path):
     assert [row.split(" | ")[0] for row in rows] == ["| f", "| q", "| bf16"]
     assert "×9.000" in rows[0] and "(25% exact rows)" in rows[0] and "×1.002" in rows[2]
     assert (tmp_path / "out" / "pretrained_ppl_vs_bytes-devdocs.png").stat().st_size > 0
+
+
+def test_a_reference_alone_names_its_domain(tmp_path):
+    """Before any model's evaluation on the other corpus has landed, bf16-devdocs.json is still
+    that corpus's reference, not a row of the calibration corpus's table."""
+    _model(tmp_path, "f", "frequent", 100, (30.0, 25.0), 0, head_bytes=1_000_000)
+    reference = {"ppl_original": 10.0, "kl_original_to_compressed": 0.0, "top1_agreement": 1.0, "head_params": 1000}
+    reference.update(dense_head_params=1000, head_bytes=80_000_000, dense_head_bytes_bf16=56_000_000)
+    (tmp_path / "bf16-devdocs.json").write_text(json.dumps({**reference, "ppl_compressed": 10.02, "corpus": "devdocs"}))
+    report = pretrained_report(tmp_path, tmp_path / "out").read_text()
+    first = report.split("## At equal bytes\n\n")[1].split("## At equal bytes, on devdocs")[0]
+    assert "bf16-devdocs" not in report and "| f |" in first
+    assert "×1.002" in report.split("## At equal bytes, on devdocs\n\n")[1]

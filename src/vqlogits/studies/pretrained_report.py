@@ -19,8 +19,13 @@ STAGES = (
 
 def domains(root: str | Path) -> list[str]:
     """The evaluation domains under ``root``, as file-name suffixes: "" (eval_<stage>.json, the
-    calibration corpus) first, then e.g. "-devdocs" (eval_<stage>-devdocs.json, another corpus)."""
+    calibration corpus) first, then e.g. "-devdocs" (eval_<stage>-devdocs.json, another corpus, or
+    a reference beside the folders named for its corpus, bf16-devdocs.json)."""
     found = {f.stem.split("-", 1)[1] for f in Path(root).rglob("eval_*-*.json")}
+    for f in Path(root).glob("*-*.json"):  # a reference on another corpus, e.g. bf16-devdocs.json
+        corpus = json.loads(f.read_text()).get("corpus")
+        if isinstance(corpus, str) and f.stem.endswith(f"-{corpus}"):
+            found.add(corpus)
     return ["", *sorted(f"-{d}" for d in found)]
 
 
