@@ -35,8 +35,9 @@
 # 0.8 * 4k + 0.2 * 7k = 4.6k steps = 9.4M tokens, plus ~3 min of evaluation per budget:
 #   designs: 7 chains x ~1.1 h                        ~ 7.5 h
 #   seeds:   2 designs x 2 more seeds x ~1.1 h        ~ 4.5 h
-#   4k only: third seeds of the best two at 4k steps  ~ 2 x 1 h (BEST=... SEEDS=2 WSD_STEPS=4000)
-#   total                                            ~ 14 h of one core
+#   4k only: third seeds of the best two at 4k steps  ~ 2 x 1 h (BEST=... SEEDS=2 WSD_STEPS=4000),
+#            and seeds 1 and 2 of adaptive at 4k     ~ 2 x 0.7 h (BEST=adaptive SEEDS=1,2 WSD_STEPS=4000)
+#   total                                            ~ 15.5 h of one core
 set -euo pipefail
 STAGE=${1:?usage: scripts/equal_compute.sh designs|seeds|report}
 OUT=${OUT:-docs/results/equal_compute/runs}
