@@ -25,10 +25,10 @@ model() {  # name, calibrate options, compress options...
   only "$1" || return 0
   local D=$OUT/$1 cal=$2; shift 2
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --corpus pydocs --out "$D" "$@"
-  [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL
+  [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL --json
   if [ ! -s "$D/eval_stage1.json" ]; then
     vqlogits calibrate "$D" --corpus pydocs --stages 1 --max-steps $STAGE1_STEPS --budget-minutes 60 $cal
-    into "$D/eval_stage1.json" vqlogits eval "$D" $EVAL
+    into "$D/eval_stage1.json" vqlogits eval "$D" $EVAL --json
   fi
 }
 mkdir -p "$OUT"

@@ -28,8 +28,8 @@ kept() { [ -s "$KEEP/$1/eval_$2.json" ] && [ -s "$KEEP/$1/eval_$2-devdocs.json" 
 evals() {  # name, stage: both domains, written to KEEP
   local D=$OUT/$1 K=$KEEP/$1
   mkdir -p "$K" && cp "$D/vqlogits.json" "$K/vqlogits.json"
-  [ -s "$K/eval_$2.json" ] || into "$K/eval_$2.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000
-  [ -s "$K/eval_$2-devdocs.json" ] || into "$K/eval_$2-devdocs.json" vqlogits eval "$D" --corpus devdocs --max-tokens $DEVDOCS_TOKENS
+  [ -s "$K/eval_$2.json" ] || into "$K/eval_$2.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000 --json
+  [ -s "$K/eval_$2-devdocs.json" ] || into "$K/eval_$2-devdocs.json" vqlogits eval "$D" --corpus devdocs --max-tokens $DEVDOCS_TOKENS --json
 }
 model() {  # name, calibrate options, compress options...
   only "$1" || return 0

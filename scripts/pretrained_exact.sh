@@ -9,13 +9,13 @@ for KN in 1024:512 4096:2048; do
   D=$OUT/smollm2-vq$K-exact$N
   rm -rf "$D"
   vqlogits compress --model smollm2 --codebook-size $K --exact-tokens $N --corpus pydocs --out "$D"
-  vqlogits eval "$D" $EVAL > "$D/eval_kmeans.json"
+  vqlogits eval "$D" $EVAL --json > "$D/eval_kmeans.json"
   vqlogits calibrate "$D" --corpus pydocs --stages 1 --budget-minutes $STAGE1_MIN
-  vqlogits eval "$D" $EVAL > "$D/eval_stage1.json"
+  vqlogits eval "$D" $EVAL --json > "$D/eval_stage1.json"
   vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"
 done
 # Stage 2 for the best K = 4096 variant.
 D=$OUT/smollm2-vq4096-exact2048
 vqlogits calibrate "$D" --corpus pydocs --stages 2 --budget-minutes ${STAGE2_MIN:-6} --train-layers 4
-vqlogits eval "$D" $EVAL > "$D/eval_stage2.json"
+vqlogits eval "$D" $EVAL --json > "$D/eval_stage2.json"
 vqlogits generate "$D" "The os module provides" --max-new-tokens 40 > "$D/generation.txt"

@@ -21,18 +21,18 @@ into() { "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }  # into FILE CMD...: FILE ap
 for B in $BUDGETS; do for H in $HEADS; do for LEARN in $LEARNS; do
   D=$OUT/smollm2-$H-b$B-learn$LEARN
   [ -f "$D/vqlogits.json" ] || vqlogits compress --model smollm2 --head $H --head-budget $B --corpus pydocs --out "$D"
-  [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL
+  [ -s "$D/eval_kmeans.json" ] || into "$D/eval_kmeans.json" vqlogits eval "$D" $EVAL --json
   # if-blocks, not `[ ] || { a && b; }`: set -e ignores a failure left of &&, so a failed
   # calibration (a full disk, here) went on to evaluate the model of the stage before.
   if [ ! -s "$D/eval_stage1.json" ]; then
     vqlogits calibrate "$D" --corpus pydocs --stages 1 --budget-minutes $STAGE1_MIN --reassign-every $LEARN
-    into "$D/eval_stage1.json" vqlogits eval "$D" $EVAL
+    into "$D/eval_stage1.json" vqlogits eval "$D" $EVAL --json
   fi
   if [ ! -s "$D/eval_stage2.json" ]; then
     vqlogits calibrate "$D" --corpus pydocs --stages 2 --budget-minutes $STAGE2_MIN --train-layers 4
-    into "$D/eval_stage2.json" vqlogits eval "$D" $EVAL
+    into "$D/eval_stage2.json" vqlogits eval "$D" $EVAL --json
   fi
-  [ -s "$D/eval_full.json" ] || into "$D/eval_full.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000  # the whole test split
+  [ -s "$D/eval_full.json" ] || into "$D/eval_full.json" vqlogits eval "$D" --corpus pydocs --max-tokens 1000000 --json  # the whole test split
   [ -s "$D/generation.txt" ] || into "$D/generation.txt" vqlogits generate "$D" "The os module provides" --max-new-tokens 40
   rm -f "$D"/calib_stage*.pt.prev  # a fallback only while a stage runs; ~1 GB a model, and 18 filled this disk
 done; done; done

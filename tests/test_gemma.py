@@ -247,7 +247,7 @@ def test_the_original_alone_and_a_gguf_where_a_folder_belongs(source, tmp_path, 
 
     folder, corpus, cache = source
     args = ["--corpus", str(corpus), "--max-tokens", "512", "--cache", str(cache)]
-    assert main(["eval", "--model", str(folder), *args]) == 0
+    assert main(["eval", "--model", str(folder), *args, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["ppl"] > 1 and r["eval_tokens"] == 512 and r["bpb"] > 0
     gguf = tmp_path / "m.gguf"
@@ -446,7 +446,11 @@ def test_eval_of_an_accelerated_folder_times_generates_path_end_to_end(source, a
     from vqlogits.cli import main
 
     _, corpus, cache = source
-    assert main(["eval", str(accelerated), "--corpus", str(corpus), "--max-tokens", "256", "--cache", str(cache)]) == 0
+    args = ["--corpus", str(corpus), "--max-tokens", "256", "--cache", str(cache)]
+    assert main(["eval", str(accelerated), *args]) == 0
+    summary = capsys.readouterr().out
+    assert "exact greedy" in summary and "certified" in summary and "decoding end to end" in summary
+    assert main(["eval", str(accelerated), *args, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     exact = next(m for m in r["modes"] if m["mode"] == "exact")
     assert {"screened_rows_per_token", "head_speedup_b1", "certified"} <= set(exact) and exact["agreement"] == 1.0

@@ -404,6 +404,13 @@ def test_ignored_options_interrupts_locks_and_the_cache_variable(source, corpus,
     vq = ["compress", "--model", source, "--head", "vq", "--codebook-size", 8]
     code, _, err = cli(capsys, *vq, "--bits", 4, "--out", tmp_path / "vq")
     assert code == 0 and "--bits is ignored: a vq head takes" in err, err
+    ev = ["eval", tmp_path / "vq", "--corpus", corpus, "--max-tokens", 512, "--cache", tmp_path / "cache"]
+    code, out, _ = cli(capsys, *ev)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 6 and "perplexity: original" in lines[1] and "over 2 windows" in lines[1]
+    assert "bits per byte" in lines[2] and "as stored" in lines[4] and "decoding end to end" in lines[5]
+    code, out, _ = cli(capsys, *ev, "--json")
+    assert code == 0 and len(json.loads(out)["window_gaps"]) == 2  # the numbers are for machines
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt

@@ -159,9 +159,9 @@ def test_sweep_report_and_cli(base, tmp_path, capsys, json_never_in_place):
     r = evaluate(tmp_path / "sweep" / "vq32-random-s0")
     assert r["val_ppl"] == json.loads((tmp_path / "sweep" / "vq32-random-s0" / "results.json").read_text())["val_ppl"]
     assert main(["eval", str(tmp_path / "sweep" / "dense-s0")]) == 0
+    assert "test_bpb: " in capsys.readouterr().out  # a summary for people, --json for machines
     # Every target token of a split is scored, the partial last window's too: the whole test split.
-    capsys.readouterr()
-    assert main(["eval", str(tmp_path / "sweep" / "dense-s0"), "--max-tokens", "1000000"]) == 0
+    assert main(["eval", str(tmp_path / "sweep" / "dense-s0"), "--max-tokens", "1000000", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)["eval"]["test"]["tokens"]
     test = tokenize_corpus(base.corpus, base.tokenizer, base.cache, splits=("test",))[0]["test"]
     block = load_model(tmp_path / "sweep" / "dense-s0")[0].cfg.block_size

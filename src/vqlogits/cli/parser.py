@@ -53,6 +53,7 @@ def _eval(sub) -> None:
         help="targets per split (default: the run's final_eval_tokens; 16384 for compressed models)",
     )
     cache_option(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a short summary")
 
 
 def _compress(sub) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..files import USER_CACHE
 from .options import boolean, config_from, given_options
 from .parser import build_parser
-from .summaries import calibration_summary, folder_summary
+from .summaries import calibration_summary, eval_summary, folder_summary
 
 
 def _train_config(args):
@@ -57,7 +57,8 @@ def _eval(args):
     if args.model is not None:
         from ..hf.evaluate import evaluate_original
 
-        return _print(evaluate_original(args.model, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+        result = evaluate_original(args.model, args.corpus or "pydocs", args.max_tokens or 16384, args.cache)
+        return _summary(args, result, eval_summary)
     if args.run_dir.endswith(".gguf"):
         from ..hf.folder import check_not_gguf
 
@@ -65,11 +66,12 @@ def _eval(args):
     if _model_folder(args.run_dir):
         from ..hf.speed import evaluate_folder
 
-        _print(evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache))
+        result = evaluate_folder(args.run_dir, args.corpus or "pydocs", args.max_tokens or 16384, args.cache)
     else:
         from ..lm.experiments import evaluate
 
-        _print(evaluate(args.run_dir, args.corpus, args.max_tokens))
+        result = evaluate(args.run_dir, args.corpus, args.max_tokens)
+    _summary(args, result, eval_summary)
 
 
 def _compress(args):

@@ -1,4 +1,5 @@
-"""The few lines ``compress``, ``accelerate`` and ``calibrate`` end with (``--json``: the dict itself)."""
+"""The few lines ``compress``, ``accelerate``, ``calibrate`` and ``eval`` end with (``--json``: the dict
+itself)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,70 @@ def calibration_summary(folder: str, summary: dict) -> str:
         loss = "–" if stage["final_loss"] is None else f"{stage['final_loss']:.4f}"
         lines.append(f"  stage {name}: {stage['steps']:,} steps in {stage['seconds']:,.0f} s, last loss {loss}")
     return "\n".join(lines)
+
+
+def _decode(r: dict) -> str:
+    setup = r["decode_setup"]
+    lo, hi = r["decode_speedup_range"]
+    return (
+        f"  decoding end to end (vqlogits generate's path, batch {setup['batch']}, {setup['new']} new tokens,"
+        f" {setup['repeats']} repeats in turns with the dense head): {r['decode_tok_s']:.1f} against"
+        f" {r['dense_decode_tok_s']:.1f} tokens/s, x{r['decode_speedup']:.2f} (range {lo:.2f}-{hi:.2f})"
+    )
+
+
+def _compressed(r: dict) -> list[str]:
+    interval = r["ppl_ratio_interval95"]
+    spread = f"95% interval {interval[0]:.4f}-{interval[1]:.4f}" if interval else "no interval"
+    bpb = (
+        f"  bits per byte: original {r['bpb_original']:.4f}, compressed {r['bpb_compressed']:.4f}"
+        f" ({r['eval_bytes']:,} bytes of text)"
+        if r.get("bpb_original") is not None
+        else "  bits per byte: none (the tokenizer's tokens are not strings of the text)"
+    )
+    return [
+        f"{r['folder']}: {r['head']} head on {r['corpus']} {r['split']}, {r['eval_tokens']:,} tokens",
+        f"  perplexity: original {r['ppl_original']:.3f}, compressed {r['ppl_compressed']:.3f},"
+        f" x{r['ppl_compressed'] / r['ppl_original']:.4f} ({spread} over {len(r['window_gaps'])} windows)",
+        bpb,
+        f"  KL(original || compressed) {r['kl_original_to_compressed']:.4g} nats per token; top-1 agreement"
+        f" {r['top1_agreement']:.2%}; the original's exact rows for {r['exact_row_share']:.1%} of the targets",
+        f"  head: {r['head_params']:,} parameters ({r['head_params'] / r['dense_head_params']:.1%} of the dense"
+        f" head's), {_mb(r['head_bytes'])} as stored ({r['head_bytes'] / r['dense_head_bytes']:.1%} of its"
+        f" {_mb(r['dense_head_bytes'])} in fp32)",
+    ]
+
+
+def _indexed(r: dict) -> list[str]:
+    lines = [f"{r['folder']}: accelerated (the original's logits), {r['tokens']:,} hidden states of {r['corpus']}"]
+    for m in r["modes"]:
+        certified = f", {m['certified']:.1%} certified" if "certified" in m else ""
+        lines.append(
+            f"  {m['mode']} greedy ({m['probes']} of {m['clusters']} clusters first): top-1 = original's"
+            f" {m['agreement']:.2%}{certified}; the head alone x{m['head_speedup_b1']:.2f} the dense head's speed"
+            f" at batch 1"
+        )
+    return lines
+
+
+def _scalars(r: dict, indent: str = "") -> list[str]:
+    """Any other result: its numbers and names, one per line, nested dicts indented."""
+    lines = []
+    for k, v in r.items():
+        if isinstance(v, dict):
+            lines += [f"{indent}{k}:", *_scalars(v, indent + "  ")]
+        elif isinstance(v, float):
+            lines.append(f"{indent}{k}: {v:.4f}")
+        elif v is not None and not isinstance(v, list):
+            lines.append(f"{indent}{k}: {v:,}" if isinstance(v, int) else f"{indent}{k}: {v}")
+    return lines
+
+
+def eval_summary(r: dict) -> str:
+    """What ``eval`` measured: a compressed model against its original, an accelerated one's modes,
+    each with end-to-end decoding; a run's or the original's scores."""
+    if "ppl_compressed" in r:
+        return "\n".join([*_compressed(r), _decode(r)])
+    if "modes" in r:
+        return "\n".join([*_indexed(r), _decode(r)])
+    return "\n".join(_scalars(r))
