@@ -14,7 +14,11 @@
 # Resumable, across machines too: the model folders live in OUT (not kept), and what the report
 # needs, each model's vqlogits.json and eval_*.json, is written to KEEP, which is kept in git. A
 # model whose four evaluations are in KEEP is skipped; a half-done one resumes from OUT if OUT still
-# holds it, else it is rebuilt. Every result in KEEP comes from the code at KEEP/commit (checked).
+# holds it, else it is rebuilt. Every result in KEEP comes from the code at KEEP/commit (checked),
+# so the study runs that commit's code and script, from the repository root:
+#   git worktree add --detach ../study "$(cat docs/pretrained/bytes-gemma/measured/commit)"
+#   PATH=$PWD/.venv/bin:$PATH PYTHONPATH=../study/src CORE=1 bash ../study/scripts/pretrained_bytes_gemma.sh
+# A second job on the other core takes other models: ONLY="name ..." (the names below).
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-bytes-gemma}
 KEEP=${KEEP:-docs/pretrained/bytes-gemma/measured}
