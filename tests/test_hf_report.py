@@ -131,6 +131,7 @@ def test_a_second_domain_gets_its_own_table_and_plot(tmp_path):
         for key in ("kmeans", "stage1"):
             r = json.loads((tmp_path / name / f"eval_{key}.json").read_text())
             r.update(ppl_compressed=ppl, corpus="devdocs", exact_row_share=0.25 if name == "f" else 0.0)
+            r.update(own_row_share=0.5 if name == "f" else 1.0)
             (tmp_path / name / f"eval_{key}-devdocs.json").write_text(json.dumps(r))
     reference = {"ppl_original": 10.0, "kl_original_to_compressed": 0.0, "top1_agreement": 1.0, "head_params": 1000}
     reference.update(dense_head_params=1000, head_bytes=80_000_000, dense_head_bytes_bf16=56_000_000)
@@ -141,7 +142,7 @@ def test_a_second_domain_gets_its_own_table_and_plot(tmp_path):
     assert "×3.000" in first and "×9.000" not in first.split("## At equal bytes, on devdocs")[0]
     rows = second.split("\n\n")[0].splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| f", "| q", "| bf16"]
-    assert "×9.000" in rows[0] and "(25% exact rows)" in rows[0] and "×1.002" in rows[2]
+    assert "×9.000" in rows[0] and "(50% own rows, 25% exact rows)" in rows[0] and "×1.002" in rows[2]
     assert (tmp_path / "out" / "pretrained_ppl_vs_bytes-devdocs.png").stat().st_size > 0
 
 

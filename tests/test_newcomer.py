@@ -407,8 +407,9 @@ def test_ignored_options_interrupts_locks_and_the_cache_variable(source, corpus,
     ev = ["eval", tmp_path / "vq", "--corpus", corpus, "--max-tokens", 512, "--cache", tmp_path / "cache"]
     code, out, _ = cli(capsys, *ev)
     lines = out.strip().splitlines()
-    assert code == 0 and len(lines) == 6 and "perplexity: original" in lines[1] and "over 2 windows" in lines[1]
-    assert "bits per byte" in lines[2] and "as stored" in lines[4] and "decoding end to end" in lines[5]
+    assert code == 0 and len(lines) == 7 and "perplexity: original" in lines[1] and "over 2 windows" in lines[1]
+    assert "bits per byte" in lines[2] and "row of their own" in lines[4] and "as stored" in lines[5]
+    assert "decoding end to end" in lines[6]
     code, out, _ = cli(capsys, *ev, "--json")
     assert code == 0 and len(json.loads(out)["window_gaps"]) == 2  # the numbers are for machines
 

@@ -63,7 +63,9 @@ def _compressed(r: dict) -> list[str]:
         f" x{r['ppl_compressed'] / r['ppl_original']:.4f} ({spread} over {len(r['window_gaps'])} windows)",
         bpb,
         f"  KL(original || compressed) {r['kl_original_to_compressed']:.4g} nats per token; top-1 agreement"
-        f" {r['top1_agreement']:.2%}; the original's exact rows for {r['exact_row_share']:.1%} of the targets",
+        f" {r['top1_agreement']:.2%}",
+        f"  targets with a row of their own: {r['own_row_share']:.1%}, with the original's row exactly:"
+        f" {r['exact_row_share']:.1%}",
         f"  head: {r['head_params']:,} parameters ({r['head_params'] / r['dense_head_params']:.1%} of the dense"
         f" head's), {_mb(r['head_bytes'])} as stored ({r['head_bytes'] / r['dense_head_bytes']:.1%} of its"
         f" {_mb(r['dense_head_bytes'])} in fp32)",

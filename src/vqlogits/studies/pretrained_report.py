@@ -17,6 +17,10 @@ STAGES = (
 )
 
 
+# the shares of evaluated targets whose rows are the head's own, and the original's exactly
+ROW_SHARES = (("own_row_share", "own rows"), ("exact_row_share", "exact rows"))
+
+
 def domains(root: str | Path) -> list[str]:
     """The evaluation domains under ``root``, as file-name suffixes: "" (eval_<stage>.json, the
     calibration corpus) first, then e.g. "-devdocs" (eval_<stage>-devdocs.json, another corpus, or
@@ -231,8 +235,9 @@ def bytes_markdown(rows: list[dict]) -> str:
             return "– | – | –"
         lo, hi = r.get("ppl_ratio_interval95") or (_ratio(r), _ratio(r))
         kl, top1 = r["kl_original_to_compressed"], 100 * r["top1_agreement"]
-        exact = f" ({100 * r['exact_row_share']:.0f}% exact rows)" if r.get("exact_row_share") is not None else ""
-        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%{exact}"
+        shares = [f"{100 * r[k]:.0f}% {name}" for k, name in ROW_SHARES if r.get(k) is not None]
+        rows = f" ({', '.join(shares)})" if shares else ""
+        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%{rows}"
 
     models = {r["model"] for r in panels["kmeans"] + panels["stage1"]}
     found = {key: {r["model"]: r for r in panel} for key, panel in panels.items()}
