@@ -126,8 +126,10 @@ class _Stage:
         stage keeps a checkpoint of its module alone, until ``calibrate`` saves the folder."""
         if self.finished:
             return
-        total = round(seconds)
-        bar = tqdm(total=total, initial=min(round(self.elapsed), total), desc=desc, unit="s", mininterval=1.0)
+        # the bar counts steps when a step limit is set, else the budget's seconds; the other is shown beside
+        total, unit = (max_steps, "step") if max_steps else (round(seconds), "s")
+        done = lambda: self.step if max_steps else min(round(self.elapsed), total)  # noqa: E731
+        bar = tqdm(total=total, initial=done(), desc=desc, unit=unit, mininterval=1.0)
         with _interrupt_between_steps() as interrupted:
             while self.elapsed < seconds and not (max_steps and self.step >= max_steps):
                 t0 = time.perf_counter()
@@ -135,8 +137,9 @@ class _Stage:
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 self.losses.append(loss)
-                bar.n = min(round(self.elapsed), total)
-                bar.set_postfix(step=self.step, loss=f"{loss:.3f}")
+                bar.n = done()
+                shown = {"budget": f"{self.elapsed:.0f} of {seconds:.0f} s"} if max_steps else {"step": self.step}
+                bar.set_postfix(**shown, loss=f"{loss:.3f}")
                 if interrupted or self.step % save_every == 0:
                     save_checkpoint(self.snapshot(), self.ckpt)
                 if interrupted:
