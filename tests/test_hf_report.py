@@ -144,6 +144,7 @@ def test_a_second_domain_gets_its_own_table_and_plot(tmp_path):
     assert [row.split(" | ")[0] for row in rows] == ["| f", "| q", "| bf16"]
     assert "×9.000" in rows[0] and "(50% own rows, 25% exact rows)" in rows[0] and "×1.002" in rows[2]
     assert (tmp_path / "out" / "pretrained_ppl_vs_bytes-devdocs.png").stat().st_size > 0
+    assert "| frequent |" in report and "frequent, k-means" not in report  # no map to name
 
 
 def test_a_reference_alone_names_its_domain(tmp_path):

@@ -85,9 +85,9 @@ def _series(meta: dict) -> str:
     stage1 = [c["stages"]["1"] for c in meta.get("calibration", []) if "1" in c["stages"]]
     learned = bool(stage1 and stage1[-1].get("reassign_every"))
     parts = {bits for bits, _ in (meta.get("quantized_parts") or {}).values()}
-    return f"{meta.get('head', 'vq')}, {'learned' if learned else 'k-means'} map" + "".join(
-        f", {b}-bit parts" for b in parts
-    )
+    # frequent-token rows map every other token to one shared code: no k-means, no map to learn
+    mapped = "" if meta.get("head") == "frequent" else f", {'learned' if learned else 'k-means'} map"
+    return f"{meta.get('head', 'vq')}{mapped}" + "".join(f", {b}-bit parts" for b in parts)
 
 
 def _final(rows: list[dict]) -> list[dict]:
