@@ -93,7 +93,8 @@ def _scalars(r: dict, indent: str = "") -> list[str]:
         elif isinstance(v, float):
             lines.append(f"{indent}{k}: {v:.4f}")
         elif v is not None and not isinstance(v, list):
-            lines.append(f"{indent}{k}: {v:,}" if isinstance(v, int) else f"{indent}{k}: {v}")
+            counted = isinstance(v, int) and not isinstance(v, bool)  # True is an int, not a count
+            lines.append(f"{indent}{k}: {v:,}" if counted else f"{indent}{k}: {v}")
     return lines
 
 

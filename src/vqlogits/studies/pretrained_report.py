@@ -27,7 +27,8 @@ def domains(root: str | Path) -> list[str]:
     a reference beside the folders named for its corpus, bf16-devdocs.json)."""
     found = {f.stem.split("-", 1)[1] for f in Path(root).rglob("eval_*-*.json")}
     for f in Path(root).glob("*-*.json"):  # a reference on another corpus, e.g. bf16-devdocs.json
-        corpus = json.loads(f.read_text()).get("corpus")
+        r = json.loads(f.read_text())
+        corpus = r.get("corpus") if isinstance(r, dict) else None  # load_evals skips what is not a result too
         if isinstance(corpus, str) and f.stem.endswith(f"-{corpus}"):
             found.add(corpus)
     return ["", *sorted(f"-{d}" for d in found)]
