@@ -14,9 +14,10 @@
 # Resumable, across machines too: the model folders live in OUT (not kept), and what the report
 # needs, each model's vqlogits.json and eval_*.json, is written to KEEP, which is kept in git. A
 # model whose four evaluations are in KEEP is skipped; a half-done one resumes from OUT if OUT still
-# holds it, else it is rebuilt. Every result in KEEP comes from the code at KEEP/commit (checked),
-# so the study runs that commit's code and script, from the repository root:
-#   git worktree add --detach ../study "$(cat docs/pretrained/bytes-gemma/measured/commit)"
+# holds it, else it is rebuilt. KEEP/commits names, for every result file, the commit whose code
+# wrote it; the study runs a clean checkout of one commit, so editing the repository does not
+# change it mid-run. From the repository root:
+#   git worktree add --detach ../study HEAD
 #   PATH=$PWD/.venv/bin:$PATH PYTHONPATH=../study/src CORE=1 bash ../study/scripts/pretrained_bytes_gemma.sh
 # A second job on the other core takes other models: ONLY="name ..." (the names below).
 set -euo pipefail
@@ -26,7 +27,9 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
 vqlogits() { taskset -c "${CORE:-1}" vqlogits "$@"; }
 STAGE1_STEPS=${STAGE1_STEPS:-250}
 DEVDOCS_TOKENS=${DEVDOCS_TOKENS:-65536}
-into() { "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }
+into() {  # file, command: the command's output, written whole, and the commit that wrote it
+  "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1" && echo "${1#"$KEEP"/} $commit" >> "$KEEP/commits"
+}
 only() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 kept() { [ -s "$KEEP/$1/eval_$2.json" ] && [ -s "$KEEP/$1/eval_$2-devdocs.json" ]; }
 evals() {  # name, stage: both domains, written to KEEP
@@ -46,9 +49,9 @@ model() {  # name, calibrate options, compress options...
   evals "$name" stage1
 }
 mkdir -p "$OUT" "$KEEP"
-commit=$(python -c 'import vqlogits, subprocess, pathlib; print(subprocess.check_output(["git", "-C", str(pathlib.Path(vqlogits.__file__).parent), "rev-parse", "HEAD"], text=True).strip())')
-[ -s "$KEEP/commit" ] || echo "$commit" > "$KEEP/commit"
-[ "$(cat "$KEEP/commit")" = "$commit" ] || { echo "$KEEP holds results of $(cat "$KEEP/commit"), this code is $commit: run that commit (git worktree add --detach DIR $(cat "$KEEP/commit"); PYTHONPATH=DIR/src)" >&2; exit 2; }
+src=$(python -c 'import vqlogits, pathlib; print(pathlib.Path(vqlogits.__file__).parent)')
+commit=$(git -C "$src" rev-parse HEAD)
+[ -z "$(git -C "$src" status --porcelain --untracked-files=no)" ] || { echo "$src has uncommitted changes: run a clean checkout (git worktree add --detach DIR HEAD; PYTHONPATH=DIR/src)" >&2; exit 2; }
 if only bf16; then
   [ -s "$KEEP/bf16.json" ] || into "$KEEP/bf16.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 pydocs
   [ -s "$KEEP/bf16-devdocs.json" ] || into "$KEEP/bf16-devdocs.json" taskset -c "${CORE:-1}" python -m vqlogits.studies.cast gemma3 bfloat16 devdocs $DEVDOCS_TOKENS

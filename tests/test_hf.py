@@ -1,5 +1,6 @@
 """Pretrained integration on tiny random HF models built here: compress, save/load, generate, calibrate, eval."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -281,14 +282,54 @@ def test_calibration_history_survives_later_stages(source, corpus, tmp_path, jso
             budget_minutes=60,
             max_steps=5,
             stages=stage,
-            train_layers=1,
+            train_layers=0,  # stage 2 trains every weight, the head's in its own groups
             hidden_tokens=1024,
             block=64,
             cache=tmp_path / "cache",
         )
     meta = json.loads((out / "vqlogits.json").read_text())
     assert [list(c["stages"]) for c in meta["calibration"]] == [["1"], ["2"]]
+    rates = [c["stages"][s]["row_lr"] for c, s in zip(meta["calibration"], "12", strict=True)]
+    assert all(list(r) == ["codebook"] and r["codebook"] > 0 for r in rates)
+    assert meta["calibration"][0]["config"]["row_step"] == 0.6
     assert meta["calibrated_backbone"] and meta["source"] == str(source)
+
+
+@pytest.mark.parametrize("kind", ["vq", "frequent", "twolevel", "quantized"])
+def test_a_rows_step_moves_its_logits_alike_at_any_hidden_scale(kind):
+    """Adam's first step moves each coordinate by its rate, so a row's logit moves by up to
+    rate x ||x||_1, x what the row is dotted with: rows learn at row_step / mean ||x||_1, 40x lower
+    for hidden states 40x larger (a two-level head's token vectors meet h @ proj, which scales too),
+    and where logits are linear in the rows (vq, frequent) one step's largest logit move is the
+    same at both scales. Parameters that are not rows keep lr_head."""
+    from vqlogits.heads import KINDS
+    from vqlogits.hf.calibrate import head_groups
+
+    torch.manual_seed(0)
+    dense, h, w = torch.randn(64, 16) * 0.1, torch.randn(32, 16), torch.randn(32, 64)
+    sizes = {"bits": 4, "group_size": 8} if kind == "quantized" else {"codebook_size": 8, "n_frequent": 4}
+    if kind == "frequent":
+        sizes["codebook_size"] = 1
+    sizes.update(bias=True, token_dim=4)
+    start = KINDS[kind].cls.from_rows(dense, sizes, frequent=torch.arange(64), progress=False)
+    moves, rates = [], []
+    for scale in (1.0, 40.0):
+        head = copy.deepcopy(start)
+        groups, r = head_groups(head, 3e-3, 0.6, h * scale)
+        rates.append(r)
+        assert {id(p) for g in groups if g["lr"] != 3e-3 for p in g["params"]} == {id(getattr(head, n)) for n in r}
+        before = head(h * scale).detach()
+        opt = torch.optim.Adam(groups)
+        (head(h * scale) * w).sum().backward()  # linear in the logits: its gradient's signs do not depend on scale
+        opt.step()
+        moves.append((head(h * scale).detach() - before).abs().max().item())
+    if kind == "quantized":
+        assert rates == [{}, {}]
+        return
+    assert rates[0]["codebook"] == pytest.approx(0.6 / h.abs().sum(-1).mean().item())
+    assert rates[0].keys() == rates[1].keys() and all(rates[1][n] == pytest.approx(rates[0][n] / 40) for n in rates[0])
+    if kind != "twolevel":  # its log-softmax output is not linear in the rows
+        assert moves[1] == pytest.approx(moves[0], rel=0.01) and moves[0] > 0.05
 
 
 def test_ratio_interval_is_a_paired_t_interval_over_windows():

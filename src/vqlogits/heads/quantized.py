@@ -85,6 +85,10 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
     # -- what the registry asks of a kind (heads/__init__.py) --------------------------------
     ROW_OPTIONS = ("bits", "group_size", "method")
 
+    def row_inputs(self, h: torch.Tensor) -> dict:
+        """None: gain and shift scale stored rows, so their steps are relative already."""
+        return {}
+
     def config(self) -> dict:
         return {"bits": self.bits, "group_size": self.group_size, "bias": self.bias is not None}
 

@@ -63,6 +63,10 @@ class TwoLevelHead(nn.Module):
         K = codes(rest - e * (V + d), d, V)
         return {"token_dim": e, "codebook_size": K}, K * d + e * (V + d)
 
+    def row_inputs(self, h: torch.Tensor) -> dict:
+        """As ``VQLogitsHead.row_inputs``: codes and the projection meet h, token vectors meet h @ proj."""
+        return {"codebook": h, "proj": h, "token_vectors": h @ self.proj.detach()}
+
     def config(self) -> dict:
         return {"bias": self.bias is not None, "codebook_size": self.codebook_size, "token_dim": self.proj.shape[1]}
 

@@ -68,6 +68,11 @@ class VQLogitsHead(nn.Module):
         K = codes(rest, d_model, vocab_size)
         return {"codebook_size": K}, K * d_model
 
+    def row_inputs(self, h: torch.Tensor) -> dict:
+        """The parameters whose rows make logits as dot products, and what they are dotted with for
+        hidden states h (N, d): ``calibrate`` steps them in logit units."""
+        return {"codebook": h}
+
     def config(self) -> dict:
         return {"bias": self.bias is not None, "codebook_size": self.codebook_size}
 

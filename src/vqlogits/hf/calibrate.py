@@ -153,6 +153,24 @@ class _Stage:
         return {"steps": self.step, "seconds": self.elapsed, "final_loss": self.losses[-1] if self.losses else None}
 
 
+def head_groups(head, lr: float, row_step: float, h: torch.Tensor) -> tuple[list[dict], dict]:
+    """Optimizer groups for ``head``, and its rows' learning rates by parameter name: each parameter
+    whose rows make logits as dot products (``head.row_inputs(h)`` for hidden states h (N, d)) at
+    ``row_step / mean ||x||_1``, x what its rows are dotted with; the rest at ``lr``.
+
+    Adam moves every coordinate by about its learning rate a step, so a row's logit moves by up to
+    lr x ||x||_1: a rate in logit units keeps a step's effect the same across models whose hidden
+    states differ in scale (||h||_1 is about 580 on SmolLM2-135M, 1,900 on Gemma-3-270M, where one
+    rate for both diverged).
+    """
+    with torch.no_grad():
+        rates = {n: row_step / x.float().abs().sum(-1).mean().item() for n, x in head.row_inputs(h).items()}
+    named = list(head.named_parameters())
+    groups = [{"params": [p], "lr": rates[n]} for n, p in named if n in rates]
+    rest = [p for n, p in named if n not in rates]
+    return groups + ([{"params": rest, "lr": lr}] if rest else []), rates
+
+
 def _stage1_states(cfg: CalibrateConfig, model, train) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states (N, d) of the frozen backbone on ``hidden_tokens`` of train text, and their targets (N,)."""
     n_batches = max(1, cfg.hidden_tokens // (cfg.block * cfg.batch))
@@ -169,7 +187,8 @@ def head_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds:
     t0 = time.perf_counter()
     H, Y = _stage1_states(cfg, model, train)  # (N, d), (N,)
     caching_s = time.perf_counter() - t0
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr_head)
+    groups, row_lr = head_groups(head, cfg.lr_head, cfg.row_step, H)  # row_lr: {name: rate}
+    opt = torch.optim.Adam(groups)
     every = cfg.reassign_every
     learner = MapLearner(head, cfg.reassign_frac, seed=cfg.seed) if every and isinstance(head, LEARNABLE) else None
     stage = _Stage(folder / "calib_stage1.pt", head, opt, learner)
@@ -200,13 +219,14 @@ def head_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds:
         return loss.item()
 
     stage.run("stage 1 (head)", seconds, cfg.max_steps, step, save_every=every or 50)
-    return {**stage.summary(), "reassign_every": every if learner else 0, "moved": moved}
+    return {**stage.summary(), "row_lr": row_lr, "reassign_every": every if learner else 0, "moved": moved}
 
 
 def _trainable(model, train_layers: int) -> list:
     """Stage 2's parameters besides the head's: the last ``train_layers`` blocks and the final norm (0: all)."""
     if train_layers == 0:
-        return list(model.parameters())
+        head = {id(p) for p in model.get_output_embeddings().parameters()}
+        return [p for p in model.parameters() if id(p) not in head]
     blocks, norm = _blocks(model)
     return [p for m in (*blocks[-train_layers:], norm) for p in m.parameters()]
 
@@ -220,8 +240,10 @@ def model_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds
     trainable = _trainable(model, cfg.train_layers)
     for p in [*trainable, *head.parameters()]:
         p.requires_grad_(True)
-    groups = [{"params": trainable, "lr": cfg.lr_model}, {"params": list(head.parameters()), "lr": cfg.lr_head / 3}]
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    with torch.no_grad():  # the rows' rate from the original backbone's first batch: the same on a resume
+        h0 = teacher_backbone(input_ids=get_batch(train, 0, cfg.seed, cfg.batch, cfg.block)[0]).last_hidden_state
+    head_params, row_lr = head_groups(head, cfg.lr_head / 3, cfg.row_step / 3, h0)
+    opt = torch.optim.AdamW([{"params": trainable, "lr": cfg.lr_model}, *head_params], weight_decay=0.0)
     stage = _Stage(folder / "calib_stage2.pt", model, opt)
     model.train()
 
@@ -246,6 +268,7 @@ def model_stage(cfg: CalibrateConfig, model, dense: torch.Tensor, train, seconds
         "steps": summary["steps"],
         "seconds": summary["seconds"],
         "train_layers": cfg.train_layers,
+        "row_lr": row_lr,
         "final_loss": summary["final_loss"],
     }
 

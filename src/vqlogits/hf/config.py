@@ -99,7 +99,12 @@ class CalibrateConfig:
     hidden_tokens: int = option(32768, "stage 1: tokens whose hidden states are cached")
     block: int = option(256, "tokens per sequence")
     batch: int = option(4, "sequences per step")
-    lr_head: float = option(3e-3, "learning rate of the head")
+    lr_head: float = option(3e-3, "learning rate of the head's biases, scales and other parameters that are not rows")
+    row_step: float = option(
+        0.6,
+        "nats: how far one step moves a row's logit for a mean hidden state; rows (codebook, exact rows) learn at"
+        " row_step / mean ||h||_1",
+    )
     lr_model: float = option(3e-5, "stage 2: learning rate of the trained blocks")
     reassign_every: int = option(50, "stage 1 learns the token -> code map every N steps; 0: a fixed map")
     reassign_frac: float = option(0.05, "at most this fraction of the seen tokens move per reassignment")
@@ -114,7 +119,7 @@ class CalibrateConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and low < value <= high):
                 raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}")
-        for name in ("kl_weight", "lr_head", "lr_model"):
+        for name in ("kl_weight", "lr_head", "row_step", "lr_model"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
         check_ints(self, ("max_steps", "reassign_every", "train_layers", "seed"), 0)
