@@ -275,73 +275,74 @@ def _model_name(rows: list[dict]) -> str:
     return ", ".join(sorted(sources)) if sources else "SmolLM2"
 
 
-def bytes_plot(rows: list[dict], path: Path) -> bool:
-    """Perplexity × original against the head's bytes as stored, uncalibrated and after stage 1
-    side by side, one line per family (``_family``), each panel's Pareto front marked; False (no
-    plot) when no row has its bytes."""
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+def _log_ticks(ax) -> None:
+    """Readable log axes: bytes at 1-2-5 steps, perplexity ratios at round values, no minor labels."""
+    import matplotlib.ticker as ticker
 
-    if not _bytes_panel(rows, "kmeans"):
-        return False
-    families = sorted({_family(r)[0] for r in _bytes_panel(rows, "kmeans")})
+    ax.xaxis.set_major_locator(ticker.FixedLocator([m * 10**e for e in range(-1, 5) for m in (1, 2, 5)]))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ratios = [0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 1000]
+    ax.yaxis.set_major_locator(ticker.FixedLocator(ratios))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _bytes_axes(ax, rows: list[dict], key: str, colors: dict, goal: float | None) -> None:
+    """One panel: a line per family (``_family``), the panel's Pareto front, the goals."""
+    panel = _bytes_panel(rows, key)
+    for i, name in enumerate(colors):
+        rs = sorted((r for r in panel if _family(r)[0] == name), key=lambda r: r["head_bytes"])
+        xs, ys = [r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs]
+        ax.plot(xs, ys, "o-", ms=5, color=colors[name], label=name)
+        offset, ha = ((4, 4), "left") if i % 2 == 0 else ((-4, -11), "right")  # neighbours' labels on opposite sides
+        for r, x, y in zip(rs, xs, ys, strict=True):
+            text = _family(r)[1]
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=ha, fontsize=7, color=colors[name])
+    front = pareto_bytes(panel)
+    xs, ys = [r["head_bytes"] / 1e6 for r in front], [_ratio(r) for r in front]
+    ax.plot(xs, ys, "k", lw=5, alpha=0.2, label="Pareto front")
+    if goal:
+        ax.axvline(goal, color="gray", ls=":", lw=0.8, label=f"{goal:.0f} MB (goal: 1/14 of bf16)")
+    ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5% (goal)")
+    ax.set(xscale="log", yscale="log")
+    _log_ticks(ax)
+
+
+def bytes_plot(domains: list[tuple[str, list[dict]]], path: Path) -> int:
+    """Perplexity × original against the head's bytes as stored: a row of panels per domain
+    (its corpus, its rows), uncalibrated and after stage 1 side by side, one line per family
+    (``_family``), each panel's Pareto front marked. Returns the domains drawn (0: no plot, when
+    no row has its bytes)."""
+    import matplotlib.pyplot as plt
+
+    domains = [(corpus, rows) for corpus, rows in domains if _bytes_panel(rows, "kmeans")]
+    if not domains:
+        return 0
+    families = sorted({_family(r)[0] for _, rows in domains for r in _bytes_panel(rows, "kmeans")})
     colors = {name: f"C{i % 10}" for i, name in enumerate(families)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    for ax, key, title in zip(axes, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
-        panel = _bytes_panel(rows, key)
-        for i, name in enumerate(families):
-            rs = sorted((r for r in panel if _family(r)[0] == name), key=lambda r: r["head_bytes"])
-            xs, ys = [r["head_bytes"] / 1e6 for r in rs], [_ratio(r) for r in rs]
-            ax.plot(xs, ys, "o-", ms=5, color=colors[name], label=name)
-            # Neighbouring families' labels on opposite sides of their points.
-            offset, ha = ((4, 4), "left") if i % 2 == 0 else ((-4, -11), "right")
-            for r, x, y in zip(rs, xs, ys, strict=True):
-                ax.annotate(
-                    _family(r)[1],
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=offset,
-                    ha=ha,
-                    fontsize=7,
-                    color=colors[name],
-                )
-        front = pareto_bytes(panel)
-        ax.plot(
-            [r["head_bytes"] / 1e6 for r in front],
-            [_ratio(r) for r in front],
-            color="black",
-            lw=5,
-            alpha=0.2,
-            label="Pareto front",
-        )
-        goal = _goal_mb(rows)
-        if goal:
-            ax.axvline(goal, color="gray", ls=":", lw=0.8, label=f"{goal:.0f} MB (goal: 1/14 of bf16)")
-        ax.axhline(1.05, color="gray", ls="--", lw=0.8, label="+5% (goal)")
-        ax.set(xscale="log", yscale="log", xlabel="head MB as stored (codes, map, bias, scales, packed weights)")
-        ax.set_title(f"{_model_name(rows)} head at equal bytes, {title}", fontsize=9)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
-    axes[0].set_ylabel("test perplexity × original")
-    axes[1].legend(fontsize=7, loc="upper right")  # the right panel's top is empty: calibration lowers every line
+    fig, axes = plt.subplots(len(domains), 2, figsize=(12, 4.8 * len(domains)), sharex=True, sharey="row", squeeze=False)
+    for (corpus, rows), row in zip(domains, axes, strict=True):
+        for ax, key, stage in zip(row, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
+            _bytes_axes(ax, rows, key, colors, _goal_mb(rows))
+            ax.set_title(f"{_model_name(rows)} head at equal bytes on {corpus}, {stage}", fontsize=9)
+        row[0].set_ylabel(f"{corpus} test perplexity × original")
+    for ax in axes[-1]:
+        ax.set_xlabel("head MB as stored (codes, map, bias, scales, packed weights)")
+    axes[0][1].legend(fontsize=7, loc="upper right")  # the right panel's top is empty: calibration lowers every line
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
+    return len(domains)
 
 
-def _other_domains(root: str | Path, out: Path) -> str:
-    """The equal-bytes table and plot of every domain beyond the first (another corpus's test text)."""
-    text = ""
+def _other_domains(root: str | Path) -> list[tuple[str, list[dict]]]:
+    """(corpus, rows) of every domain beyond the first (another corpus's test text)."""
+    found = []
     for domain in domains(root)[1:]:
         rows = load_evals(root, domain)
-        corpus = rows[0].get("corpus", domain.lstrip("-"))
-        name = f"pretrained_ppl_vs_bytes{domain}.png"
-        if bytes_plot(rows, out / name):
-            text += f"## At equal bytes, on {corpus}\n\n" + bytes_markdown(rows) + f"\n![ppl vs bytes]({name})\n\n"
-    return text
+        found.append((rows[0].get("corpus", domain.lstrip("-")), rows))
+    return found
 
 
 def with_previous(rows: list[dict], previous: str | Path) -> list[dict]:
@@ -401,17 +402,16 @@ def pretrained_report(root: str | Path, out: str | Path | None = None, previous:
     fig.tight_layout()
     fig.savefig(out / "pretrained_ppl_vs_params.png", dpi=120)
     plt.close(fig)
-    with_bytes = bytes_plot(rows, out / "pretrained_ppl_vs_bytes.png")
+    others = _other_domains(root)
+    corpus = rows[0].get("corpus", "the calibration text")
+    drawn = bytes_plot([(corpus, rows), *others], out / "pretrained_ppl_vs_bytes.png")
     text = (
         "# Compressed pretrained models\n\n## After the last stage\n\n"
         + final_markdown(rows)
         + "\n![ppl vs params](pretrained_ppl_vs_params.png)\n\n"
-        + (
-            "## At equal bytes\n\n" + bytes_markdown(rows) + "\n![ppl vs bytes](pretrained_ppl_vs_bytes.png)\n\n"
-            if with_bytes
-            else ""
-        )
-        + _other_domains(root, out)
+        + ("## At equal bytes\n\n" + bytes_markdown(rows) if drawn else "")
+        + "".join(f"\n## At equal bytes, on {c}\n\n" + bytes_markdown(rs) for c, rs in others if drawn)
+        + ("\n![ppl vs bytes](pretrained_ppl_vs_bytes.png)\n\n" if drawn else "")
         + "## Every stage\n\n"
         + pretrained_markdown(rows)
         + generations_markdown(root)
