@@ -10,7 +10,7 @@ from ..stats import paired_ratio
 
 # (eval_{key}.json, row name, the calibration stage it follows); "full" is the final model on the whole test split.
 STAGES = (
-    ("kmeans", "k-means only", None),
+    ("kmeans", "uncalibrated", None),  # as compress built it
     ("stage1", "+ stage 1 (head)", "1"),
     ("stage2", "+ stage 2 (last layers)", "2"),
     ("full", "+ stage 2, whole test split", "2"),
@@ -67,7 +67,7 @@ def load_evals(root: str | Path, domain: str = "") -> list[dict]:
                     **r,
                     "model": f.stem.removesuffix(domain) if domain else f.stem,
                     "series": r.get("head", f.stem),
-                    "stage": "k-means only",
+                    "stage": "uncalibrated",
                     "stage_key": "kmeans",
                     "steps": 0,
                     "reference": True,
@@ -100,7 +100,7 @@ def _final(rows: list[dict]) -> list[dict]:
 
 
 def _after(r: dict) -> int:
-    """The calibration stage an evaluation row follows (0: k-means only)."""
+    """The calibration stage an evaluation row follows (0: uncalibrated)."""
     return next(int(stage or 0) for key, _, stage in STAGES if key == r["stage_key"])
 
 
@@ -396,7 +396,7 @@ def pretrained_report(root: str | Path, out: str | Path | None = None, previous:
     ax.set(
         xlabel="head parameters, % of the dense head",
         ylabel="test perplexity × original (95% interval)",
-        title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, k-means only",
+        title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, uncalibrated",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
