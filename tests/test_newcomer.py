@@ -374,7 +374,7 @@ def test_calibrate_resumes_exactly_refuses_other_options_and_leaves_nothing(
     assert code == 2 and "interrupted calibration with other options (kl_weight 1.0 -> 0.5)" in err
     monkeypatch.setattr(C, "distill_loss", real)
     code, out, _ = cli(capsys, "calibrate", cut, *args, "--stages", "1")
-    assert code == 0 and "stage 1: 12 steps" in out
+    assert code == 0 and "stage 1: 12 steps" in out and "rows learned at codebook " in out
     a, b = load_pretrained(whole).get_output_embeddings(), load_pretrained(cut).get_output_embeddings()
     assert torch.equal(a.codebook, b.codebook) and torch.equal(a.bias, b.bias)  # exactly the uninterrupted run
     assert torch.equal(a.assignment, b.assignment) and not torch.equal(

@@ -30,11 +30,13 @@ def folder_summary(info: dict) -> str:
 
 
 def calibration_summary(folder: str, summary: dict) -> str:
-    """What ``calibrate`` did: each stage's steps, seconds and last loss."""
+    """What ``calibrate`` did: each stage's steps, seconds and last loss, and its rows' learning rates."""
     lines = [f"{folder}: calibrated and saved"]
     for name, stage in summary["stages"].items():
         loss = "–" if stage["final_loss"] is None else f"{stage['final_loss']:.4f}"
-        lines.append(f"  stage {name}: {stage['steps']:,} steps in {stage['seconds']:,.0f} s, last loss {loss}")
+        rates = ", ".join(f"{k} {v:.2g}" for k, v in (stage.get("row_lr") or {}).items())
+        rows = f"; rows learned at {rates} (--row-step / mean L1 norm of what they meet)" if rates else ""
+        lines.append(f"  stage {name}: {stage['steps']:,} steps in {stage['seconds']:,.0f} s, last loss {loss}{rows}")
     return "\n".join(lines)
 
 

@@ -321,7 +321,8 @@ def bytes_plot(domains: list[tuple[str, list[dict]]], path: Path) -> int:
         return 0
     families = sorted({_family(r)[0] for _, rows in domains for r in _bytes_panel(rows, "kmeans")})
     colors = {name: f"C{i % 10}" for i, name in enumerate(families)}
-    fig, axes = plt.subplots(len(domains), 2, figsize=(12, 4.8 * len(domains)), sharex=True, sharey="row", squeeze=False)
+    n = len(domains)
+    fig, axes = plt.subplots(n, 2, figsize=(12, 4.8 * n), sharex=True, sharey="row", squeeze=False)
     for (corpus, rows), row in zip(domains, axes, strict=True):
         for ax, key, stage in zip(row, ("kmeans", "stage1"), ("uncalibrated", "after stage 1"), strict=True):
             _bytes_axes(ax, rows, key, colors, _goal_mb(rows))
@@ -333,7 +334,7 @@ def bytes_plot(domains: list[tuple[str, list[dict]]], path: Path) -> int:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return len(domains)
+    return n
 
 
 def _other_domains(root: str | Path) -> list[tuple[str, list[dict]]]:
