@@ -367,6 +367,26 @@ def test_evaluation_runs_each_backbone_once_per_split(tmp_path):
     assert calls and moved["ppl_original"] != plain["ppl_original"]
 
 
+@pytest.mark.parametrize("rows", [1, 8, 21])  # fewer, as many and more positions than one chunk
+def test_window_sums_equal_the_fp64_log_softmax_form(rows):
+    """nll, KL and top-1 agreement of one window against the log-softmax form in fp64, at logits of
+    the scale of a real model's (tens of nats) and with tied maxima, which count the first index."""
+    from vqlogits.hf.evaluate import window_sums
+
+    g = torch.Generator().manual_seed(rows)
+    z_o = 15 * torch.randn(rows, 3000, generator=g)
+    z_c = z_o + torch.randn(rows, 3000, generator=g)
+    j = int(z_o[0, :-1].argmax())
+    z_c[0, j : j + 2] = z_c[0].max() + 1  # a tie for the top at j and j + 1: the first index counts
+    y = torch.randint(0, 3000, (rows,), generator=g)
+    lo, lc = torch.log_softmax(z_o.double(), -1), torch.log_softmax(z_c.double(), -1)
+    ref = (-lo.gather(1, y[:, None]).sum(), -lc.gather(1, y[:, None]).sum(), (lo.exp() * (lo - lc)).sum())
+    nll_o, nll_c, kl, agree = window_sums(z_o, z_c, y)
+    for got, want in zip((nll_o, nll_c, kl), ref, strict=True):
+        assert got == pytest.approx(float(want), rel=1e-5, abs=1e-4)
+    assert agree == int((z_o.double().argmax(-1) == z_c.double().argmax(-1)).sum()) and agree >= 1
+
+
 def test_two_heads_compare_pairwise_over_windows():
     """``window_gaps`` of two heads on one split give the interval of their perplexity ratio."""
     from vqlogits.hf.evaluate import compare_heads
