@@ -19,7 +19,8 @@
 # change it mid-run. From the repository root:
 #   git worktree add --detach ../study HEAD
 #   PATH=$PWD/.venv/bin:$PATH PYTHONPATH=../study/src CORE=1 bash ../study/scripts/pretrained_bytes_gemma.sh
-# A second job on the other core takes other models: ONLY="name ..." (the names below).
+# A second job on the other core takes other models: ONLY="name ..." (the names below; it picks,
+# the order stays the script's).
 set -euo pipefail
 OUT=${OUT:-runs/pretrained-bytes-gemma}
 KEEP=${KEEP:-docs/pretrained/bytes-gemma/measured}

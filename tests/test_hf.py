@@ -481,12 +481,16 @@ def test_distillation_loss_of_a_quantized_head_runs_its_forward_once(monkeypatch
 def test_head_speed_rebuilds_each_study_head_at_its_sizes(source, corpus, tmp_path):
     import shutil
 
+    from test_screen import truth
+    from vqlogits.screens.int4 import available
     from vqlogits.studies.head_speed import head_speeds, markdown, study_heads
 
     keep = tmp_path / "keep"
     folders = {
         "q4": compress(model=str(source), head="quantized", bits=4, group_size=16, out=tmp_path / "q4"),
-        "hybrid": compress(model=str(source), head="hybrid", head_budget=0.2, corpus=str(corpus), out=tmp_path / "hy"),
+        "hybrid": compress(
+            model=str(source), head="hybrid", head_budget=0.2, part_bits=4, corpus=str(corpus), out=tmp_path / "hy"
+        ),
     }
     for name, folder in folders.items():
         (keep / name).mkdir(parents=True)
@@ -500,6 +504,12 @@ def test_head_speed_rebuilds_each_study_head_at_its_sizes(source, corpus, tmp_pa
     h = torch.randn(5, dense.shape[1])
     q4 = rebuilt["q4"]
     assert torch.equal(q4.greedy(h), (h.double() @ q4.weight.double().T).argmax(-1))
+    # the hybrid's 4-bit codebook decodes from random 4-bit codes, as the loaded folder does from its own
+    hybrid = rebuilt["hybrid"]
+    held = load_pretrained(folders["hybrid"]).get_output_embeddings()._int4_screen() is not None
+    assert (hybrid._int4_screen() is not None) == held == available(4, 32, dense.shape[1])
+    full = hybrid.codebook.detach()[hybrid.assignment], hybrid.bias.detach()
+    assert torch.equal(hybrid.greedy(h), truth(h, *full))
     (keep / "q4" / "eval_kmeans.json").write_text(json.dumps({"head_bytes": 1234}))
     result = head_speeds(keep, str(source), repeats=3, corpus=str(corpus))
     assert [r["model"] for r in result["rows"]] == ["dense fp32", "dense bf16", "hybrid", "q4"]

@@ -181,3 +181,37 @@ def test_a_run_in_progress_is_locked(base, tmp_path):  # noqa: F811
         sweep(replace(base, eval_every=0), ["dense"], [], ["random"], [0, 1], out, wsd_steps=[4, 8])
     assert not (out / "dense-s0" / "steps8").exists()  # its chain was skipped: it needs the locked run's snapshot
     assert (out / "dense-s1" / "steps8" / "results.json").exists()
+
+
+def test_a_gguf_is_converted_once_under_a_lock(tmp_path, monkeypatch):
+    """Two jobs starting at once (a study's two cores) share one conversion: it runs holding the
+    cache lock, which another process's attempt cannot take, and a later call converts nothing.
+    The temporary file of an atomic write is this process's own."""
+    import fcntl
+    import os
+
+    from vqlogits.files import write_atomic
+    from vqlogits.hf import load
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    converted = []
+
+    class Converted:  # the model, then its tokenizer
+        def save_pretrained(self, out):
+            Path(out).mkdir(exist_ok=True)
+            (Path(out) / ("config.json" if converted else "tokenizer.json")).write_text("{}")
+            with open(next(tmp_path.glob("cache/gguf/*.lock")), "a") as other:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            converted.append(out)
+
+    monkeypatch.setattr(load, "gguf_architecture", lambda path: "llama")
+    monkeypatch.setattr(load, "_from_gguf", lambda path: Converted())
+    monkeypatch.setattr(load.AutoTokenizer, "from_pretrained", lambda *a, **k: Converted())
+    folder = load.gguf_folder(gguf, tmp_path / "cache")
+    assert (folder / "config.json").exists() and len(converted) == 2
+    assert load.gguf_folder(gguf, tmp_path / "cache") == folder and len(converted) == 2
+    assert not list(folder.parent.glob("*.tmp"))
+    write_atomic(tmp_path / "f", lambda tmp: tmp.write_text(tmp.name))
+    assert (tmp_path / "f").read_text() == f"f.{os.getpid()}.tmp"

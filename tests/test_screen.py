@@ -7,10 +7,12 @@ import torch
 from vqlogits.screens.bf16 import U_BF16, BF16Screen
 
 
-def truth(h, W):
-    logits = h.double() @ W.double().T
+def truth(h, W, bias=None, ids=None):
+    """The fp64 argmax of ``h W^T + bias``, ties to the smallest of ``ids`` (default: the row)."""
+    logits = h.double() @ W.double().T + (0 if bias is None else bias.double())
     best = logits.max(-1, keepdim=True).values
-    return torch.where(logits == best, torch.arange(W.shape[0]), W.shape[0]).min(-1).values  # ties: smallest id
+    named = torch.arange(W.shape[0]) if ids is None else ids
+    return torch.where(logits == best, named, int(named.max()) + 1).min(-1).values
 
 
 def assert_within_bound(screen, h, S, logits):
@@ -26,12 +28,15 @@ def assert_within_bound(screen, h, S, logits):
 
 def assert_needs_the_whole_bound(screen, x, W):
     """x (1, d) where token a (id 1) wins in fp64 but the screen scores a and b (id 0) both 16, so
-    b ranks first: the bound keeps a, half of it drops a and answers b."""
+    b ranks first: the bound keeps a, half of it drops a and answers b. The same with an equal
+    bias on both rows (added exactly in fp32), which moves the scores but not the ranking."""
     assert int(truth(x, W)) == 1
     S = screen._screen(x.bfloat16())
     assert float(S[0, 0]) == float(S[0, 1]) == 16.0
-    assert int(screen.argmax(x)[0]) == 1
-    assert int(screen.argmax(x, bound_scale=0.5)[0]) == 0
+    bias = torch.full((2,), 0.5)
+    for b in (None, bias):
+        assert int(screen.argmax(x, bias=b)[0]) == 1
+        assert int(screen.argmax(x, bound_scale=0.5, bias=b)[0]) == 0
 
 
 def near_ties(V=3000, d=64, seed=0):
@@ -50,6 +55,22 @@ def test_equals_the_fp64_argmax_on_near_ties_and_ties():
     assert torch.equal(ids, truth(h, W))
     assert int(ids[-1]) == 3  # W[3] == W[7]
     assert stats["candidates"] < h.shape[0] * 50  # the screen excludes almost everything
+
+
+def test_a_bias_per_row_and_names_for_ties():
+    """With a bias (-inf rules rows out) and rows named by ``ids``: the fp64 argmax of h W^T + b,
+    exact ties to the smallest name. The bias reorders the near-equal rows, so it is not idle."""
+    h, W = near_ties()
+    g = torch.Generator().manual_seed(3)
+    bias = torch.randn(W.shape[0], generator=g) * 1e-3
+    bias[3] = bias[7] = 0.01  # rows 3 and 7 stay an exact tie on top for h along W[3]
+    bias[:3] = float("-inf")  # rows 0-2 (W[3]'s near-equal group) ruled out
+    ids = torch.randperm(W.shape[0], generator=g)
+    got, stats = BF16Screen(W).argmax(h, bias=bias, ids=ids)
+    assert torch.equal(got, truth(h, W, bias, ids))
+    assert int(got[-1]) == min(int(ids[3]), int(ids[7]))
+    assert (got != ids[truth(h, W)]).sum() > 10  # the bias changed most answers
+    assert stats["candidates"] < h.shape[0] * 50
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e4])

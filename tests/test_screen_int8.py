@@ -42,6 +42,19 @@ def test_greedy_equals_the_fp64_argmax_on_near_ties_and_ties(bits, group_size):
     assert torch.equal(head.greedy(h[:5].view(5, 1, 96)).view(5), truth(h[:5], head.weight.detach()))
 
 
+@pytest.mark.parametrize("bits", [4, 3])
+def test_a_head_with_a_bias_decodes_through_its_screen(bits):
+    g = torch.Generator().manual_seed(5)
+    head = QuantizedHead.from_weight(torch.randn(600, 64, generator=g) * 0.2, bits, 32, method="rtn", bias=True)
+    with torch.no_grad():
+        head.bias.copy_(torch.randn(600, generator=g) * 2)
+    h = torch.randn(25, 64, generator=g) * 3
+    ids, stats = head.greedy_stats(h)
+    W, b = head.weight.detach(), head.bias.detach()
+    assert torch.equal(ids, truth(h, W, b)) and stats["screened_rows"] == 25 * 600
+    assert (ids != truth(h, W)).sum() > 3  # the bias decides
+
+
 def test_the_bound_holds_at_decoding_shapes():
     # The kernel's assumptions (exact products, fp32 sums, fp32 scaling, one rounding) at SmolLM2's width.
     g = torch.Generator().manual_seed(2)

@@ -182,11 +182,31 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file; some writers (safetensors) make theirs 0600
 
 
+def scratch(path: Path) -> Path:
+    """``path``'s temporary name in this process: two processes filling one cache entry at once
+    never write the same temporary file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def cache_lock(path: str | Path):
+    """Hold ``<path>.lock`` (an OS file lock, waiting for it) while filling a cache entry too large
+    to build twice: a second process waits, then finds the entry made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_atomic(path: str | Path, write) -> None:
     """``write(tmp)`` then rename over ``path``: a crash leaves the old file or the new one, never half.
     The file gets the ordinary mode of a new file (0666 less the umask)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = scratch(path)
     write(tmp)
     os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
@@ -232,7 +252,7 @@ def previous(path: Path) -> Path:
 def save_checkpoint(obj, path: str | Path) -> None:
     """Write ``path`` atomically and keep the version it replaces as ``<path>.prev``."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = scratch(path)
     torch.save(obj, tmp)
     if path.exists():
         os.replace(path, previous(path))

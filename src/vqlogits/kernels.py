@@ -32,6 +32,12 @@ def first_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.max(-1).indices
 
 
+def dense_greedy(weight: torch.Tensor):
+    """``h -> first_argmax(h @ weight.T)`` with h cast to the weight's dtype: the plain dense head's
+    greedy pick, the baseline every decoding study times (fp32, or bf16 rows and activations)."""
+    return lambda h: first_argmax(h.to(weight.dtype) @ weight.T)
+
+
 def triton_usable(h: torch.Tensor) -> bool:
     """Triton runs on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (tests)."""
     return HAS_TRITON and (h.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")

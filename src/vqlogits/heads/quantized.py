@@ -3,12 +3,12 @@
 The logits are ``h @ W_hat.T (+ b)`` with ``W_hat`` the dequantized rows; every path (forward,
 loss, greedy, sampling) computes with them in fp32, so the head is exact for its own weights:
 ``packed`` holds the integers bit-packed (uint8), ``scale`` and ``offset`` the fp16 numbers of
-each group, in memory and on disk. Greedy decoding without a bias on the CPU is the exact fp64
-argmax through a certified screen: at 4 bits, in groups the int4 kernel takes, that kernel
+each group, in memory and on disk. Greedy decoding on the CPU is the exact fp64 argmax (the bias
+added in fp64) through a certified screen: at 4 bits, in groups the int4 kernel takes, that kernel
 (``screen_int4``); at any other width or group size, PyTorch's int8 kernel on a per-row int8
 copy of the dequantized rows (``screen_int8``). They are 3.8x and 1.7x cheaper than the fp32
 GEMV on SmolLM2's head and hold a second copy of the codes while decoding (V d / 2 or V d
-bytes). Otherwise (a bias, a width not a multiple of 16) it dequantizes the rows in chunks,
+bytes). Otherwise (a width not a multiple of 16, another device) it dequantizes the rows in chunks,
 slower than an fp32 GEMV (bench/quantized.py measures them). Calibration trains ``scale``,
 ``offset`` and the bias, the integers stay.
 """
@@ -148,9 +148,9 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """``self(h).argmax(-1)`` (ties to the smallest id). Without a bias, on the CPU: the exact
-        fp64 argmax through ``_greedy_screen`` (PyTorch's int4 or int8 kernel, a proven bound);
-        otherwise the fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
+        """``self(h).argmax(-1)`` (ties to the smallest id). On the CPU: the exact fp64 argmax
+        through ``_greedy_screen`` (PyTorch's int4 or int8 kernel, a proven bound); otherwise the
+        fp32 argmax, ``_CHUNK`` rows dequantized at a time."""
         return self.greedy_stats(h)[0]
 
     @torch.no_grad()
@@ -160,8 +160,9 @@ class QuantizedHead(FullLogitsMixin, nn.Module):
         check_hidden(h, self.d_model)
         flat = h.reshape(-1, self.d_model).float()
         stats = {"rows": flat.shape[0], "screened_rows": 0, "verified_rows": 0}
-        if self.bias is None and screen_int8.available(self.d_model, h.device):
-            ids, screened = self._greedy_screen().argmax(flat)
+        if screen_int8.available(self.d_model, h.device):
+            bias = None if self.bias is None else self.bias.detach().float()
+            ids, screened = self._greedy_screen().argmax(flat, bias=bias)
             stats.update(screened_rows=screened["screened"], verified_rows=screened["candidates"])
             return ids.reshape(h.shape[:-1]), stats
         best = torch.full((flat.shape[0],), float("-inf"))

@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from .. import functional as VF
+from .. import quant
 from .._checks import check_assignment, check_dims, check_hidden, check_sampling, check_state_shapes, check_targets
 from ..cluster import balanced_assignment, code_means, kmeans
 from ..code_index import CodeIndex
+from ..screens import int4 as screen_int4
 from .rows import frequent_split
 from .sizes import codes
 
@@ -52,6 +54,7 @@ class VQLogitsHead(nn.Module):
             self.register_parameter("bias", None)
         self._index_key = None
         self._index: CodeIndex | None = None
+        self._int4: tuple | None = None  # (the codebook's version, its 4-bit codes or their Int4Screen)
 
     # -- what the registry asks of a kind (heads/__init__.py) --------------------------------
     BUDGET_BIAS = True  # sized to a budget, the per-token bias is paid for first
@@ -211,9 +214,48 @@ class VQLogitsHead(nn.Module):
 
     @torch.no_grad()
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """Same as ``self(h).argmax(-1)``, in O(K) per row: best code, then its best token. (..., d) -> (...)."""
+        """Same as ``self(h).argmax(-1)``, in O(K) per row: best code, then its best token. (..., d) -> (...).
+
+        With the codebook held as 4-bit groups (``hold_int4_codebook``), on the CPU: the exact
+        fp64 argmax of the logits (ties to the smallest id), reading the 4-bit codes."""
+        screen = self._int4_screen()
+        if screen is not None:
+            check_hidden(h, self.d_model)
+            index = self.code_index()
+            best_bias = index.max_bias if index.sorted_bias is not None else torch.zeros(self.codebook_size)
+            best_bias = best_bias.float().masked_fill(index.counts == 0, float("-inf"))  # (K,)
+            ids, _ = screen.argmax(h.reshape(-1, self.d_model).float(), bias=best_bias, ids=index.best_token)
+            return ids.reshape(h.shape[:-1])
         z = self.code_logits(h)
         return self.code_index().greedy(z.reshape(-1, self.codebook_size)).reshape(z.shape[:-1])
+
+    def hold_int4_codebook(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> None:
+        """Decode greedy from the codebook's 4-bit form (a folder saved with ``part_bits`` 4): codes
+        ``q`` (K, d) in [0, 15], ``scale`` and ``offset`` (K, d / group_size), which must
+        dequantize (``quant.dequantize``) to the codebook exactly. ``greedy`` then reads them
+        through the int4 kernel's certified screen (``screens.int4``), about a sixth of the fp32 codebook's
+        bytes, until the codebook changes (a calibration step), when it goes back to fp32."""
+        if not screen_int4.available(4, group_size, self.d_model, self.codebook.device):
+            raise ValueError(
+                f"group_size must be one of {screen_int4.GROUP_SIZES} dividing d_model={self.d_model} on the CPU,"
+                f" got {group_size!r} on {self.codebook.device}"
+            )
+        if not torch.equal(quant.dequantize(q, scale, offset, group_size), self.codebook.detach()):
+            raise ValueError("q, scale and offset do not dequantize to the codebook")
+        self._int4 = (self._codebook_version(), (q, scale, offset, group_size))
+
+    def _codebook_version(self) -> tuple:
+        return (self.codebook.data_ptr(), self.codebook._version, self.codebook.device)
+
+    def _int4_screen(self):
+        """The held 4-bit codes' screen (built on first use) while the codebook is the one they
+        dequantize to, else None."""
+        if self._int4 is not None and self._int4[0] != self._codebook_version():
+            self._int4 = None
+        if self._int4 is not None and isinstance(self._int4[1], tuple):
+            rows = lambda ids: self.codebook.detach()[ids]  # noqa: E731 (the fp32 codes, for the exact pass)
+            self._int4 = (self._int4[0], screen_int4.Int4Screen(*self._int4[1], rows))
+        return None if self._int4 is None else self._int4[1]
 
     @torch.no_grad()
     def sample(

@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from .. import quant
 from ..files import write_atomic, write_json
 from ..heads import KINDS, head_config, head_from_config
+from ..screens import int4 as screen_int4
 from .load import check_supported, copy_tokenizer, use_head, vqlogits_head
 from .model_generate import model_generate
 from .training import patch
@@ -220,16 +221,27 @@ def load_pretrained(folder: str | Path, model=None):
         raise ValueError(
             f"{folder / 'model.safetensors'} cannot be read ({str(e)[:200]}); is the folder complete?"
         ) from None
+    parts = {}
     for name, (bits, group_size) in (meta.get("quantized_parts") or {}).items():
         key, width = f"lm_head.{name}", getattr(model.get_output_embeddings(), name).shape[1]
         q = quant.unpack(state.pop(f"{key}.packed"), bits, width)
-        state[key] = quant.dequantize(q, state.pop(f"{key}.scale"), state.pop(f"{key}.offset"), group_size)
+        parts[name] = (bits, q, state.pop(f"{key}.scale"), state.pop(f"{key}.offset"), group_size)
+        state[key] = quant.dequantize(*parts[name][1:])
     for key in meta.get("q8_tensors", []):
         state[key] = _load_q8(state.pop, key)
     model.load_state_dict(state, strict=True)
+    _decode_from_parts(model.get_output_embeddings(), parts)
     model.save_pretrained = lambda out, *a, **k: save_loaded(model, folder, out)  # HF's own would drop the head
     model.generate = functools.partial(model_generate, model)  # exact decoding, see hf/model_generate.py
     return patch(model.eval())  # model(input_ids, labels=...).loss through the head's own loss
+
+
+def _decode_from_parts(head, parts: dict) -> None:
+    """A VQ-family head whose codebook is stored as 4-bit groups the int4 kernel takes greedy-decodes
+    from those codes (``VQLogitsHead.hold_int4_codebook``); other parts decode from fp32."""
+    bits, q, scale, offset, group_size = parts.get("codebook", (0, None, None, None, 0))
+    if bits == 4 and hasattr(head, "hold_int4_codebook") and screen_int4.available(4, group_size, head.d_model):
+        head.hold_int4_codebook(q, scale, offset, group_size)
 
 
 def save_loaded(model, origin: str | Path, out: str | Path) -> Path:

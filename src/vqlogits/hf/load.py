@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.embedded import MODEL_HELP, MODELS
-from ..files import USER_CACHE
+from ..files import USER_CACHE, cache_lock
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma3_text")
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2", "gemma3": "gemma3_text"}
@@ -68,13 +68,13 @@ def gguf_folder(path: Path, cache: str | Path = USER_CACHE) -> Path:
     converted once (SmolLM2 10 s, Gemma-3-270M 30 s) and found again by the file's digest."""
     gguf_architecture(path)
     folder = Path(cache) / "gguf" / f"{path.stem}-{_file_digest(path)}"
-    if (folder / "config.json").exists():
-        return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _from_gguf(path).save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
-    tmp.replace(folder)  # config.json appears with the complete folder
+    with cache_lock(folder):  # a second process (a study's other core) waits, then finds it made
+        if not (folder / "config.json").exists():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed conversion's
+            _from_gguf(path).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+            tmp.replace(folder)  # config.json appears with the complete folder
     return folder
 
 

@@ -12,7 +12,7 @@ from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE
 from ..heads import KINDS, IndexedHead
 from ..heads import probes as probes_policy
-from ..kernels import first_argmax
+from ..kernels import dense_greedy, first_argmax
 from ..timing import median_seconds, seconds_in_turns
 from .evaluate import evaluate_pretrained
 from .folder import dense_head_weight, load_pretrained, read_meta
@@ -95,7 +95,7 @@ def decode_speed(model, dense: torch.Tensor, prompts: torch.Tensor, new: int = 3
     times = seconds_in_turns(
         {
             "model": lambda: generate(model, prompts, new),
-            "dense": lambda: greedy_loop(model, prompts, new, lambda h: first_argmax(h @ dense.T)),
+            "dense": lambda: greedy_loop(model, prompts, new, dense_greedy(dense)),
         },
         repeats,
     )

@@ -26,6 +26,11 @@ The argmax. With ``floor`` the exact (fp64) logit of the token the screen ranks 
 a has ``x . w_a >= floor``, so ``S_a + delta_a >= floor``: every token with ``S_v + delta_v <
 floor`` is excluded, and the rest (the candidates) are compared in fp64. Halving the bound breaks
 this (a test shows it), so none of it is slack.
+
+A bias b per row (a quantized head's, a VQ head's best bias per code) ranks ``P = fl(S + b)``
+against ``x . w + b``: P is within 2^-24 |P| of S + b, so each delta gains 2^-22 |P| (that
+rounding and the comparison's), the floor adds b in fp64, and the first pass bounds |S| and |P|
+by one pass over |S| and the largest finite |b|.
 """
 
 from __future__ import annotations
@@ -141,9 +146,18 @@ class BF16Screen:
         return low, low32.norm(dim=-1, keepdim=True), (x - low32).norm(dim=-1, keepdim=True), low32.abs().amax(-1)
 
     @torch.no_grad()
-    def argmax(self, x: torch.Tensor, bound_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
-        """Exact ``(x.double() @ W.double().T).argmax(-1)``, x (n, d) fp32 -> (n,) ids, and stats:
-        ``screened`` (rows x tokens read in bf16) and ``candidates`` (tokens read in fp64).
+    def argmax(
+        self,
+        x: torch.Tensor,
+        bound_scale: float = 1.0,
+        bias: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """Exact ``(x.double() @ W.double().T + bias.double()).argmax(-1)``, x (n, d) fp32 -> (n,)
+        ids, and stats: ``screened`` (rows x tokens read in bf16) and ``candidates`` (tokens read in
+        fp64). ``bias`` (V,) fp32 (default none; -inf rules a row out) is added to the screen's scores
+        in fp32, its rounding in the bound. ``ids`` (V,) distinct ints: what each row stands for,
+        returned in place of the row and ordering exact ties (default: the row itself).
         ``bound_scale`` scales the proven bound (1); tests set 0.5 to show the bound is needed."""
         n, d = x.shape
         if n == 0:
@@ -151,39 +165,64 @@ class BF16Screen:
         x = x.float()
         low, x_norm, r_norm, x_max = self._terms(x)
         screen = self._screen(low)  # (n, V) bf16: the screen's only pass over W
-        maxima = block_maxima(screen)  # (n, blocks): the only full pass over the scores
-        top_s, top = first_top(screen, maxima)  # the first maximal index, as argmax
-        floor = (x.double() * self._rows(top).double()).sum(-1)  # (n,), exact logits of the screen's picks
-        # Below the fp64 value by more than its own rounding (gamma_d^64 |x| |w| < 2^-40 |x| |w|).
-        floor = floor - 2.0**-40 * x_norm.squeeze(1).double() * self.w_norm[top].double()
+        scores = screen if bias is None else screen.float() + bias  # (n, V), what is ranked
+        maxima = block_maxima(scores)  # (n, blocks): the only full pass over the scores
+        top_s, top = first_top(scores, maxima)  # the first maximal index, as argmax
+        floor = self._floor(x, x_norm, top, bias)  # (n,) fp64, at most the logit of the answer
         tau = (d * (self.max_abs + x_max + 2) + 1) * TINY  # (n,)
-        g, u_out = gamma(2 * d), U_BF16 / (1 - U_BF16)
+        g, u_out, scale = gamma(2 * d), U_BF16 / (1 - U_BF16), bound_scale * INFLATE
         floor32 = floor.float()
         slack = tau + 2.0**-22 * floor32.abs()  # the flushes, and the fp32 rounding of the comparison
 
-        def delta(rows, e_norm, w_norm, low_norm, s):
+        def delta(rows, e_norm, w_norm, low_norm, s, p):  # s: the screen's score, p: with the bias
             bound = x_norm[rows, 0] * e_norm + r_norm[rows, 0] * w_norm + g * x_norm[rows, 0] * low_norm
-            return bound_scale * INFLATE * (bound + u_out * s.abs() + slack[rows])
+            biased = 0 if bias is None else 2.0**-22 * p.abs()  # the fp32 sum s + bias, and its comparison
+            return scale * (bound + u_out * s.abs() + slack[rows] + biased)
 
-        # A first pass with the largest row norms, then each survivor's own. No pass over |S|: with
-        # c the output term's factor, L = max(D0 + c |S_top|, (D0 + c |floor|) / (1 - c)) excludes
-        # safely every token with S < floor - L (S >= 0 has |S| <= S_top; S < 0 has
-        # S + D0 + c |S| = (1 - c) S + D0 < floor).
         every = torch.arange(n)
-        d0, c = delta(every, *self.maxes_e_w_low, torch.zeros(n)), bound_scale * INFLATE * u_out
-        loose = torch.maximum(d0 + c * top_s.float().abs(), (d0 + c * floor32.abs()) / (1 - c))
-        below = floor32 - loose
-        below = (below - below.abs() * 2.0**-7 - TINY).bfloat16()  # rounded to bf16 downward: compared in bf16
-        rows, cols = at_least(screen, maxima, below)
-        s = screen[rows, cols].float()
-        keep = s + delta(rows, self.e_norm[cols], self.w_norm[cols], self.low_norm[cols], s) >= floor32[rows]
+        below = floor32 - self._loose(
+            delta(every, *self.maxes_e_w_low, *torch.zeros(2, n)), scale, u_out, top_s, floor32, screen, bias
+        )
+        below = (below - below.abs() * 2.0**-7 - TINY).to(scores.dtype)  # rounded downward if compared in bf16
+        rows, cols = at_least(scores, maxima, below)
+        s, p = screen[rows, cols].float(), scores[rows, cols].float()
+        keep = p + delta(rows, self.e_norm[cols], self.w_norm[cols], self.low_norm[cols], s, p) >= floor32[rows]
         rows, cols = torch.cat([rows[keep], every]), torch.cat([cols[keep], top])  # the pick whose logit is floor
         union, where = torch.unique(cols, return_inverse=True)
         exact = torch.full((n, union.numel()), float("-inf"), dtype=torch.float64)
         values = x.double() @ self._rows(union).double().T  # (n, U): the candidates in fp64
+        if bias is not None:
+            values += bias[union].double()
         exact[rows, where] = values[rows, where]
-        return argmax_smallest_id(exact, union, self.vocab_size), {
+        named = union if ids is None else ids[union]
+        pad = self.vocab_size if ids is None else int(ids.max()) + 1
+        return argmax_smallest_id(exact, named, pad), {
             "screened": n * self.vocab_size,
             "candidates": int(keep.sum()) + n,
             "screen": self.NAME,
         }
+
+    def _floor(self, x, x_norm, top, bias) -> torch.Tensor:
+        """(n,) fp64: the exact logits of the screen's picks ``top``, lowered by more than their own
+        rounding (gamma_d^64 |x| |w| < 2^-40 |x| |w|; then the bias's fp64 sum, one rounding)."""
+        floor = (x.double() * self._rows(top).double()).sum(-1)
+        floor = floor - 2.0**-40 * x_norm.squeeze(1).double() * self.w_norm[top].double()
+        if bias is not None:
+            floor = floor + bias[top].double()
+            floor = floor - 2.0**-52 * floor.abs()
+        return floor
+
+    @staticmethod
+    def _loose(d0, scale, u_out, top_s, floor32, screen, bias) -> torch.Tensor:
+        """(n,) a margin L with every token's delta below it, for a first pass with the largest row
+        norms (``d0``). Without a bias no pass over |S|: with c the output term's factor,
+        L = max(D0 + c |S_top|, (D0 + c |floor|) / (1 - c)) excludes safely every token with
+        S < floor - L (S >= 0 has |S| <= S_top; S < 0 has S + D0 + c |S| = (1 - c) S + D0 < floor).
+        With one, |S| and |S + b| are bounded by one pass over |S| and the largest finite |b|."""
+        c = scale * u_out
+        if bias is None:
+            return torch.maximum(d0 + c * top_s.float().abs(), (d0 + c * floor32.abs()) / (1 - c))
+        s_max = screen.abs().amax(-1).float()  # (n,)
+        finite = bias[bias.isfinite()]
+        b_max = float(finite.abs().max()) if finite.numel() else 0.0
+        return d0 + c * s_max + scale * 2.0**-22 * (s_max + b_max) * (1 + 2.0**-20)

@@ -16,7 +16,7 @@ from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
 from ..hf.speed import TV_ROWS, measure_index, tv_distance
 from ..hf.speed import median as _median
-from ..kernels import first_argmax
+from ..kernels import dense_greedy
 from ..timing import decode_tokens_per_s
 
 
@@ -92,7 +92,7 @@ def _smollm2_decode_rows(model, weight, head, decode_steps: int) -> list[dict]:
     rows = []
     for batch in (1, 16):
         picks = {
-            "dense": lambda x: first_argmax(x @ weight.T),
+            "dense": dense_greedy(weight),
             "indexed approximate": lambda x: head.greedy(x, exact=False),
             "indexed exact": head.greedy,
         }
@@ -115,7 +115,7 @@ def _shape_decode_rows(shape: str, K: int, decode_steps: int) -> list[dict]:
     w = big.get_output_embeddings().weight.detach()
     for probes in (K // 8, K // 32):  # SmolLM2's 99.9% fraction, and a quarter of it
         head = random_index(w, K, probes)
-        picks = {"dense": lambda x: first_argmax(x @ w.T), "indexed approximate": lambda x: head.greedy(x, exact=False)}
+        picks = {"dense": dense_greedy(w), "indexed approximate": lambda x: head.greedy(x, exact=False)}
         for batch in (1, 16):
             x = torch.randn(batch, w.shape[1])
             dense_s, head_s = _median(lambda: picks["dense"](x)), _median(lambda: picks["indexed approximate"](x))

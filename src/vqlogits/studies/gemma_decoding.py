@@ -34,7 +34,7 @@ from ..hf.folder import load_pretrained
 from ..hf.generate import generate, greedy_loop
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
-from ..kernels import first_argmax
+from ..kernels import dense_greedy, first_argmax
 from ..screens.bf16 import gamma
 from ..timing import median_seconds
 from .verified import _Clock
@@ -98,12 +98,12 @@ def runners(model, model16, quantized: dict) -> dict:
     W, W16 = head.weight.detach().clone(), head16.weight.detach().clone()
     Wc = W.bfloat16()
     return {
-        "dense fp32": _timed_loop(model, lambda h: first_argmax(h @ W.T)),
-        "head bf16": _timed_loop(model, lambda h: first_argmax(h.bfloat16() @ Wc.T)),
+        "dense fp32": _timed_loop(model, dense_greedy(W)),
+        "head bf16": _timed_loop(model, dense_greedy(Wc)),
         **{f"q{b} head": _timed_loop(model, q.greedy) for b, q in quantized.items()},
         "approximate": _timed_loop(model, lambda h: head.greedy(h, exact=False)),
         "verified": _timed_generate(model, head),
-        "dense bf16": _timed_loop(model16, lambda h: first_argmax(h @ W16.T)),
+        "dense bf16": _timed_loop(model16, dense_greedy(W16)),
         "verified bf16": _timed_generate(model16, head16),
     }
 
@@ -155,7 +155,7 @@ def probe_sweep(model, prompts: torch.Tensor, new: int, repeats: int, fractions=
     """Verified decoding at batch 1 with drafts reading K / f clusters, against dense fp32 in turns."""
     head = model.get_output_embeddings()
     W = head.weight.detach().clone()
-    modes = {"dense fp32": _timed_loop(model, lambda h: first_argmax(h @ W.T))}
+    modes = {"dense fp32": _timed_loop(model, dense_greedy(W))}
     modes.update({f"K/{f}": _timed_generate(model, head, draft_probes=head.clusters // f) for f in fractions})
     runs, _, stats = _in_turns(modes, prompts, new, repeats)
     speed = {name: statistics.median(s for s, _, _ in rs) for name, rs in runs.items()}

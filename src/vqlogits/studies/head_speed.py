@@ -6,9 +6,10 @@ batch 1 against the original head in fp32 and cast to bf16, the heads taking tur
 ``KEEP`` holds one folder per study model with its ``vqlogits.json`` (the head's kind and sizes;
 scripts/pretrained_bytes_gemma.sh keeps them in git). Each head is rebuilt at those sizes: a
 quantized head from the original's own rows rounded to nearest (its certified screen's work depends
-on the rows; the study's rounding method moves them by less than a step), every
-other kind with random weights, as its greedy reads the same number of values whatever they are.
-Hidden states are the model's own on the pydocs test split, one a repeat.
+on the rows; the study's rounding method moves them by less than a step), every other kind with
+random weights, as its greedy reads the same number of values whatever they are; a codebook kept as
+4-bit groups decodes from random 4-bit codes, as a loaded folder decodes from its own. Hidden
+states are the model's own on the pydocs test split, one a repeat.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pathlib import Path
 
 import torch
 
+from .. import quant
 from ..data.corpora import tokenize_corpus
 from ..files import USER_CACHE, write_atomic, write_json
 from ..heads import QuantizedHead, head_from_config
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
-from ..kernels import first_argmax
+from ..kernels import dense_greedy
+from ..screens import int4 as screen_int4
 from ..timing import seconds_in_turns
 
 
@@ -46,10 +49,26 @@ def study_heads(keep: str | Path, dense: torch.Tensor, seed: int = 0) -> dict:
             with torch.no_grad():
                 for p in head.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * float(dense.std()))
+            _random_int4_codebook(head, meta, float(dense.std()), gen)
         heads[meta_path.parent.name] = head.eval()
     if not heads:
         raise ValueError(f"no */vqlogits.json under {keep}")
     return heads
+
+
+def _random_int4_codebook(head, meta: dict, std: float, gen: torch.Generator) -> None:
+    """A codebook saved as 4-bit groups the int4 kernel takes is loaded to decode from its codes
+    (``hf.folder.load_pretrained``): give the head random codes of the rows' spread, held the same way."""
+    bits, group_size = (meta.get("quantized_parts") or {}).get("codebook", (0, 0))
+    if bits != 4 or not hasattr(head, "hold_int4_codebook") or not screen_int4.available(4, group_size, head.d_model):
+        return
+    K, d = head.codebook.shape
+    q = torch.randint(0, 16, (K, d), generator=gen)
+    scale = torch.full((K, d // group_size), std / 4.6).half()  # 16 uniform levels: a std of 4.6 steps
+    offset = (-7.5 * scale.float()).half()
+    with torch.no_grad():
+        head.codebook.copy_(quant.dequantize(q, scale, offset, group_size))
+    head.hold_int4_codebook(q, scale, offset, group_size)
 
 
 def stored_bytes(keep: str | Path) -> dict:
@@ -74,8 +93,8 @@ def head_speeds(
     tokens = 256 * (repeats // 256 + 1)  # whole windows, one state for the warm-up and one a repeat
     h = hidden_states(model, splits["test"], tokens)[: repeats + 1]  # (repeats + 1, d)
     picks = {
-        "dense fp32": lambda x: first_argmax(x @ dense.T),
-        "dense bf16": lambda x: first_argmax(x.bfloat16() @ w16.T),
+        "dense fp32": dense_greedy(dense),
+        "dense bf16": dense_greedy(w16),
         **{name: head.greedy for name, head in study_heads(keep, dense).items()},
     }
 

@@ -30,7 +30,7 @@ from ..heads import IndexedHead
 from ..hf.generate import generate, greedy_loop
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm, use_head
-from ..kernels import first_argmax
+from ..kernels import dense_greedy, first_argmax
 from .accelerate import random_model
 
 SHAPES = {"gemma-3-270m": 4096, "llama-3.2-1b": 2048}  # clusters: about 64 rows each
@@ -93,8 +93,8 @@ def compare(model, W: torch.Tensor, head: IndexedHead, prompts: torch.Tensor, ne
     (median), plus the verified run's acceptance and every mode's head seconds per token."""
     W_bf16 = W.bfloat16()
     clocks = {
-        "dense fp32": _Clock(lambda h: first_argmax(h @ W.T)),
-        "dense bf16": _Clock(lambda h: first_argmax(h.bfloat16() @ W_bf16.T)),
+        "dense fp32": _Clock(dense_greedy(W)),
+        "dense bf16": _Clock(dense_greedy(W_bf16)),
         "approximate": _Clock(lambda h: head.greedy(h, exact=False)),
     }
     use_head(model, head)
