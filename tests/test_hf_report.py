@@ -70,6 +70,9 @@ def test_no_evaluations_is_an_error(tmp_path):
 def test_equal_bytes_table_and_fronts(tmp_path):
     # q: 4 MB, ×2.0 uncalibrated, ×1.2 after stage 1; big: 40 MB, ×1.1 then ×1.05; small: 1 MB, ×3.0, not calibrated
     _model(tmp_path, "q", "quantized", 1000, (20.0, 12.0), 50, head_bytes=4_000_000, gaps=[0.2, 0.1])
+    for key, bpb in (("kmeans", 1.8), ("stage1", 1.6)):  # bits per byte: q's evaluations have them
+        f = tmp_path / "q" / f"eval_{key}.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "bpb_original": 1.5, "bpb_compressed": bpb}))
     _model(tmp_path, "big", "quantized", 1000, (11.0, 10.5), 50, head_bytes=40_000_000, gaps=[0.05, 0.05])
     _model(tmp_path, "small", "hybrid-twolevel", 100, (30.0,), 0, head_bytes=1_000_000)
     _model(tmp_path, "worse", "hybrid", 300, (15.0, 11.0), 0, head_bytes=50_000_000)  # big: smaller and better
@@ -89,10 +92,15 @@ def test_equal_bytes_table_and_fronts(tmp_path):
         )
     )
     report = pretrained_report(tmp_path, tmp_path / "out").read_text()
-    table = report.split("## At equal bytes\n\n")[1].split("\n\n")[0].splitlines()[2:]
+    original, table = report.split("## At equal bytes\n\n")[1].split("\n\n")[:2]
+    assert original == "The original: 1.5000 bits per byte."
+    table = table.splitlines()[2:]
     assert [row.split(" | ")[0] for row in table] == ["| small", "| q", "| big", "| worse", "| bf16"]  # by bytes
-    assert table[0].endswith("| – | – | – | – | yes / – |")  # not calibrated: no stage-1 point
-    assert "| ×2.000 [2.000, 2.000] | 0.100 | 90.0% | ×1.200 [1.200, 1.200] |" in table[1]
+    assert table[0].endswith("| – | – | – | – | – | yes / – |")  # not calibrated: no stage-1 point
+    assert (
+        "| ×2.000 [2.000, 2.000] | 0.100 | 90.0% | 1.8000 | ×1.200 [1.200, 1.200] | 0.100 | 90.0% | 1.6000 |"
+        in table[1]
+    )
     assert table[1].endswith("yes / yes |") and table[2].endswith("| (the best) | yes / yes |")
     # q against big (the best after stage 1 with per-window gaps; bf16 has none): differences 0.15, 0.05,
     # mean 0.1, standard error 0.05, t(1 df) 12.706

@@ -216,29 +216,33 @@ def _versus(r: dict | None, best: dict | None) -> str:
 
 
 def bytes_markdown(rows: list[dict]) -> str:
-    """One row per model with its bytes, by bytes: perplexity × original [95% interval], KL and
-    top-1 agreement uncalibrated and after stage 1; after stage 1 also × the best model after stage
-    1 (paired over windows; calibration adapts every head to the corpus, so the calibrated best,
-    not the original, is the fair yardstick there); whether it is on each one's Pareto front."""
+    """One row per model with its bytes, by bytes: perplexity × original [95% interval], KL, top-1
+    agreement and bits per byte (the original's above the table) uncalibrated and after stage 1;
+    after stage 1 also × the best model after stage 1 (paired over windows; calibration adapts
+    every head to the corpus, so the calibrated best, not the original, is the fair yardstick
+    there); whether it is on each one's Pareto front."""
     panels = {key: _bytes_panel(rows, key) for key in ("kmeans", "stage1")}
     fronts = {key: {id(r) for r in pareto_bytes(panel)} for key, panel in panels.items()}
     paired = [r for r in panels["stage1"] if r.get("window_gaps")]
     best = min(paired, key=_ratio) if paired else None
-    out = [
-        "| model | head MB as stored | uncalibrated: ppl × original [95%] | KL | top-1 |"
-        " after stage 1: ppl × original [95%] | KL | top-1 | × best after stage 1 [95%, paired] |"
+    original = next((r["bpb_original"] for r in rows if r.get("bpb_original")), None)
+    out = [f"The original: {original:.4f} bits per byte.\n"] if original else []
+    out += [
+        "| model | head MB as stored | uncalibrated: ppl × original [95%] | KL | top-1 | bits/byte |"
+        " after stage 1: ppl × original [95%] | KL | top-1 | bits/byte | × best after stage 1 [95%, paired] |"
         " on the front (uncalibrated / stage 1) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
     def cells(r: dict | None) -> str:
         if r is None:
-            return "– | – | –"
+            return "– | – | – | –"
         lo, hi = r.get("ppl_ratio_interval95") or (_ratio(r), _ratio(r))
         kl, top1 = r["kl_original_to_compressed"], 100 * r["top1_agreement"]
         shares = [f"{100 * r[k]:.0f}% {name}" for k, name in ROW_SHARES if r.get(k) is not None]
         rows = f" ({', '.join(shares)})" if shares else ""
-        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%{rows}"
+        bpb = f"{r['bpb_compressed']:.4f}" if r.get("bpb_compressed") else "–"
+        return f"×{_ratio(r):.3f} [{lo:.3f}, {hi:.3f}] | {kl:.3f} | {top1:.1f}%{rows} | {bpb}"
 
     models = {r["model"] for r in panels["kmeans"] + panels["stage1"]}
     found = {key: {r["model"]: r for r in panel} for key, panel in panels.items()}
@@ -249,7 +253,7 @@ def bytes_markdown(rows: list[dict]) -> str:
             for key, r in (("kmeans", first), ("stage1", later))
         ]
         mb = (first or later)["head_bytes"] / 1e6
-        later_cells = "(no calibration) | | " if later is not None and later.get("reference") else cells(later)
+        later_cells = "(no calibration) | | | " if later is not None and later.get("reference") else cells(later)
         out.append(
             f"| {name} | {mb:.2f} | {cells(first)} | {later_cells} | {_versus(later, best)} | {' / '.join(on)} |"
         )
@@ -275,17 +279,24 @@ def _model_name(rows: list[dict]) -> str:
     return ", ".join(sorted(sources)) if sources else "SmolLM2"
 
 
+def _ratio_ticks(axis) -> None:
+    """A log axis of perplexity ratios labelled at round values (below 1 too), no minor labels."""
+    import matplotlib.ticker as ticker
+
+    ratios = [0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]
+    axis.set_major_locator(ticker.FixedLocator(ratios))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def _log_ticks(ax) -> None:
     """Readable log axes: bytes at 1-2-5 steps, perplexity ratios at round values, no minor labels."""
     import matplotlib.ticker as ticker
 
     ax.xaxis.set_major_locator(ticker.FixedLocator([m * 10**e for e in range(-1, 5) for m in (1, 2, 5)]))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ratios = [0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 1000]
-    ax.yaxis.set_major_locator(ticker.FixedLocator(ratios))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_minor_formatter(ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    _ratio_ticks(ax.yaxis)
 
 
 def _bytes_axes(ax, rows: list[dict], key: str, colors: dict, goal: float | None) -> None:
@@ -358,7 +369,6 @@ def pretrained_report(root: str | Path, out: str | Path | None = None, previous:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     rows = load_evals(root)
     if previous is not None:
@@ -389,15 +399,12 @@ def pretrained_report(root: str | Path, out: str | Path | None = None, previous:
     ax.axhline(1.1, color="gray", ls=":", label="target: +10%")
     ax.set_xticks(range(len(sizes)), [f"{s:g}%" for s in sizes])
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(
-        matplotlib.ticker.FixedLocator([1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000])
-    )
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"×{v:g}"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _ratio_ticks(ax.yaxis)
+    name = _model_name(final)
     ax.set(
         xlabel="head parameters, % of the dense head",
         ylabel="test perplexity × original (95% interval)",
-        title=f"SmolLM2, after calibration stage {stage}" if stage else "SmolLM2, uncalibrated",
+        title=f"{name}, after calibration stage {stage}" if stage else f"{name}, uncalibrated",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
