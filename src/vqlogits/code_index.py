@@ -63,6 +63,8 @@ class CodeIndex:
         if bias is not None:
             self.max_bias = self.sorted_bias[head]  # (K,)
             self.min_bias = self.sorted_bias[(self.first + self.counts - 1).clamp(min=0)]  # (K,)
+        best = self.max_bias.float() if bias is not None else torch.zeros(num_codes, device=assignment.device)
+        self.best_bias = self._empty_to(best, float("-inf"))  # (K,) fp32: a code's best token's bias
         self._cum_weights: dict[float, torch.Tensor] = {}
 
     # -- scores, exactly as the reference computes them ------------------------------------

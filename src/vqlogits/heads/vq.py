@@ -222,9 +222,7 @@ class VQLogitsHead(nn.Module):
         if screen is not None:
             check_hidden(h, self.d_model)
             index = self.code_index()
-            best_bias = index.max_bias if index.sorted_bias is not None else torch.zeros(self.codebook_size)
-            best_bias = best_bias.float().masked_fill(index.counts == 0, float("-inf"))  # (K,)
-            ids, _ = screen.argmax(h.reshape(-1, self.d_model).float(), bias=best_bias, ids=index.best_token)
+            ids, _ = screen.argmax(h.reshape(-1, self.d_model).float(), bias=index.best_bias, ids=index.best_token)
             return ids.reshape(h.shape[:-1])
         z = self.code_logits(h)
         return self.code_index().greedy(z.reshape(-1, self.codebook_size)).reshape(z.shape[:-1])

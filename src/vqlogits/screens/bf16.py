@@ -195,7 +195,7 @@ class BF16Screen:
             values += bias[union].double()
         exact[rows, where] = values[rows, where]
         named = union if ids is None else ids[union]
-        pad = self.vocab_size if ids is None else int(ids.max()) + 1
+        pad = self.vocab_size if ids is None else torch.iinfo(ids.dtype).max
         return argmax_smallest_id(exact, named, pad), {
             "screened": n * self.vocab_size,
             "candidates": int(keep.sum()) + n,
