@@ -11,7 +11,7 @@ import torch
 
 from ..files import USER_CACHE
 from ..heads import DenseHead, IndexedHead, VQLogitsHead
-from ..kernels import first_argmax
+from ..kernels import dense_greedy, first_argmax
 from ..studies import accelerate, gemma_decoding, verified
 from ..timing import decode_tokens_per_s, median_seconds
 from .config import BenchConfig
@@ -90,7 +90,7 @@ def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
                 head_s, _ = median_seconds(lambda: head.greedy(x, exact=False), cfg.repeats, cfg.warmup, device)
                 speeds = decode_tokens_per_s(
                     model,
-                    {"dense": lambda h: first_argmax(h @ w.T), "indexed": lambda h: head.greedy(h, exact=False)},
+                    {"dense": dense_greedy(w), "indexed": lambda h: head.greedy(h, exact=False)},
                     batch,
                     cfg.decode_steps,
                     repeats=max(1, cfg.repeats // 3),

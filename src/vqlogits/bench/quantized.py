@@ -15,7 +15,7 @@ from ..files import USER_CACHE, write_atomic, write_json
 from ..heads import QuantizedHead
 from ..hf.hidden import hidden_states
 from ..hf.load import load_causal_lm
-from ..kernels import first_argmax
+from ..kernels import dense_greedy
 from ..timing import decode_tokens_per_s, median_seconds
 
 
@@ -45,8 +45,8 @@ def bench_quantized(
     h = hidden_states(model, splits["test"], tokens)  # (tokens, d)
     heads = {f"q{b}": QuantizedHead.from_weight(weight, b, group_size, method="rtn").eval() for b in bits}
     picks = {
-        "fp32": lambda x: first_argmax(x @ weight.T),
-        "bf16": lambda x: first_argmax(x.bfloat16() @ w16.T),
+        "fp32": dense_greedy(weight),
+        "bf16": dense_greedy(w16),
         **{name: head.greedy for name, head in heads.items()},
     }
     top = picks["fp32"](h)
