@@ -11,7 +11,7 @@ import torch
 
 from ..files import USER_CACHE
 from ..heads import DenseHead, IndexedHead, VQLogitsHead
-from ..kernels import dense_greedy, first_argmax
+from ..kernels import dense_greedy
 from ..studies import accelerate, gemma_decoding, verified
 from ..timing import decode_tokens_per_s, median_seconds
 from .config import BenchConfig
@@ -86,11 +86,12 @@ def bench_indexed_decode(cfg: BenchConfig, bar) -> list[dict]:
             for batch in cfg.decode_batches:
                 bar.set_description(f"indexed {shape} batch={batch}")
                 x = torch.randn(batch, w.shape[1], device=device)
-                dense_s, _ = median_seconds(lambda: first_argmax(x @ w.T), cfg.repeats, cfg.warmup, device)
+                dense = dense_greedy(w)
+                dense_s, _ = median_seconds(lambda: dense(x), cfg.repeats, cfg.warmup, device)
                 head_s, _ = median_seconds(lambda: head.greedy(x, exact=False), cfg.repeats, cfg.warmup, device)
                 speeds = decode_tokens_per_s(
                     model,
-                    {"dense": dense_greedy(w), "indexed": lambda h: head.greedy(h, exact=False)},
+                    {"dense": dense, "indexed": lambda h: head.greedy(h, exact=False)},
                     batch,
                     cfg.decode_steps,
                     repeats=max(1, cfg.repeats // 3),

@@ -12,7 +12,7 @@ from ..data.corpora import eval_windows, tokenize_corpus
 from ..files import USER_CACHE
 from ..heads import KINDS, IndexedHead
 from ..heads import probes as probes_policy
-from ..kernels import dense_greedy, first_argmax
+from ..kernels import dense_greedy
 from ..timing import median_seconds, seconds_in_turns
 from .evaluate import evaluate_pretrained
 from .folder import dense_head_weight, load_pretrained, read_meta
@@ -40,8 +40,9 @@ def measure_index(
     the T = 1 sampling distribution to the dense softmax, and the head alone's time against the
     dense head's at each batch size (same run). One row for exact greedy, with its certified
     fraction, the rows it read per token in fp32 or fp64, and those a certified screen read."""
-    dense_top = torch.cat([first_argmax(c @ weight.T) for c in h.split(1024)])
-    dense_time = {b: median(lambda b=b: first_argmax(h[:b] @ weight.T), repeats) for b in batches}
+    dense = dense_greedy(weight)
+    dense_top = torch.cat([dense(c) for c in h.split(1024)])
+    dense_time = {b: median(lambda b=b: dense(h[:b]), repeats) for b in batches}
     rows = []
     for P in [*probes, None]:
         exact = P is None
